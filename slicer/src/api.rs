@@ -1,0 +1,182 @@
+//! The slicer's HTTP API (`/v1/...`): host registration, app records and the table watch.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use steady_proto::wire::{ApiError, AppDeployed, RegisterHost, RoutingTable, TableVersion};
+use tokio::sync::watch;
+
+use crate::config::WATCH_WAIT_MS_MAX;
+use crate::store::{Store, StoreError};
+
+/// Shared state of the API: the store and a channel that always holds the newest table.
+pub struct Slicer {
+    store: Mutex<Store>,
+    table: watch::Sender<Arc<RoutingTable>>,
+}
+
+impl Slicer {
+    /// Wraps an opened store and publishes its current table.
+    pub fn new(store: Store) -> Result<Arc<Self>, StoreError> {
+        let table = Arc::new(store.table()?);
+        let (sender, _) = watch::channel(table);
+        Ok(Arc::new(Self {
+            store: Mutex::new(store),
+            table: sender,
+        }))
+    }
+
+    /// Applies `change` to the store and republishes the table.
+    fn change<T>(
+        &self,
+        change: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut store = self
+            .store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let result = change(&mut store)?;
+        let table = Arc::new(store.table()?);
+        self.table.send_if_modified(|current| {
+            let newer = table.version > current.version;
+            if newer {
+                *current = table;
+            }
+            newer
+        });
+        Ok(result)
+    }
+}
+
+/// Builds the router.
+pub fn router(slicer: Arc<Slicer>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/hosts/register", post(register_host))
+        .route("/v1/hosts", get(list_hosts))
+        .route("/v1/table", get(watch_table))
+        .route("/v1/apps", get(list_apps))
+        .route("/v1/apps/{name}", put(app_deployed))
+        .with_state(slicer)
+}
+
+struct Failure(StatusCode, &'static str, String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (
+            self.0,
+            Json(ApiError {
+                code: self.1.into(),
+                message: self.2,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotOwner { .. } => {
+                Failure(StatusCode::CONFLICT, "not_owner", error.to_string())
+            }
+            StoreError::UnknownHost(_) => {
+                Failure(StatusCode::NOT_FOUND, "unknown_host", error.to_string())
+            }
+            StoreError::Sqlite(_) => {
+                tracing::error!(%error, "store failure");
+                Failure(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    error.to_string(),
+                )
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn register_host(
+    State(slicer): State<Arc<Slicer>>,
+    Json(body): Json<RegisterHost>,
+) -> Result<Json<RoutingTable>, Failure> {
+    if body.host.id.is_empty() || body.host.id.len() > 64 {
+        return Err(Failure(
+            StatusCode::BAD_REQUEST,
+            "bad_host",
+            "host id must be 1-64 characters".into(),
+        ));
+    }
+    let version = slicer.change(|store| store.register_host(&body.host, now_ms()))?;
+    tracing::info!(host = %body.host.id, ingress = %body.host.ingress_addr, version, "host registered");
+    Ok(Json(slicer.table.borrow().as_ref().clone()))
+}
+
+async fn list_hosts(State(slicer): State<Arc<Slicer>>) -> Json<serde_json::Value> {
+    let table = slicer.table.borrow().clone();
+    let hosts: Vec<_> = table
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(index, host)| {
+            let slices = table.slices.iter().filter(|&&s| usize::from(s) == index).count();
+            let apps = table.apps.iter().filter(|a| a.host_id == host.id).count();
+            serde_json::json!({"id": host.id, "ingress_addr": host.ingress_addr, "api_addr": host.api_addr,
+                "slices": slices, "apps": apps})
+        })
+        .collect();
+    Json(serde_json::json!({ "version": table.version, "hosts": hosts }))
+}
+
+#[derive(Deserialize)]
+struct WatchQuery {
+    /// Answer once the table is newer than this version (or the wait ends).
+    after: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+/// Long-poll: returns the table as soon as its version is above `after`, or the current table
+/// after `wait_ms` (bounded by [`WATCH_WAIT_MS_MAX`]).
+async fn watch_table(
+    State(slicer): State<Arc<Slicer>>,
+    Query(query): Query<WatchQuery>,
+) -> Json<RoutingTable> {
+    let mut receiver = slicer.table.subscribe();
+    if let Some(after) = query.after {
+        let wait = Duration::from_millis(query.wait_ms.unwrap_or(30_000).min(WATCH_WAIT_MS_MAX));
+        let _ = tokio::time::timeout(wait, receiver.wait_for(|t| t.version > after)).await;
+    }
+    let table = receiver.borrow().as_ref().clone();
+    Json(table)
+}
+
+async fn list_apps(State(slicer): State<Arc<Slicer>>) -> Json<serde_json::Value> {
+    let table = slicer.table.borrow().clone();
+    Json(serde_json::json!({ "apps": table.apps }))
+}
+
+async fn app_deployed(
+    State(slicer): State<Arc<Slicer>>,
+    Path(name): Path<String>,
+    Json(body): Json<AppDeployed>,
+) -> Result<Json<TableVersion>, Failure> {
+    steady_proto::name::validate(&name)
+        .map_err(|e| Failure(StatusCode::BAD_REQUEST, "bad_name", e.to_string()))?;
+    let version =
+        slicer.change(|store| store.app_deployed(&name, &body.host_id, body.version, now_ms()))?;
+    tracing::info!(app = %name, host = %body.host_id, app_version = body.version, version, "app recorded");
+    Ok(Json(TableVersion { version }))
+}

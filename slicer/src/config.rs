@@ -1,0 +1,22 @@
+//! Command-line configuration of `steady-slicer`, with defaults and validation in one place.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Longest a table watcher may wait for a newer version in one request.
+pub const WATCH_WAIT_MS_MAX: u64 = 60_000;
+
+/// `steady-slicer`: host registry, slice assignment and the routing table.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(version, about, long_about = None)]
+pub struct Config {
+    /// Address of the slicer's HTTP API (`:0` picks a free port; see --ready-file).
+    #[arg(long, default_value = "127.0.0.1:8082", env = "STEADY_SLICER_LISTEN")]
+    pub listen: SocketAddr,
+    /// Directory for the slicer's SQLite database.
+    #[arg(long, default_value = ".steady/slicer")]
+    pub data: PathBuf,
+    /// Once listening, write `{"api": "<addr>"}` to this file (atomically), for supervisors.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}

@@ -1,0 +1,11 @@
+//! The slicer: steady's membership and placement service.
+//!
+//! Host daemons register here; the slicer cuts the app-name hash space into slices
+//! ([`steady_proto::slice`]), gives each slice one owner host ([`planner`]), keeps hosts,
+//! slices and apps durable in SQLite ([`store`]) and serves the versioned routing table that
+//! load balancers watch ([`api`]).
+
+pub mod api;
+pub mod config;
+pub mod planner;
+pub mod store;

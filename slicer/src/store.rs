@@ -1,0 +1,283 @@
+//! The slicer's durable state in SQLite: hosts, slice owners, apps and the table version.
+//!
+//! Only this module touches the slicer's database. Every change that alters the routing
+//! table bumps the version in the same transaction, so a table read back after a crash is
+//! exactly a table that was served.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use steady_proto::slice::{slice_of, SLICE_COUNT};
+use steady_proto::wire::{AppEntry, HostEntry, RoutingTable, UNASSIGNED};
+
+use crate::planner;
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("slicer database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("host {0:?} is not registered")]
+    UnknownHost(String),
+    #[error("app {app:?} belongs to slice {slice}, owned by {owner:?}, not by {host:?}")]
+    NotOwner {
+        app: String,
+        slice: u32,
+        owner: Option<String>,
+        host: String,
+    },
+}
+
+/// The slicer's database. Not thread-safe by itself; the API wraps it in a mutex.
+pub struct Store {
+    connection: Connection,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = FULL;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS hosts (
+    id TEXT PRIMARY KEY,
+    ingress_addr TEXT NOT NULL,
+    api_addr TEXT NOT NULL,
+    registered_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS slices (slice INTEGER PRIMARY KEY, host_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS apps (
+    name TEXT PRIMARY KEY,
+    host_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('table_version', 0);
+";
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let connection = Connection::open(path)?;
+        connection.execute_batch(SCHEMA)?;
+        Ok(Self { connection })
+    }
+
+    /// Adds a host, or updates the addresses of a known one (hosts keep their id across
+    /// restarts but may come back on new ports). A new host triggers a rebalance.
+    pub fn register_host(&mut self, host: &HostEntry, now_ms: u64) -> Result<u64, StoreError> {
+        let tx = self.connection.transaction()?;
+        let known: Option<(String, String)> = tx
+            .query_row(
+                "SELECT ingress_addr, api_addr FROM hosts WHERE id = ?1",
+                [&host.id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let unchanged = known
+            .as_ref()
+            .is_some_and(|(i, a)| *i == host.ingress_addr && *a == host.api_addr);
+        if unchanged {
+            return table_version(&tx);
+        }
+        tx.execute(
+            "INSERT INTO hosts (id, ingress_addr, api_addr, registered_at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(id) DO UPDATE SET ingress_addr = excluded.ingress_addr, api_addr = excluded.api_addr",
+            params![host.id, host.ingress_addr, host.api_addr, now_ms as i64],
+        )?;
+        if known.is_none() {
+            rebalance(&tx)?;
+        }
+        let version = bump_version(&tx)?;
+        tx.commit()?;
+        Ok(version)
+    }
+
+    /// Records that `host_id` now serves `name` at `version`. Refused unless the host owns the
+    /// app's slice in the current table, so a host with a stale view cannot claim an app.
+    pub fn app_deployed(
+        &mut self,
+        name: &str,
+        host_id: &str,
+        version: u64,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let tx = self.connection.transaction()?;
+        let slice = slice_of(name);
+        let owner: Option<String> = tx
+            .query_row(
+                "SELECT host_id FROM slices WHERE slice = ?1",
+                [slice],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if owner.as_deref() != Some(host_id) {
+            return Err(StoreError::NotOwner {
+                app: name.into(),
+                slice,
+                owner,
+                host: host_id.into(),
+            });
+        }
+        tx.execute(
+            "INSERT INTO apps (name, host_id, version, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(name) DO UPDATE SET host_id = excluded.host_id, version = excluded.version,
+             updated_at_ms = excluded.updated_at_ms",
+            params![name, host_id, version as i64, now_ms as i64],
+        )?;
+        let table_version = bump_version(&tx)?;
+        tx.commit()?;
+        Ok(table_version)
+    }
+
+    /// Reads the whole routing table as it is now.
+    pub fn table(&self) -> Result<RoutingTable, StoreError> {
+        let version = table_version(&self.connection)?;
+        let hosts = hosts(&self.connection)?;
+        let mut slices = vec![UNASSIGNED; SLICE_COUNT as usize];
+        let mut statement = self
+            .connection
+            .prepare("SELECT slice, host_id FROM slices")?;
+        let rows =
+            statement.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (slice, host_id) = row?;
+            let index = hosts.iter().position(|h| h.id == host_id);
+            if let (Some(index), Some(entry)) = (index, slices.get_mut(slice as usize)) {
+                *entry = u16::try_from(index).unwrap_or(UNASSIGNED);
+            }
+        }
+        let apps = apps(&self.connection)?;
+        let table = RoutingTable {
+            version,
+            hosts,
+            slices,
+            apps,
+        };
+        debug_assert_eq!(table.check(), Ok(()));
+        Ok(table)
+    }
+}
+
+fn table_version(connection: &Connection) -> Result<u64, StoreError> {
+    let version: i64 = connection.query_row(
+        "SELECT value FROM meta WHERE key = 'table_version'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(version as u64)
+}
+
+fn bump_version(tx: &Transaction) -> Result<u64, StoreError> {
+    tx.execute(
+        "UPDATE meta SET value = value + 1 WHERE key = 'table_version'",
+        [],
+    )?;
+    table_version(tx)
+}
+
+fn hosts(connection: &Connection) -> Result<Vec<HostEntry>, StoreError> {
+    let mut statement =
+        connection.prepare("SELECT id, ingress_addr, api_addr FROM hosts ORDER BY id")?;
+    let rows = statement.query_map([], |r| {
+        Ok(HostEntry {
+            id: r.get(0)?,
+            ingress_addr: r.get(1)?,
+            api_addr: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn apps(connection: &Connection) -> Result<Vec<AppEntry>, StoreError> {
+    let mut statement = connection
+        .prepare("SELECT name, host_id, version, updated_at_ms FROM apps ORDER BY name")?;
+    let rows = statement.query_map([], |r| {
+        Ok(AppEntry {
+            name: r.get(0)?,
+            host_id: r.get(1)?,
+            version: r.get::<_, i64>(2)? as u64,
+            updated_at_ms: r.get::<_, i64>(3)? as u64,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Runs the planner over all registered hosts and writes the new slice owners.
+fn rebalance(tx: &Transaction) -> Result<(), StoreError> {
+    let hosts = hosts(tx)?;
+    let mut current = vec![None; SLICE_COUNT as usize];
+    {
+        let mut statement = tx.prepare("SELECT slice, host_id FROM slices")?;
+        let rows =
+            statement.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (slice, host_id) = row?;
+            if let Some(entry) = current.get_mut(slice as usize) {
+                *entry = hosts.iter().position(|h| h.id == host_id);
+            }
+        }
+    }
+    let next = planner::rebalance(&current, hosts.len());
+    let mut update =
+        tx.prepare("INSERT OR REPLACE INTO slices (slice, host_id) VALUES (?1, ?2)")?;
+    for (slice, (before, after)) in current.iter().zip(&next).enumerate() {
+        if before != after {
+            let host = after
+                .map(|h| hosts[h].id.as_str())
+                .ok_or_else(|| StoreError::UnknownHost(String::new()))?;
+            update.execute(params![slice as u32, host])?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: &str) -> HostEntry {
+        HostEntry {
+            id: id.into(),
+            ingress_addr: format!("{id}:1"),
+            api_addr: format!("{id}:2"),
+        }
+    }
+
+    #[test]
+    fn state_survives_reopen_and_reregistration_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slicer.db");
+        let mut store = Store::open(&path).unwrap();
+        for id in ["h1", "h2", "h3"] {
+            store.register_host(&host(id), 1).unwrap();
+        }
+        let owner = store.table().unwrap().owner_of("hello").unwrap().id.clone();
+        let v = store.app_deployed("hello", &owner, 1, 2).unwrap();
+        drop(store);
+
+        let mut store = Store::open(&path).unwrap();
+        let before = store.table().unwrap();
+        assert_eq!(before.version, v);
+        assert_eq!(before.apps.len(), 1);
+        assert_eq!(
+            store.register_host(&host("h2"), 3).unwrap(),
+            v,
+            "same addresses: no new version"
+        );
+        assert_eq!(store.table().unwrap(), before);
+    }
+
+    #[test]
+    fn only_the_owner_may_claim_an_app() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        store.register_host(&host("h1"), 1).unwrap();
+        store.register_host(&host("h2"), 1).unwrap();
+        let owner = store.table().unwrap().owner_of("hello").unwrap().id.clone();
+        let other = if owner == "h1" { "h2" } else { "h1" };
+        assert!(matches!(
+            store.app_deployed("hello", other, 1, 1),
+            Err(StoreError::NotOwner { .. })
+        ));
+        assert!(store.app_deployed("hello", &owner, 1, 1).is_ok());
+    }
+}
