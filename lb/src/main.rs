@@ -1,1 +1,72 @@
-fn main() {}
+//! `steady-lb`: builds the pingora server with the public and private proxies and the slicer
+//! watch, then runs until SIGINT (fast stop) or SIGTERM (graceful stop).
+
+use clap::Parser;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use steady_lb::{
+    config::Config, private::PrivateProxy, public::PublicProxy, routing::Routes, watch::SlicerWatch,
+};
+
+/// Seconds the LB keeps serving after SIGTERM before it stops accepting (pingora's default is 300).
+const GRACE_PERIOD_SECONDS: u64 = 1;
+/// Seconds in-flight requests get to finish after that.
+const GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
+/// Idle keep-alive connections kept to hosts, across all hosts.
+const UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 1024;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STEADY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .init();
+    let config = match Config::parse().validate() {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("steady-lb: {message}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(error) = std::fs::create_dir_all(&config.data) {
+        eprintln!("steady-lb: creating {}: {error}", config.data.display());
+        std::process::exit(2);
+    }
+    let server_conf = ServerConf {
+        threads: config.threads,
+        grace_period_seconds: Some(GRACE_PERIOD_SECONDS),
+        graceful_shutdown_timeout_seconds: Some(GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS),
+        upstream_keepalive_pool_size: UPSTREAM_KEEPALIVE_POOL_SIZE,
+        upgrade_sock: config.data.join("upgrade.sock").display().to_string(),
+        pid_file: config.data.join("lb.pid").display().to_string(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, server_conf);
+    server.bootstrap();
+    let routes = Routes::new();
+
+    let mut public = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        PublicProxy::new(routes.clone(), config.domains.clone()),
+    );
+    public.add_tcp(&config.public.to_string());
+    public.threads = Some(config.threads);
+    let mut private = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        PrivateProxy::new(routes.clone(), config.slicer),
+    );
+    private.add_tcp(&config.private.to_string());
+    private.threads = Some(1);
+    let watch = pingora::services::background::background_service(
+        "slicer watch",
+        SlicerWatch::new(config.slicer, routes),
+    );
+
+    server.add_service(public);
+    server.add_service(private);
+    server.add_service(watch);
+    tracing::info!(public = %config.public, private = %config.private, slicer = %config.slicer, "load balancer starting");
+    server.run_forever();
+}

@@ -1,0 +1,54 @@
+//! Command-line configuration of `steady-lb`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Longest the private listener holds a deploy answer while waiting for the table that
+/// includes the app.
+pub const DEPLOY_TABLE_WAIT_MS: u64 = 3_000;
+/// Timeout for connecting to a host or the slicer.
+pub const UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 2_000;
+
+/// `steady-lb`: routes app traffic and API calls to the right host.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(version, about, long_about = None)]
+pub struct Config {
+    /// Public listener for app traffic (`Host: <app>.<domain>`).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub public: SocketAddr,
+    /// Private listener for the API; never expose it beyond the operators' network.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub private: SocketAddr,
+    /// Slicer API address (`host:port`).
+    #[arg(long, default_value = "127.0.0.1:8082", env = "STEADY_SLICER")]
+    pub slicer: SocketAddr,
+    /// Domains apps answer under; repeat for several (`--domain steady.page --domain steady.sh`).
+    #[arg(long = "domain", default_value = "localhost")]
+    pub domains: Vec<String>,
+    /// Worker threads per listener.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Directory for the LB's own files (the upgrade socket).
+    #[arg(long, default_value = ".steady/lb")]
+    pub data: PathBuf,
+}
+
+impl Config {
+    /// Checks the configuration; an error here is a configuration error (exit code 2).
+    pub fn validate(self) -> Result<Self, String> {
+        if self.threads == 0 || self.threads > 256 {
+            return Err("--threads must be between 1 and 256".into());
+        }
+        if self.public == self.private {
+            return Err("--public and --private must differ".into());
+        }
+        if let Some(bad) = self
+            .domains
+            .iter()
+            .find(|d| d.is_empty() || d.starts_with('.') || d.contains(':'))
+        {
+            return Err(format!("--domain {bad:?} is not a domain name"));
+        }
+        Ok(self)
+    }
+}

@@ -1,0 +1,15 @@
+//! The steady load balancer, built on pingora.
+//!
+//! Two listeners share one routing table ([`routing`]): the public one sends
+//! `Host: <app>.<domain>` to the host that owns the app and answers unknown apps with its own
+//! 404 page ([`public`]); the private one carries the API to the owning host or the slicer
+//! ([`private`]). The table is fed by a long-poll watch of the slicer ([`watch`]); between
+//! updates, and while the slicer is down, the LB keeps routing on its last table.
+
+pub mod config;
+pub mod pages;
+pub mod private;
+pub mod public;
+pub mod routing;
+pub mod upstream;
+pub mod watch;

@@ -1,0 +1,68 @@
+//! Pages the LB answers itself, without touching a host.
+
+/// The 404 page for a name that is not a deployed app.
+pub fn unknown_app(app: &str) -> String {
+    let app = escape(app);
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>No app named {app}</title>\
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;color:#222}}\
+code{{background:#f2f2f2;padding:.1rem .3rem;border-radius:3px}}</style></head><body>\
+<h1>No app named <code>{app}</code></h1>\
+<p>steady has no app by this name. If it is yours, deploy it with <code>steady deploy --name {app}</code>.</p>\
+</body></html>\n"
+    )
+}
+
+/// The page at the apex domain until the dashboard lands there.
+pub fn apex() -> &'static str {
+    "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>steady</title></head><body>\
+<h1>steady</h1><p>This is a steady platform. Apps answer at <code>&lt;name&gt;</code> subdomains of this domain.</p>\
+</body></html>\n"
+}
+
+/// The page for a request whose Host is not under any of the LB's domains.
+pub fn unknown_host() -> &'static str {
+    "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Unknown host</title></head><body>\
+<h1>Unknown host</h1><p>This steady load balancer does not serve this host name.</p></body></html>\n"
+}
+
+fn escape(text: &str) -> String {
+    text.chars()
+        .take(100)
+        .map(|c| match c {
+            '<' => "&lt;".to_owned(),
+            '>' => "&gt;".to_owned(),
+            '&' => "&amp;".to_owned(),
+            '"' => "&quot;".to_owned(),
+            '\'' => "&#39;".to_owned(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_are_escaped() {
+        assert!(super::unknown_app("<script>").contains("&lt;script&gt;"));
+        assert!(!super::unknown_app("<script>").contains("<script>"));
+    }
+}
+
+/// Writes a complete response from the LB itself, keeping the client connection usable.
+pub async fn respond(
+    session: &mut pingora::proxy::Session,
+    status: u16,
+    content_type: &str,
+    body: impl Into<bytes::Bytes>,
+) -> pingora::Result<()> {
+    let body = body.into();
+    let mut header = pingora::http::ResponseHeader::build(status, Some(3))?;
+    header.insert_header("content-type", content_type)?;
+    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header("cache-control", "no-store")?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await
+}

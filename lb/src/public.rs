@@ -1,0 +1,111 @@
+//! The public listener: `Host: <app>.<domain>` → the app's host, or the LB's own pages.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::http::RequestHeader;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use steady_proto::name::{app_from_host, is_apex};
+use steady_proto::wire::HEADER_APP;
+
+use crate::pages;
+use crate::routing::Routes;
+use crate::upstream;
+
+/// Per-request state: where the request goes.
+#[derive(Default)]
+pub struct RequestCtx {
+    app: String,
+    ingress: Option<std::net::SocketAddr>,
+}
+
+/// The public proxy.
+pub struct PublicProxy {
+    routes: Arc<Routes>,
+    domains: Vec<String>,
+}
+
+impl PublicProxy {
+    /// A proxy for apps under `domains`, routed by `routes`.
+    pub fn new(routes: Arc<Routes>, domains: Vec<String>) -> Self {
+        assert!(!domains.is_empty(), "the LB serves at least one domain");
+        Self { routes, domains }
+    }
+}
+
+fn host_of(request: &RequestHeader) -> &str {
+    request
+        .headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri.authority().map(|a| a.as_str()))
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl ProxyHttp for PublicProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        let host = host_of(session.req_header()).to_ascii_lowercase();
+        if self.domains.iter().any(|d| is_apex(&host, d)) {
+            pages::respond(session, 200, "text/html; charset=utf-8", pages::apex()).await?;
+            return Ok(true);
+        }
+        let Some(app) = self.domains.iter().find_map(|d| app_from_host(&host, d)) else {
+            pages::respond(
+                session,
+                404,
+                "text/html; charset=utf-8",
+                pages::unknown_host(),
+            )
+            .await?;
+            return Ok(true);
+        };
+        let Some(owner) = self.routes.current().route(app) else {
+            pages::respond(
+                session,
+                404,
+                "text/html; charset=utf-8",
+                pages::unknown_app(app),
+            )
+            .await?;
+            return Ok(true);
+        };
+        ctx.app = app.to_owned();
+        ctx.ingress = Some(owner.ingress);
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let addr = ctx
+            .ingress
+            .ok_or_else(|| pingora::Error::new_str("no route chosen"))?;
+        Ok(upstream::peer(addr))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        upstream::strip_internal_headers(request);
+        request.insert_header(HEADER_APP, ctx.app.as_str())?;
+        let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+        upstream::set_forwarded(request, client)
+    }
+}
