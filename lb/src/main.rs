@@ -55,7 +55,12 @@ fn main() {
     public.threads = Some(config.threads);
     let mut private = pingora::proxy::http_proxy_service(
         &server.configuration,
-        PrivateProxy::new(routes.clone(), config.slicer),
+        PrivateProxy::new(
+            routes.clone(),
+            config.slicer,
+            &config.domains[0],
+            config.public,
+        ),
     );
     private.add_tcp(&config.private.to_string());
     private.threads = Some(1);

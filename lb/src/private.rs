@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use steady_proto::wire::HEADER_TABLE_VERSION;
+use steady_proto::wire::{HEADER_TABLE_VERSION, HEADER_URL};
 
 use crate::config::DEPLOY_TABLE_WAIT_MS;
 use crate::pages;
@@ -20,18 +20,33 @@ use crate::upstream;
 #[derive(Default)]
 pub struct ApiCtx {
     upstream: Option<SocketAddr>,
+    app: Option<String>,
 }
 
 /// The private API proxy.
 pub struct PrivateProxy {
     routes: Arc<Routes>,
     slicer: SocketAddr,
+    /// Public base of app URLs: `http://{app}.<domain>[:port]` is built from these.
+    url_domain: String,
+    url_port_suffix: String,
 }
 
 impl PrivateProxy {
-    /// A proxy that sends app calls by `routes` and the rest to `slicer`.
-    pub fn new(routes: Arc<Routes>, slicer: SocketAddr) -> Self {
-        Self { routes, slicer }
+    /// A proxy that sends app calls by `routes` and the rest to `slicer`. App URLs it reports
+    /// are under `domain` on the public listener `public`.
+    pub fn new(routes: Arc<Routes>, slicer: SocketAddr, domain: &str, public: SocketAddr) -> Self {
+        let url_port_suffix = if public.port() == 80 {
+            String::new()
+        } else {
+            format!(":{}", public.port())
+        };
+        Self {
+            routes,
+            slicer,
+            url_domain: domain.to_owned(),
+            url_port_suffix,
+        }
     }
 }
 
@@ -77,7 +92,10 @@ impl ProxyHttp for PrivateProxy {
             return Ok(true);
         }
         match self.routes.current().owner(app) {
-            Some(owner) => ctx.upstream = Some(owner.api),
+            Some(owner) => {
+                ctx.upstream = Some(owner.api);
+                ctx.app = Some(app.to_owned());
+            }
             None => {
                 let body = serde_json::json!({ "code": "no_hosts", "message": "no host is registered to run apps yet" }).to_string();
                 pages::respond(session, 503, "application/json", body).await?;
@@ -115,7 +133,7 @@ impl ProxyHttp for PrivateProxy {
         &self,
         _session: &mut Session,
         response: &mut ResponseHeader,
-        _ctx: &mut ApiCtx,
+        ctx: &mut ApiCtx,
     ) -> pingora::Result<()> {
         let wanted = response
             .headers
@@ -129,6 +147,12 @@ impl ProxyHttp for PrivateProxy {
                 .await
             {
                 tracing::warn!(version, "deploy answered before this LB saw its table");
+            }
+            if let Some(app) = &ctx.app {
+                response.insert_header(
+                    HEADER_URL,
+                    format!("http://{app}.{}{}/", self.url_domain, self.url_port_suffix),
+                )?;
             }
         }
         Ok(())

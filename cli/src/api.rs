@@ -1,0 +1,127 @@
+//! The CLI's client for steady's API (the LB's private port).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use steady_proto::wire::{ApiError, AppEntry, DeployResult, HEADER_URL};
+
+use crate::exit::{Failure, CONFLICT, FAILED, NETWORK, NOT_FOUND};
+
+/// The API address `steady up` serves on by default.
+pub const DEFAULT_API: &str = "127.0.0.1:8081";
+const REQUEST_TIMEOUT_MS: u64 = 120_000;
+const CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+/// An API client.
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// What `deploy` prints.
+#[derive(Debug, Serialize)]
+pub struct Deployed {
+    #[serde(flatten)]
+    pub result: DeployResult,
+    pub url: String,
+}
+
+#[derive(Deserialize)]
+struct AppList {
+    apps: Vec<AppEntry>,
+}
+
+impl Client {
+    /// A client for `api` (`host:port` or `http://host:port`).
+    pub fn new(api: &str) -> anyhow::Result<Self> {
+        let base = if api.contains("://") {
+            api.trim_end_matches('/').to_owned()
+        } else {
+            format!("http://{api}")
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+            .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .build()?;
+        Ok(Self { base, http })
+    }
+
+    fn unreachable(&self, error: reqwest::Error) -> anyhow::Error {
+        Failure::new(NETWORK, "network", format!("cannot reach the steady API at {}: {error}. Is `steady up` running? (set --api or STEADY_API)", self.base)).into()
+    }
+
+    /// Uploads a bundle as the next version of `name`.
+    pub async fn deploy(&self, name: &str, archive: Vec<u8>) -> anyhow::Result<Deployed> {
+        let url = format!("{}/v1/apps/{name}/deploy", self.base);
+        let response = self
+            .http
+            .post(url)
+            .header("content-type", "application/x-tar")
+            .body(archive)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let app_url = response
+            .headers()
+            .get(HEADER_URL)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let result: DeployResult = self.decode(response).await?;
+        Ok(Deployed {
+            result,
+            url: app_url,
+        })
+    }
+
+    /// All apps.
+    pub async fn apps(&self) -> anyhow::Result<Vec<AppEntry>> {
+        let response = self
+            .http
+            .get(format!("{}/v1/apps", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let list: AppList = self.decode(response).await?;
+        Ok(list.apps)
+    }
+
+    async fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        response: reqwest::Response,
+    ) -> anyhow::Result<T> {
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| self.unreachable(e))?;
+        if status.is_success() {
+            return serde_json::from_slice(&body).map_err(|e| {
+                anyhow::anyhow!("the API answered {status} with unexpected content: {e}")
+            });
+        }
+        let code = match status.as_u16() {
+            404 => NOT_FOUND,
+            409 => CONFLICT,
+            502..=504 => NETWORK,
+            _ => FAILED,
+        };
+        let detail: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let error: Option<ApiError> = serde_json::from_value(detail.clone()).ok();
+        let (kind, message) = match error {
+            Some(e) => (e.code, e.message),
+            None => (
+                "http".to_owned(),
+                format!(
+                    "the API answered {status}: {}",
+                    String::from_utf8_lossy(&body).trim()
+                ),
+            ),
+        };
+        let mut failure = Failure::new(code, &kind, message);
+        if let Some(lines) = detail.get("log").and_then(|l| l.as_array()) {
+            failure.detail = lines
+                .iter()
+                .filter_map(|l| l.as_str().map(str::to_owned))
+                .collect();
+        }
+        Err(failure.into())
+    }
+}

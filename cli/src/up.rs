@@ -1,0 +1,380 @@
+//! `steady up`: the whole platform on one machine, in the foreground.
+//!
+//! Starts one slicer, N host daemons on 127.0.0.2, 127.0.0.3, … and one load balancer, each as
+//! a child process in its own process group with its log under `<data>/logs/`. Ctrl-C (or any
+//! child dying) stops them all in reverse order: LB, hosts (which stop their apps), slicer. A
+//! child that outlives `steady up` itself gets SIGTERM from the kernel (`PR_SET_PDEATHSIG`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::exit::{Failure, USAGE};
+
+/// Longest a daemon may take to become ready.
+const READY_TIMEOUT_MS: u64 = 20_000;
+const READY_POLL_MS: u64 = 20;
+/// How long a daemon gets to stop after SIGTERM before SIGKILL.
+const STOP_TIMEOUT_MS: u64 = 10_000;
+/// Most hosts `steady up` will start (each needs its own loopback address).
+const HOSTS_MAX: u8 = 32;
+
+/// Flags of `steady up`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "The API listens on --api (global flag, default 127.0.0.1:8081).\n\
+Apps answer at http://<name>.<domain>:<port of --http>/."
+)]
+pub struct UpArgs {
+    /// Public listener for app traffic.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// Data directory for every daemon; a second run on the same directory serves the same apps.
+    #[arg(long, default_value = ".steady")]
+    data: PathBuf,
+    /// Number of host daemons (on 127.0.0.2, 127.0.0.3, …).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=HOSTS_MAX as i64))]
+    hosts: u8,
+    /// Domain apps answer under.
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// Deploy these app folders once the platform is ready (repeatable).
+    #[arg(long)]
+    deploy: Vec<PathBuf>,
+}
+
+struct Daemon {
+    name: String,
+    child: tokio::process::Child,
+    log: PathBuf,
+}
+
+/// Runs the platform until Ctrl-C or a daemon dies.
+pub async fn run(args: UpArgs, api: &str) -> anyhow::Result<()> {
+    let api: SocketAddr = api.trim_start_matches("http://").parse().map_err(|_| {
+        Failure::new(
+            USAGE,
+            "usage",
+            format!("--api {api:?} must be an ip:port for `steady up`"),
+        )
+    })?;
+    for (flag, addr) in [("--http", args.http), ("--api", api)] {
+        std::net::TcpListener::bind(addr).map_err(|e| {
+            Failure::new(
+                USAGE,
+                "address_in_use",
+                format!("cannot listen on {addr} ({e}); pick another with {flag}"),
+            )
+        })?;
+    }
+    std::fs::create_dir_all(args.data.join("logs"))?;
+    let data = args.data.canonicalize()?;
+    let env = Environment::find()?;
+    let mut daemons = Vec::new();
+    let started = start_all(&args, &data, api, &env, &mut daemons).await;
+    if let Err(error) = started {
+        stop_all(&mut daemons).await;
+        return Err(error);
+    }
+    let port = if args.http.port() == 80 {
+        String::new()
+    } else {
+        format!(":{}", args.http.port())
+    };
+    eprintln!(
+        "steady is up: {} hosts, API on {api}, apps at http://<name>.{}{port}/",
+        args.hosts, args.domain
+    );
+    eprintln!(
+        "logs in {}; press Ctrl-C to stop",
+        data.join("logs").display()
+    );
+    let deployed = deploy_examples(&args.deploy, api).await;
+    if let Err(error) = deployed {
+        crate::exit::report(&error, false);
+    }
+    let reason = wait_for_stop(&mut daemons).await;
+    eprintln!("stopping ({reason})");
+    stop_all(&mut daemons).await;
+    Ok(())
+}
+
+/// Paths handed to the daemons, resolved once.
+struct Environment {
+    path: String,
+    bun: PathBuf,
+    bwrap: PathBuf,
+}
+
+impl Environment {
+    fn find() -> anyhow::Result<Self> {
+        let missing = |what: &str| {
+            Failure::new(
+                crate::exit::FAILED,
+                "missing_tool",
+                format!("{what} not found: run scripts/setup.sh"),
+            )
+        };
+        let bun = crate::tools::find("bun").ok_or_else(|| missing("bun"))?;
+        let bwrap = crate::tools::find("bwrap").ok_or_else(|| missing("bwrap (bubblewrap)"))?;
+        Ok(Self {
+            path: std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+            bun,
+            bwrap,
+        })
+    }
+}
+
+async fn start_all(
+    args: &UpArgs,
+    data: &Path,
+    api: SocketAddr,
+    env: &Environment,
+    daemons: &mut Vec<Daemon>,
+) -> anyhow::Result<()> {
+    let ready = data.join("slicer.ready");
+    let slicer_args = vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--data".into(),
+        path(&data.join("slicer")),
+        "--ready-file".into(),
+        path(&ready),
+    ];
+    let slicer_ready = start(
+        daemons,
+        "slicer",
+        "steady-slicer",
+        slicer_args,
+        data,
+        env,
+        Some(&ready),
+    )
+    .await?;
+    let slicer_api = slicer_ready["api"]
+        .as_str()
+        .context("slicer ready file has no api address")?
+        .to_owned();
+    for index in 1..=args.hosts {
+        let id = format!("host-{index}");
+        let ip = format!("127.0.0.{}", index + 1);
+        let ready = data.join(format!("{id}.ready"));
+        let host_args = vec![
+            "--id".into(),
+            id.clone(),
+            "--data".into(),
+            path(&data.join("hosts").join(&id)),
+            "--ingress".into(),
+            format!("{ip}:0"),
+            "--api".into(),
+            format!("{ip}:0"),
+            "--slicer".into(),
+            slicer_api.clone(),
+            "--ready-file".into(),
+            path(&ready),
+        ];
+        start(
+            daemons,
+            &id,
+            "steady-hostd",
+            host_args,
+            data,
+            env,
+            Some(&ready),
+        )
+        .await?;
+    }
+    let lb_args = vec![
+        "--public".into(),
+        args.http.to_string(),
+        "--private".into(),
+        api.to_string(),
+        "--slicer".into(),
+        slicer_api,
+        "--domain".into(),
+        args.domain.clone(),
+        "--data".into(),
+        path(&data.join("lb")),
+    ];
+    start(daemons, "lb", "steady-lb", lb_args, data, env, None).await?;
+    wait_lb_ready(daemons, api).await
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Starts one daemon and, given a ready file, waits for it and returns its content.
+async fn start(
+    daemons: &mut Vec<Daemon>,
+    name: &str,
+    binary: &str,
+    args: Vec<String>,
+    data: &Path,
+    env: &Environment,
+    ready: Option<&Path>,
+) -> anyhow::Result<serde_json::Value> {
+    let program = crate::tools::sibling(binary)?;
+    if let Some(ready) = ready {
+        let _ = std::fs::remove_file(ready);
+    }
+    let log = data.join("logs").join(format!("{name}.log"));
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
+    let mut command = tokio::process::Command::new(&program);
+    command
+        .args(&args)
+        .env_clear()
+        .env("PATH", &env.path)
+        .env("STEADY_BUN", &env.bun)
+        .env("STEADY_BWRAP", &env.bwrap);
+    if let Ok(level) = std::env::var("STEADY_LOG") {
+        command.env("STEADY_LOG", level);
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    daemons.push(Daemon {
+        name: name.to_owned(),
+        child,
+        log,
+    });
+    let Some(ready) = ready else {
+        return Ok(serde_json::Value::Null);
+    };
+    let deadline = Instant::now() + Duration::from_millis(READY_TIMEOUT_MS);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(ready) {
+            return Ok(serde_json::from_str(&text)?);
+        }
+        check_alive(daemons.last_mut().expect("just pushed"))?;
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{name} was not ready within {READY_TIMEOUT_MS} ms"
+        );
+        tokio::time::sleep(Duration::from_millis(READY_POLL_MS)).await;
+    }
+}
+
+fn check_alive(daemon: &mut Daemon) -> anyhow::Result<()> {
+    if let Some(status) = daemon.child.try_wait()? {
+        let tail = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+        let tail: Vec<&str> = tail
+            .lines()
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        anyhow::bail!(
+            "{} exited ({status}) while starting; its log ({}) ends:\n{}",
+            daemon.name,
+            daemon.log.display(),
+            tail.join("\n")
+        );
+    }
+    Ok(())
+}
+
+async fn wait_lb_ready(daemons: &mut [Daemon], api: SocketAddr) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(1_000))
+        .build()?;
+    let deadline = Instant::now() + Duration::from_millis(READY_TIMEOUT_MS);
+    loop {
+        let ready = http
+            .get(format!("http://{api}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ready {
+            return Ok(());
+        }
+        check_alive(daemons.last_mut().expect("lb started"))?;
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the load balancer was not ready within {READY_TIMEOUT_MS} ms"
+        );
+        tokio::time::sleep(Duration::from_millis(READY_POLL_MS)).await;
+    }
+}
+
+async fn deploy_examples(paths: &[PathBuf], api: SocketAddr) -> anyhow::Result<()> {
+    let client = crate::api::Client::new(&api.to_string())?;
+    for path in paths {
+        let built = crate::bundle::build(path, None)?;
+        let deployed = client.deploy(&built.name, built.archive).await?;
+        eprintln!(
+            "deployed {} version {} on {}:",
+            deployed.result.name, deployed.result.version, deployed.result.host_id
+        );
+        println!("{}", deployed.url);
+    }
+    Ok(())
+}
+
+/// Waits for Ctrl-C, SIGTERM or any daemon exiting; says which.
+async fn wait_for_stop(daemons: &mut [Daemon]) -> String {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("signal handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("signal handler");
+    let any_exit = async {
+        let waits = daemons
+            .iter_mut()
+            .map(|d| Box::pin(async move { (d.name.clone(), d.child.wait().await) }));
+        let ((name, status), _, _) = futures::future::select_all(waits.collect::<Vec<_>>()).await;
+        format!(
+            "{name} exited: {}",
+            status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| e.to_string())
+        )
+    };
+    tokio::select! {
+        _ = interrupt.recv() => "Ctrl-C".to_owned(),
+        _ = terminate.recv() => "SIGTERM".to_owned(),
+        reason = any_exit => reason,
+    }
+}
+
+/// Stops daemons in reverse start order: SIGTERM, bounded wait, then SIGKILL.
+async fn stop_all(daemons: &mut Vec<Daemon>) {
+    while let Some(mut daemon) = daemons.pop() {
+        let Some(pid) = daemon.child.id() else {
+            continue;
+        };
+        // SAFETY: signalling our own child's process group.
+        unsafe {
+            libc::kill(-(pid as i32), libc::SIGTERM);
+        }
+        let stopped =
+            tokio::time::timeout(Duration::from_millis(STOP_TIMEOUT_MS), daemon.child.wait()).await;
+        if stopped.is_err() {
+            eprintln!(
+                "{} did not stop within {STOP_TIMEOUT_MS} ms; killing it",
+                daemon.name
+            );
+            let _ = daemon.child.kill().await;
+        }
+    }
+}
