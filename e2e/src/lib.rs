@@ -1,1 +1,457 @@
-//! placeholder
+//! Test harness: starts the real steady binaries (slicer, N host daemons, LB) in a temp dir
+//! on free loopback ports, drives them like a user would (the `steady` CLI, plain HTTP), and
+//! tears everything down — also when a test fails, in which case it prints every daemon's log.
+//!
+//! Waits are on conditions (a ready file, `/readyz`, an answer), each with a deadline; nothing
+//! waits on a bare sleep. Set `STEADY_KEEP_TEST_DIR=1` to keep the temp dir for debugging.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use steady_proto::wire::RoutingTable;
+
+/// Default patience for conditions; `STEADY_TEST_PATIENCE_MS` overrides it.
+pub fn patience() -> Duration {
+    let ms = std::env::var("STEADY_TEST_PATIENCE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    Duration::from_millis(ms)
+}
+
+/// Retries `check` until it returns `Some` or the patience runs out (then panics with `what`).
+pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + patience();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The workspace root (the checkout).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+/// Where the built binaries are: next to the test executable's `deps/` folder.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir")
+        .to_owned();
+    for binary in ["steady", "steady-slicer", "steady-hostd", "steady-lb"] {
+        assert!(dir.join(binary).is_file(), "{binary} is not built in {}: run `cargo build --workspace --bins` with the same profile first", dir.display());
+    }
+    dir
+}
+
+/// PATH for the daemons and the CLI: the checkout's `.tools/bin` first.
+pub fn tools_path() -> String {
+    let tools = workspace().join(".tools/bin");
+    format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// A free TCP port on `ip` (bound, then released).
+pub fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// One daemon started by the harness, in its own process group.
+pub struct Daemon {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `binary` with `args`, output to `<dir>/<name>.log`.
+    pub fn start(dir: &Path, name: &str, binary: &str, args: &[String]) -> Self {
+        use std::os::unix::process::CommandExt;
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = Command::new(bin_dir().join(binary))
+            .args(args)
+            .env_clear()
+            .env("PATH", tools_path())
+            .env("STEADY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
+        Self {
+            name: name.into(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Has the daemon exited?
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    /// Sends `signal` to the daemon's process group and waits (bounded) for it to exit.
+    pub fn stop_with(&mut self, signal: i32) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: signalling a process group this harness created.
+        unsafe {
+            libc::kill(-(child.id() as i32), signal);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{} did not stop after signal {signal}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Graceful stop (SIGTERM).
+    pub fn stop(&mut self) {
+        self.stop_with(libc::SIGTERM);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            // SAFETY: as in stop_with; errors (already gone) are fine here.
+            unsafe {
+                libc::kill(-(child.id() as i32), libc::SIGKILL);
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_ready_file(daemon: &mut Daemon, path: &Path) -> serde_json::Value {
+    eventually(&format!("{} ready file", daemon.name), || {
+        assert!(
+            !daemon.exited(),
+            "{} exited while starting:\n{}",
+            daemon.name,
+            std::fs::read_to_string(&daemon.log).unwrap_or_default()
+        );
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+    })
+}
+
+/// A host daemon and the fixed addresses it keeps across restarts.
+pub struct Host {
+    pub id: String,
+    pub ip: String,
+    pub ingress: SocketAddr,
+    pub api: SocketAddr,
+    pub data: PathBuf,
+    pub daemon: Daemon,
+}
+
+/// A whole steady platform on loopback.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub slicer_addr: String,
+    pub slicer: Daemon,
+    pub hosts: Vec<Host>,
+    pub lb: Daemon,
+    pub public: SocketAddr,
+    pub private: SocketAddr,
+    pub domain: String,
+    http: reqwest::blocking::Client,
+}
+
+/// The answer to a plain HTTP request.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Cluster {
+    /// Starts a slicer, `host_count` hosts on 127.0.0.2… and one LB; returns once the LB has a table.
+    pub fn start(host_count: usize) -> Self {
+        assert!((1..=30).contains(&host_count));
+        let dir = tempfile::Builder::new()
+            .prefix("steady-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let root = dir.path().to_owned();
+        let ready = root.join("slicer.ready");
+        let mut slicer = Daemon::start(
+            &root,
+            "slicer",
+            "steady-slicer",
+            &strings(&[
+                "--listen",
+                "127.0.0.1:0",
+                "--data",
+                &path(&root.join("slicer")),
+                "--ready-file",
+                &path(&ready),
+            ]),
+        );
+        let slicer_addr = wait_ready_file(&mut slicer, &ready)["api"]
+            .as_str()
+            .expect("slicer api")
+            .to_owned();
+        let hosts = (1..=host_count)
+            .map(|i| start_host(&root, i, &slicer_addr))
+            .collect();
+        let (public, private) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+        let lb_args = strings(&[
+            "--public",
+            &public.to_string(),
+            "--private",
+            &private.to_string(),
+            "--slicer",
+            &slicer_addr,
+            "--domain",
+            "localhost",
+            "--data",
+            &path(&root.join("lb")),
+        ]);
+        let lb = Daemon::start(&root, "lb", "steady-lb", &lb_args);
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client");
+        let cluster = Self {
+            dir,
+            slicer_addr,
+            slicer,
+            hosts,
+            lb,
+            public,
+            private,
+            domain: "localhost".into(),
+            http,
+        };
+        cluster.wait_lb_table(1);
+        cluster
+    }
+
+    /// Waits until the LB has installed a table at least as new as `version`.
+    pub fn wait_lb_table(&self, version: u64) {
+        eventually("the LB's routing table", || {
+            let answer = self
+                .http
+                .get(format!("http://{}/readyz", self.private))
+                .send()
+                .ok()?;
+            let text = answer.text().ok()?;
+            let installed: u64 = text.trim().rsplit(' ').next()?.parse().ok()?;
+            (installed >= version).then_some(())
+        });
+    }
+
+    /// Runs the `steady` CLI against this cluster's API.
+    pub fn steady(&self, args: &[&str]) -> Output {
+        steady_command(args)
+            .env("STEADY_API", self.private.to_string())
+            .output()
+            .expect("running steady")
+    }
+
+    /// Deploys `source` (a folder) as `name` with the CLI; panics with its output on failure.
+    pub fn deploy(&self, source: &Path, name: &str) -> serde_json::Value {
+        let output = self.steady(&["deploy", &path(source), "--name", name, "--json"]);
+        assert!(
+            output.status.success(),
+            "deploy of {name} failed: {}",
+            describe(&output)
+        );
+        serde_json::from_slice(&output.stdout).expect("deploy prints JSON")
+    }
+
+    /// GET `path` of `app` through the LB's public listener.
+    pub fn get(&self, app: &str, path: &str) -> Answer {
+        let url = format!("http://{}{path}", self.public);
+        let response = self
+            .http
+            .get(url)
+            .header("host", format!("{app}.{}", self.domain))
+            .send()
+            .expect("request through the LB");
+        Answer {
+            status: response.status().as_u16(),
+            body: response.text().unwrap_or_default(),
+        }
+    }
+
+    /// The slicer's routing table, read through the LB's private listener.
+    pub fn table(&self) -> RoutingTable {
+        self.http
+            .get(format!("http://{}/v1/table", self.private))
+            .send()
+            .and_then(|r| r.json())
+            .expect("routing table")
+    }
+
+    /// Stops host `index` gracefully and starts it again on the same data and addresses.
+    pub fn restart_host(&mut self, index: usize) {
+        let root = self.dir.path().to_owned();
+        self.hosts[index].daemon.stop();
+        let host = &mut self.hosts[index];
+        host.daemon = start_host_at(&root, &host.id, host.ingress, host.api, &self.slicer_addr).1;
+    }
+
+    /// The tail of every daemon's log, for failure reports.
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        for daemon in [&self.slicer, &self.lb]
+            .into_iter()
+            .chain(self.hosts.iter().map(|h| &h.daemon))
+        {
+            let log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            text += &format!(
+                "--- {} ---\n{}\n",
+                daemon.name,
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+        text
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "cluster in {} — daemon logs:\n{}",
+                self.dir.path().display(),
+                self.logs()
+            );
+        }
+        self.lb.stop_with(libc::SIGINT);
+        for host in &mut self.hosts {
+            host.daemon.stop();
+        }
+        self.slicer.stop();
+        if std::env::var_os("STEADY_KEEP_TEST_DIR").is_some() {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            eprintln!("kept {}", kept.keep().display());
+        }
+    }
+}
+
+fn start_host(root: &Path, index: usize, slicer: &str) -> Host {
+    let id = format!("host-{index}");
+    let ip = format!("127.0.0.{}", index + 1);
+    let (ingress, api) = (free_addr(&ip), free_addr(&ip));
+    let (data, daemon) = start_host_at(root, &id, ingress, api, slicer);
+    Host {
+        id,
+        ip,
+        ingress,
+        api,
+        data,
+        daemon,
+    }
+}
+
+fn start_host_at(
+    root: &Path,
+    id: &str,
+    ingress: SocketAddr,
+    api: SocketAddr,
+    slicer: &str,
+) -> (PathBuf, Daemon) {
+    let data = root.join("hosts").join(id);
+    let ready = root.join(format!("{id}.ready"));
+    let _ = std::fs::remove_file(&ready);
+    let args = strings(&[
+        "--id",
+        id,
+        "--data",
+        &path(&data),
+        "--ingress",
+        &ingress.to_string(),
+        "--api",
+        &api.to_string(),
+        "--slicer",
+        slicer,
+        "--ready-file",
+        &path(&ready),
+    ]);
+    let mut daemon = Daemon::start(root, id, "steady-hostd", &args);
+    wait_ready_file(&mut daemon, &ready);
+    (data, daemon)
+}
+
+fn free_addr(ip: &str) -> SocketAddr {
+    format!("{ip}:{}", free_port(ip))
+        .parse()
+        .expect("socket address")
+}
+
+/// A `steady` CLI command with the tools on PATH.
+pub fn steady_command(args: &[&str]) -> Command {
+    let mut command = Command::new(bin_dir().join("steady"));
+    command
+        .args(args)
+        .env("PATH", tools_path())
+        .env_remove("STEADY_API");
+    command
+}
+
+/// Status, stdout and stderr of a finished command, for assertion messages.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "{}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Writes an app (`index.ts` with `source`) into a new folder under `parent`.
+pub fn write_app(parent: &Path, folder: &str, source: &str) -> PathBuf {
+    let dir = parent.join("src").join(folder);
+    std::fs::create_dir_all(&dir).expect("app folder");
+    std::fs::write(dir.join("index.ts"), source).expect("app source");
+    dir
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}

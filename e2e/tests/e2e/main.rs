@@ -1,0 +1,6 @@
+//! End-to-end tests: real binaries, real Bun, real bubblewrap, driven through the LB and CLI.
+//! One test binary, so the suite links once.
+
+mod request_path;
+mod sandbox;
+mod up;
