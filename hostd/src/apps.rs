@@ -211,7 +211,7 @@ impl Apps {
             app: slot.name.clone(),
             error,
         })?;
-        tracing::info!(app = %slot.name, version = current.version, "app started");
+        tracing::info!(app = %slot.name, version = current.version, start_ms = process.start_ms, "app woke");
         let socket = process.socket.clone();
         *serving = Some(process);
         Ok(socket)

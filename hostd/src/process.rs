@@ -43,8 +43,8 @@ pub struct AppProcess {
     /// The version this process runs.
     pub version: u64,
     exited: watch::Receiver<Option<String>>,
-    /// When the process became ready.
-    pub ready_at: Instant,
+    /// Milliseconds from spawn to listening: the sandbox's share of a cold start.
+    pub start_ms: u64,
 }
 
 impl AppProcess {
@@ -79,6 +79,7 @@ impl AppProcess {
                 Ok(())
             });
         }
+        let spawned = Instant::now();
         let mut child = command.spawn().map_err(StartError::Spawn)?;
         drop(ready_writer);
         let pid = child

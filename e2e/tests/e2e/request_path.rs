@@ -189,3 +189,20 @@ fn bad_names_and_bad_bundles_get_a_clear_4xx() {
 
     assert_eq!(cluster.get("big", "/").status, 404, "nothing was deployed");
 }
+
+#[test]
+fn a_hono_app_works_as_it_is() {
+    let cluster = Cluster::start(1);
+    let example = steady_e2e::workspace().join("examples/hono");
+    assert!(
+        example.join("node_modules/hono").is_dir(),
+        "scripts/setup.sh installs the example's dependencies"
+    );
+    cluster.deploy(&example, "hono");
+    assert_eq!(cluster.get("hono", "/").body, "Hello from Hono on steady\n");
+    let greeting = cluster.get("hono", "/greet/ada");
+    assert_eq!(
+        (greeting.status, greeting.body.as_str()),
+        (200, r#"{"hello":"ada"}"#)
+    );
+}
