@@ -105,13 +105,18 @@ impl AppProcess {
             socket,
             version,
             exited,
-            ready_at: Instant::now(),
+            start_ms: 0,
         };
         process
             .wait_ready(OwnedFd::from(ready_reader), timeout_ms)
             .await?;
+        let start_ms = spawned.elapsed().as_millis() as u64;
+        log.line(
+            "steady",
+            &format!("version {version} listening after {start_ms} ms"),
+        );
         Ok(Self {
-            ready_at: Instant::now(),
+            start_ms,
             ..process
         })
     }
