@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use steady_proto::wire::{ApiError, AppEntry, DeployResult, HEADER_URL};
+use steady_proto::wire::{
+    ApiError, AppEntry, AppStatus, DeployResult, RequestRecord, Rollback, VersionInfo, HEADER_URL,
+};
 
 use crate::exit::{Failure, CONFLICT, FAILED, NETWORK, NOT_FOUND};
 
@@ -50,17 +52,39 @@ impl Client {
         Failure::new(NETWORK, "network", format!("cannot reach the steady API at {}: {error}. Is `steady up` running? (set --api or STEADY_API)", self.base)).into()
     }
 
-    /// Uploads a bundle as the next version of `name`.
-    pub async fn deploy(&self, name: &str, archive: Vec<u8>) -> anyhow::Result<Deployed> {
-        let url = format!("{}/v1/apps/{name}/deploy", self.base);
+    fn app_url(&self, name: &str, rest: &str) -> String {
+        format!("{}/v1/apps/{name}{rest}", self.base)
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, url: String) -> anyhow::Result<T> {
         let response = self
             .http
-            .post(url)
-            .header("content-type", "application/x-tar")
-            .body(archive)
+            .get(url)
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
+        self.decode(response).await
+    }
+
+    /// Uploads a bundle as the next version of `name`; `ttl_s` makes it a temporary app.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        archive: Vec<u8>,
+        ttl_s: Option<u64>,
+    ) -> anyhow::Result<Deployed> {
+        let query = ttl_s.map(|t| format!("?ttl_s={t}")).unwrap_or_default();
+        let request = self
+            .http
+            .post(self.app_url(name, &format!("/deploy{query}")));
+        let request = request
+            .header("content-type", "application/x-tar")
+            .body(archive);
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        self.deployed(response).await
+    }
+
+    async fn deployed(&self, response: reqwest::Response) -> anyhow::Result<Deployed> {
         let app_url = response
             .headers()
             .get(HEADER_URL)
@@ -72,6 +96,82 @@ impl Client {
             result,
             url: app_url,
         })
+    }
+
+    /// Makes an earlier version current again.
+    pub async fn rollback(&self, name: &str, version: Option<u64>) -> anyhow::Result<Deployed> {
+        let request = self
+            .http
+            .post(self.app_url(name, "/rollback"))
+            .json(&Rollback { version });
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        self.deployed(response).await
+    }
+
+    /// Every version attempt of `name`, newest first.
+    pub async fn versions(&self, name: &str) -> anyhow::Result<Vec<VersionInfo>> {
+        #[derive(Deserialize)]
+        struct Versions {
+            versions: Vec<VersionInfo>,
+        }
+        Ok(self
+            .get::<Versions>(self.app_url(name, "/versions"))
+            .await?
+            .versions)
+    }
+
+    /// The app's state on its host.
+    pub async fn status(&self, name: &str) -> anyhow::Result<AppStatus> {
+        self.get(self.app_url(name, "")).await
+    }
+
+    /// The last requests of `name`.
+    pub async fn requests(&self, name: &str, tail: usize) -> anyhow::Result<Vec<RequestRecord>> {
+        #[derive(Deserialize)]
+        struct Requests {
+            requests: Vec<RequestRecord>,
+        }
+        let url = self.app_url(name, &format!("/requests?tail={tail}"));
+        Ok(self.get::<Requests>(url).await?.requests)
+    }
+
+    /// Deletes `name` with its data.
+    pub async fn delete(&self, name: &str) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .delete(self.app_url(name, ""))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.decode::<serde_json::Value>(response).await.map(drop)
+    }
+
+    /// Writes the app's log to `out`; with `follow` the stream stays open until interrupted.
+    pub async fn logs(
+        &self,
+        name: &str,
+        tail: usize,
+        follow: bool,
+        out: &mut impl std::io::Write,
+    ) -> anyhow::Result<()> {
+        let url = self.app_url(name, &format!("/logs?tail={tail}&follow={follow}"));
+        // A followed log has no end: no overall timeout, only the connect timeout.
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .build()?;
+        let mut response = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if !response.status().is_success() {
+            return self.decode::<serde_json::Value>(response).await.map(drop);
+        }
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(e))? {
+            out.write_all(&chunk)?;
+            out.flush()?;
+        }
+        Ok(())
     }
 
     /// All apps.

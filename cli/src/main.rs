@@ -7,6 +7,7 @@
 mod api;
 mod bundle;
 mod exit;
+mod names;
 mod tools;
 mod up;
 
@@ -33,6 +34,9 @@ const EXAMPLES: &str = "Examples:
   steady deploy examples/hello        bundle and deploy; prints the app's URL
   steady deploy . --name my-app       deploy the app in this folder as my-app
   steady apps --json                  list apps as JSON
+  steady run scratch.ts --ttl 30m     a temporary app with a random name
+  steady logs hello --follow          stream an app's log
+  steady rollback hello               serve the previous version again
 
 Exit codes: 0 ok, 1 refused or failed, 2 usage, 4 not found, 5 conflict, 6 network.";
 
@@ -56,6 +60,47 @@ or a package.json naming its entry. Dependencies in package.json must be install
     },
     /// List apps with their host and version.
     Apps,
+    /// Run a file as a temporary app under a random name; it is deleted with its data after --ttl.
+    Run {
+        /// The app: an entry file or a folder.
+        path: PathBuf,
+        /// How long the app lives (e.g. 30m, 2h; at most 7 days).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Use this name instead of a random one (an existing temporary app is overwritten).
+        #[arg(long, short)]
+        name: Option<String>,
+    },
+    /// Show an app's state: host, version, running or asleep, last start, requests.
+    Status { name: String },
+    /// Show an app's log (stdout and stderr, with a line at every version start).
+    Logs {
+        name: String,
+        /// Keep streaming new lines until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// Number of earlier lines to show first.
+        #[arg(long, short = 'n', default_value_t = 100)]
+        tail: usize,
+    },
+    /// Show an app's last requests (time, method, path, status, duration, bytes).
+    Requests {
+        name: String,
+        #[arg(long, short = 'n', default_value_t = 50)]
+        tail: usize,
+    },
+    /// List an app's versions; the current one is marked.
+    Versions { name: String },
+    /// Serve an earlier version again (the one before the current by default). The database is
+    /// left as it is.
+    Rollback { name: String, version: Option<u64> },
+    /// Delete an app with its data and logs.
+    Delete {
+        name: String,
+        /// Confirm: deletion cannot be undone.
+        #[arg(long, short)]
+        yes: bool,
+    },
 }
 
 fn main() {
@@ -79,7 +124,155 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::run(args, &cli.api).await,
         Command::Deploy { path, name } => deploy(&client, &path, name.as_deref(), cli.json).await,
         Command::Apps => apps(&client, cli.json).await,
+        Command::Run { path, ttl, name } => {
+            run_temporary(&client, &path, ttl, name, cli.json).await
+        }
+        Command::Status { name } => status(&client, &name, cli.json).await,
+        Command::Logs { name, follow, tail } => {
+            client
+                .logs(&name, tail, follow, &mut std::io::stdout())
+                .await
+        }
+        Command::Requests { name, tail } => requests(&client, &name, tail, cli.json).await,
+        Command::Versions { name } => versions(&client, &name, cli.json).await,
+        Command::Rollback { name, version } => {
+            let deployed = client.rollback(&name, version).await?;
+            print_deployed(&deployed, cli.json, "rolled back to")?;
+            if !cli.json {
+                eprintln!("the database was left as it is");
+            }
+            Ok(())
+        }
+        Command::Delete { name, yes } => {
+            if !yes {
+                anyhow::bail!(exit::Failure::new(
+                    exit::USAGE,
+                    "confirm",
+                    format!("deleting {name} removes its data for good; pass --yes")
+                ));
+            }
+            client.delete(&name).await?;
+            if cli.json {
+                println!("{}", serde_json::json!({ "deleted": name }));
+            } else {
+                eprintln!("deleted {name}");
+            }
+            Ok(())
+        }
     }
+}
+
+fn print_deployed(deployed: &api::Deployed, json: bool, verb: &str) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(deployed)?);
+    } else {
+        eprintln!(
+            "{verb} {} version {} on {}",
+            deployed.result.name, deployed.result.version, deployed.result.host_id
+        );
+        println!("{}", deployed.url);
+    }
+    Ok(())
+}
+
+fn time(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+async fn run_temporary(
+    client: &api::Client,
+    path: &std::path::Path,
+    ttl: std::time::Duration,
+    name: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let name = name.unwrap_or_else(names::random);
+    let built = bundle::build(path, Some(&name))?;
+    let deployed = client
+        .deploy(&built.name, built.archive, Some(ttl.as_secs().max(1)))
+        .await?;
+    if !json {
+        eprintln!(
+            "temporary app {name} lives for {}",
+            humantime::format_duration(ttl)
+        );
+    }
+    print_deployed(&deployed, json, "running")
+}
+
+async fn status(client: &api::Client, name: &str, json: bool) -> anyhow::Result<()> {
+    let status = client.status(name).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!("name:       {}", status.name);
+    println!("host:       {}", status.host_id);
+    println!("version:    {}", status.version);
+    println!(
+        "state:      {}{}",
+        status.state,
+        status
+            .pid
+            .map(|p| format!(" (pid {p})"))
+            .unwrap_or_default()
+    );
+    if let Some(at) = status.last_start_ms {
+        println!(
+            "last start: {} ({} ms to listen)",
+            time(at),
+            status.last_start_duration_ms.unwrap_or(0)
+        );
+    }
+    println!("requests:   {}", status.requests_total);
+    if status.crashes > 0 {
+        println!("crashes:    {} in a row", status.crashes);
+    }
+    if let Some(at) = status.expires_at_ms {
+        println!("expires:    {} (temporary)", time(at));
+    }
+    Ok(())
+}
+
+async fn requests(client: &api::Client, name: &str, tail: usize, json: bool) -> anyhow::Result<()> {
+    let requests = client.requests(name, tail).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&requests)?);
+        return Ok(());
+    }
+    for r in requests {
+        println!(
+            "{}  {:<6} {:>3} {:>6} ms {:>9} B  {}",
+            time(r.at_ms),
+            r.method,
+            r.status,
+            r.duration_ms,
+            r.bytes,
+            r.path
+        );
+    }
+    Ok(())
+}
+
+async fn versions(client: &api::Client, name: &str, json: bool) -> anyhow::Result<()> {
+    let versions = client.versions(name).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&versions)?);
+        return Ok(());
+    }
+    println!("  VERSION  STATUS    CREATED               BUNDLE");
+    for v in versions {
+        let mark = if v.current { "*" } else { " " };
+        println!(
+            "{mark} {:>7}  {:<8}  {}  {}",
+            v.version,
+            v.status,
+            time(v.created_at_ms),
+            &v.bundle[..12.min(v.bundle.len())]
+        );
+    }
+    Ok(())
 }
 
 async fn deploy(
@@ -97,17 +290,8 @@ async fn deploy(
             built.name
         );
     }
-    let deployed = client.deploy(&built.name, built.archive).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&deployed)?);
-    } else {
-        eprintln!(
-            "deployed {} version {} on {}",
-            deployed.result.name, deployed.result.version, deployed.result.host_id
-        );
-        println!("{}", deployed.url);
-    }
-    Ok(())
+    let deployed = client.deploy(&built.name, built.archive, None).await?;
+    print_deployed(&deployed, json, "deployed")
 }
 
 async fn apps(client: &api::Client, json: bool) -> anyhow::Result<()> {

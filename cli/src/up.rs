@@ -323,7 +323,7 @@ async fn deploy_examples(paths: &[PathBuf], api: SocketAddr) -> anyhow::Result<(
     let client = crate::api::Client::new(&api.to_string())?;
     for path in paths {
         let built = crate::bundle::build(path, None)?;
-        let deployed = client.deploy(&built.name, built.archive).await?;
+        let deployed = client.deploy(&built.name, built.archive, None).await?;
         eprintln!(
             "deployed {} version {} on {}:",
             deployed.result.name, deployed.result.version, deployed.result.host_id

@@ -1,4 +1,5 @@
-//! The host's control API: deploys, app lists and logs. Reached through the LB's private port.
+//! The host's control API: deploys, rollbacks, versions, status, logs, request logs and
+//! deletion. Reached through the LB's private port, which sends `/v1/apps/<name>…` here.
 
 use std::sync::Arc;
 
@@ -8,15 +9,22 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde::Deserialize;
-use steady_proto::wire::HEADER_TABLE_VERSION;
+use steady_proto::wire::{DeployResult, Rollback, HEADER_TABLE_VERSION};
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
 
-use crate::apps::{Apps, DeployError};
+use crate::apps::{Apps, DeployError, WakeError};
 use crate::ingress::failure;
 use crate::membership::MembershipError;
 
-/// Most log lines one request may ask for.
-const LOG_LINES_MAX: usize = 10_000;
+/// Most log or request lines one request may ask for.
+const TAIL_LINES_MAX: usize = 10_000;
+/// Default number of lines for a tail.
+const TAIL_LINES_DEFAULT: usize = 200;
+/// Longest time-to-live of a temporary app.
+pub const TTL_SECONDS_MAX: u64 = 7 * 24 * 3600;
 
 #[derive(Clone)]
 struct Api {
@@ -29,8 +37,12 @@ pub fn router(apps: Arc<Apps>, bundle_size_max_bytes: usize) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/apps", get(list))
+        .route("/v1/apps/{name}", get(status).delete(delete))
         .route("/v1/apps/{name}/deploy", post(deploy))
+        .route("/v1/apps/{name}/rollback", post(rollback))
+        .route("/v1/apps/{name}/versions", get(versions))
         .route("/v1/apps/{name}/logs", get(logs))
+        .route("/v1/apps/{name}/requests", get(requests))
         .layer(DefaultBodyLimit::disable())
         .with_state(Api {
             apps,
@@ -38,40 +50,101 @@ pub fn router(apps: Arc<Apps>, bundle_size_max_bytes: usize) -> Router {
         })
 }
 
+fn check_name(name: &str) -> Result<(), Response> {
+    steady_proto::name::validate(name)
+        .map_err(|e| failure(StatusCode::BAD_REQUEST, "bad_name", e.to_string()))
+}
+
+fn unknown(name: &str) -> Response {
+    failure(
+        StatusCode::NOT_FOUND,
+        "unknown_app",
+        format!("no app named {name:?}"),
+    )
+}
+
+fn internal(error: impl std::fmt::Display) -> Response {
+    failure(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        error.to_string(),
+    )
+}
+
 async fn list(State(api): State<Api>) -> Response {
     match api.apps.list() {
         Ok(apps) => Json(serde_json::json!({ "apps": apps })).into_response(),
-        Err(error) => failure(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            error.to_string(),
-        ),
+        Err(error) => internal(error),
     }
 }
 
-async fn deploy(State(api): State<Api>, Path(name): Path<String>, body: Body) -> Response {
-    if let Err(error) = steady_proto::name::validate(&name) {
-        return failure(StatusCode::BAD_REQUEST, "bad_name", error.to_string());
+#[derive(Deserialize)]
+struct DeployQuery {
+    /// Makes the app temporary: collected with its data this many seconds from now.
+    ttl_s: Option<u64>,
+}
+
+async fn deploy(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Query(query): Query<DeployQuery>,
+    body: Body,
+) -> Response {
+    if let Err(response) = check_name(&name) {
+        return response;
     }
-    let limit = api.bundle_size_max_bytes;
-    let archive = match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            let message = format!(
-                "bundle is larger than the limit of {limit} bytes (or the upload broke off)"
-            );
-            return failure(StatusCode::PAYLOAD_TOO_LARGE, "bundle_too_large", message);
+    let expires_at_ms = match query.ttl_s {
+        Some(ttl) if ttl == 0 || ttl > TTL_SECONDS_MAX => {
+            let message = format!("ttl_s must be between 1 and {TTL_SECONDS_MAX} seconds");
+            return failure(StatusCode::BAD_REQUEST, "bad_ttl", message);
         }
+        Some(ttl) => Some(crate::now_ms() + ttl * 1000),
+        None => None,
     };
-    match api.apps.deploy(&name, &archive).await {
+    let limit = api.bundle_size_max_bytes;
+    let Ok(archive) = axum::body::to_bytes(body, limit).await else {
+        let message =
+            format!("bundle is larger than the limit of {limit} bytes (or the upload broke off)");
+        return failure(StatusCode::PAYLOAD_TOO_LARGE, "bundle_too_large", message);
+    };
+    changed(
+        &name,
+        api.apps.deploy(&name, &archive, expires_at_ms).await,
+        StatusCode::CREATED,
+    )
+}
+
+async fn rollback(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Option<Json<Rollback>>,
+) -> Response {
+    if let Err(response) = check_name(&name) {
+        return response;
+    }
+    let target = body.map(|Json(b)| b.version).unwrap_or_default();
+    changed(
+        &name,
+        api.apps.rollback(&name, target).await,
+        StatusCode::OK,
+    )
+}
+
+/// The answer to a deploy or rollback: the result and the table version the LB waits for.
+fn changed(
+    name: &str,
+    outcome: Result<(DeployResult, u64), DeployError>,
+    status: StatusCode,
+) -> Response {
+    match outcome {
         Ok((result, table_version)) => {
-            let mut response = (StatusCode::CREATED, Json(result)).into_response();
+            let mut response = (status, Json(result)).into_response();
             response
                 .headers_mut()
                 .insert(HEADER_TABLE_VERSION, HeaderValue::from(table_version));
             response
         }
-        Err(error) => deploy_failure(&name, error),
+        Err(error) => deploy_failure(name, error),
     }
 }
 
@@ -85,6 +158,8 @@ fn deploy_failure(name: &str, error: DeployError) -> Response {
                 serde_json::json!({ "code": "start_failed", "message": message, "log": log });
             (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
         }
+        DeployError::Unknown(_) => failure(StatusCode::NOT_FOUND, "unknown_app", message),
+        DeployError::NoSuchVersion(_) => failure(StatusCode::NOT_FOUND, "unknown_version", message),
         DeployError::Membership(MembershipError::NotOwner(_)) => {
             failure(StatusCode::CONFLICT, "not_owner", message)
         }
@@ -93,41 +168,117 @@ fn deploy_failure(name: &str, error: DeployError) -> Response {
             "slicer_unavailable",
             message,
         ),
-        DeployError::Store(_) | DeployError::Io(_) => {
-            failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-        }
+        DeployError::Store(_) | DeployError::Io(_) => internal(message),
+    }
+}
+
+async fn status(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    if let Err(response) = check_name(&name) {
+        return response;
+    }
+    match api.apps.status(&name).await {
+        Ok(Some(status)) => Json(status).into_response(),
+        Ok(None) => unknown(&name),
+        Err(error) => internal(error),
+    }
+}
+
+async fn versions(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    if let Err(response) = check_name(&name) {
+        return response;
+    }
+    match api.apps.versions(&name) {
+        Ok(Some(versions)) => Json(serde_json::json!({ "versions": versions })).into_response(),
+        Ok(None) => unknown(&name),
+        Err(error) => internal(error),
+    }
+}
+
+async fn delete(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    if let Err(response) = check_name(&name) {
+        return response;
+    }
+    match api.apps.delete(&name).await {
+        Ok(true) => Json(serde_json::json!({ "deleted": name })).into_response(),
+        Ok(false) => unknown(&name),
+        Err(error) => deploy_failure(&name, error),
     }
 }
 
 #[derive(Deserialize)]
-struct LogQuery {
+struct TailQuery {
     tail: Option<usize>,
+    #[serde(default)]
+    follow: bool,
 }
 
+/// The last lines of the app's log as text; with `follow=true` the answer stays open and new
+/// lines are streamed as they are written.
 async fn logs(
     State(api): State<Api>,
     Path(name): Path<String>,
-    Query(query): Query<LogQuery>,
+    Query(query): Query<TailQuery>,
 ) -> Response {
-    if let Err(error) = steady_proto::name::validate(&name) {
-        return failure(StatusCode::BAD_REQUEST, "bad_name", error.to_string());
+    if let Err(response) = check_name(&name) {
+        return response;
     }
-    let count = query.tail.unwrap_or(200).min(LOG_LINES_MAX);
-    match api.apps.log_tail(&name, count) {
-        Ok(Some(lines)) => {
-            let mut text = lines.join("\n");
-            text.push('\n');
-            ([("content-type", "text/plain; charset=utf-8")], text).into_response()
+    let log = match api.apps.log(&name) {
+        Ok(Some(log)) => log,
+        Ok(None) => return unknown(&name),
+        Err(error) => return wake_internal(error),
+    };
+    let count = query.tail.unwrap_or(TAIL_LINES_DEFAULT).min(TAIL_LINES_MAX);
+    let follower = if query.follow {
+        match log.follow() {
+            Some(follower) => Some(follower),
+            None => {
+                return failure(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_followers",
+                    "too many clients follow this log".into(),
+                )
+            }
         }
-        Ok(None) => failure(
-            StatusCode::NOT_FOUND,
-            "unknown_app",
-            format!("no app named {name:?}"),
-        ),
-        Err(error) => failure(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            error.to_string(),
-        ),
+    } else {
+        None
+    };
+    let mut text: String = log.tail(count).into_iter().map(|l| l + "\n").collect();
+    if follower.is_none() {
+        text.shrink_to_fit();
+        return ([("content-type", "text/plain; charset=utf-8")], text).into_response();
     }
+    let head = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(text) });
+    let live = BroadcastStream::new(follower.expect("checked above")).map(|item| {
+        Ok(match item {
+            Ok(line) => format!("{line}\n"),
+            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                format!("[{missed} lines skipped: reader too slow]\n")
+            }
+        })
+    });
+    let headers = [
+        ("content-type", "text/plain; charset=utf-8"),
+        ("cache-control", "no-store"),
+    ];
+    (headers, Body::from_stream(head.chain(live))).into_response()
+}
+
+async fn requests(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Query(query): Query<TailQuery>,
+) -> Response {
+    if let Err(response) = check_name(&name) {
+        return response;
+    }
+    let count = query.tail.unwrap_or(TAIL_LINES_DEFAULT).min(TAIL_LINES_MAX);
+    match api.apps.request_log(&name) {
+        Ok(Some(log)) => Json(serde_json::json!({ "requests": log.tail(count) })).into_response(),
+        Ok(None) => unknown(&name),
+        Err(error) => wake_internal(error),
+    }
+}
+
+fn wake_internal(error: WakeError) -> Response {
+    internal(error)
 }

@@ -1,22 +1,29 @@
-//! The apps of this host: start on demand, deploy new versions, stop everything.
+//! The apps of this host: wake on demand, sleep when idle, supervise crashes, deploy and roll
+//! back versions, collect temporary apps.
 //!
 //! Each app has a slot holding at most one serving process. A request for an app that is not
 //! running starts it while later requests wait on the slot (bounded: `start_queue_max`
 //! waiters, each for at most `start_timeout_ms`), so concurrent first requests start it once.
-//! A deploy starts the new version beside the old one and swaps only once the new one listens.
+//! A deploy or rollback starts the chosen version beside the old one and swaps only once the
+//! new one listens. A process that dies unexpectedly is restarted by the next request; after
+//! [`CRASH_LOOP_THRESHOLD`] exits in a row the app is crash-looping and refuses requests for a
+//! doubling pause, which its log says.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use steady_proto::wire::DeployResult;
+use steady_proto::wire::{AppStatus, DeployResult};
 
 use crate::blob::BlobStore;
 use crate::bundle::{self, BundleError, Limits};
-use crate::config::{Config, BUNDLE_FILES_MAX, BUNDLE_UNPACKED_BYTES_MAX};
-use crate::log::AppLog;
+use crate::config::{
+    Config, BUNDLE_FILES_MAX, BUNDLE_UNPACKED_BYTES_MAX, CRASH_BACKOFF_MS_MAX,
+    CRASH_BACKOFF_MS_MIN, CRASH_LOOP_THRESHOLD, CRASH_RESET_AFTER_MS, HOUSEKEEPING_INTERVAL_MS_MAX,
+};
+use crate::log::{AppLog, RequestLog};
 use crate::membership::{Membership, MembershipError};
 use crate::process::{AppProcess, StartError};
 use crate::sandbox::Spec;
@@ -36,11 +43,21 @@ pub enum WakeError {
     Deadline(String),
     #[error("{app:?} failed to start: {error}")]
     Start { app: String, error: StartError },
+    #[error(
+        "{app:?} is crash-looping ({crashes} exits in a row); next start in {retry_after_s} s"
+    )]
+    CrashLoop {
+        app: String,
+        crashes: u32,
+        retry_after_s: u64,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("app files: {0}")]
+    Io(#[from] std::io::Error),
 }
 
-/// Why a deploy failed. Nothing changed for the serving version in any of these cases.
+/// Why a deploy or rollback failed. The serving version is untouched in every case.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
     #[error(transparent)]
@@ -51,6 +68,10 @@ pub enum DeployError {
         error: StartError,
         log: Vec<String>,
     },
+    #[error("no app named {0:?} on this host")]
+    Unknown(String),
+    #[error("{0}")]
+    NoSuchVersion(String),
     #[error(transparent)]
     Membership(#[from] MembershipError),
     #[error(transparent)]
@@ -59,13 +80,50 @@ pub enum DeployError {
     Io(#[from] std::io::Error),
 }
 
+/// Crash bookkeeping of one app.
+#[derive(Default)]
+struct Health {
+    crashes: u32,
+    retry_at: Option<Instant>,
+}
+
 struct Slot {
     name: String,
     log: Arc<AppLog>,
+    requests: Arc<RequestLog>,
     serving: tokio::sync::Mutex<Option<AppProcess>>,
-    /// Serialises deploys of one app.
+    /// Serialises deploys, rollbacks and deletion of one app.
     deploying: tokio::sync::Mutex<()>,
     waiting: AtomicUsize,
+    in_flight: AtomicUsize,
+    last_active_ms: AtomicU64,
+    requests_total: AtomicU64,
+    last_start_ms: AtomicU64,
+    last_start_duration_ms: AtomicU64,
+    health: Mutex<Health>,
+}
+
+/// A request's hold on a running app: while any lease is alive the app does not sleep.
+pub struct Lease {
+    /// Host-side path of the app's socket.
+    pub socket: PathBuf,
+    slot: Arc<Slot>,
+}
+
+impl Lease {
+    /// The app's request log.
+    pub fn requests(&self) -> &RequestLog {
+        &self.slot.requests
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.slot
+            .last_active_ms
+            .store(crate::now_ms(), Ordering::Release);
+        self.slot.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// All apps on this host.
@@ -106,20 +164,73 @@ impl Apps {
         self.store().list()
     }
 
-    /// The last `count` lines of an app's log, if the app exists here.
-    pub fn log_tail(&self, name: &str, count: usize) -> Result<Option<Vec<String>>, WakeError> {
+    /// Every version attempt of an app, or `None` if the app is not here.
+    pub fn versions(
+        &self,
+        name: &str,
+    ) -> Result<Option<Vec<crate::store::VersionRow>>, StoreError> {
+        let versions = self.store().versions(name)?;
+        Ok((!versions.is_empty()).then_some(versions))
+    }
+
+    /// The slot of an app that exists here (with a serving version), or `None`.
+    fn existing_slot(&self, name: &str) -> Result<Option<Arc<Slot>>, WakeError> {
         if self.store().current(name)?.is_none() {
             return Ok(None);
         }
-        Ok(Some(
-            self.slot(name)
-                .map_err(|e| WakeError::Start {
-                    app: name.into(),
-                    error: StartError::Spawn(e),
-                })?
-                .log
-                .tail(count),
-        ))
+        Ok(Some(self.slot(name)?))
+    }
+
+    /// The app's output log, if the app exists here.
+    pub fn log(&self, name: &str) -> Result<Option<Arc<AppLog>>, WakeError> {
+        Ok(self.existing_slot(name)?.map(|slot| slot.log.clone()))
+    }
+
+    /// The app's request log, if the app exists here.
+    pub fn request_log(&self, name: &str) -> Result<Option<Arc<RequestLog>>, WakeError> {
+        Ok(self.existing_slot(name)?.map(|slot| slot.requests.clone()))
+    }
+
+    /// The app's state, if it exists here.
+    pub async fn status(&self, name: &str) -> Result<Option<AppStatus>, WakeError> {
+        let Some(current) = self.store().current(name)? else {
+            return Ok(None);
+        };
+        let expires_at_ms = self
+            .store()
+            .list()?
+            .into_iter()
+            .find(|a| a.name == name)
+            .and_then(|a| a.expires_at_ms);
+        let slot = self.slot(name)?;
+        let crashes = slot
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .crashes;
+        let looping = crashes >= CRASH_LOOP_THRESHOLD;
+        let (state, pid) = match slot.serving.try_lock() {
+            Err(_) => ("starting", None),
+            Ok(serving) => match serving.as_ref().filter(|p| p.is_alive()) {
+                Some(process) => ("running", Some(process.pid())),
+                None if looping => ("crash-loop", None),
+                None => ("asleep", None),
+            },
+        };
+        let nonzero = |v: u64| (v > 0).then_some(v);
+        Ok(Some(AppStatus {
+            name: name.into(),
+            host_id: self.config.id.clone(),
+            version: current.version,
+            state: state.into(),
+            pid,
+            last_start_ms: nonzero(slot.last_start_ms.load(Ordering::Acquire)),
+            last_start_duration_ms: nonzero(slot.last_start_ms.load(Ordering::Acquire))
+                .map(|_| slot.last_start_duration_ms.load(Ordering::Acquire)),
+            requests_total: slot.requests_total.load(Ordering::Acquire),
+            crashes,
+            expires_at_ms,
+        }))
     }
 
     fn slot(&self, name: &str) -> std::io::Result<Arc<Slot>> {
@@ -129,13 +240,19 @@ impl Apps {
         }
         let dir = self.app_dir(name);
         std::fs::create_dir_all(dir.join("data"))?;
-        let log = Arc::new(AppLog::open(&dir.join("app.log"))?);
         let slot = Arc::new(Slot {
             name: name.to_owned(),
-            log,
+            log: Arc::new(AppLog::open(&dir.join("app.log"))?),
+            requests: Arc::new(RequestLog::open(&dir.join("requests.log"))?),
             serving: tokio::sync::Mutex::new(None),
             deploying: tokio::sync::Mutex::new(()),
             waiting: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(crate::now_ms()),
+            requests_total: AtomicU64::new(0),
+            last_start_ms: AtomicU64::new(0),
+            last_start_duration_ms: AtomicU64::new(0),
+            health: Mutex::new(Health::default()),
         });
         slots.insert(name.to_owned(), slot.clone());
         Ok(slot)
@@ -167,23 +284,38 @@ impl Apps {
         })
     }
 
-    /// Returns the socket of `name`'s serving process, starting it first if needed.
-    pub async fn wake(&self, name: &str) -> Result<PathBuf, WakeError> {
+    async fn start(&self, slot: &Slot, current: &Current) -> Result<AppProcess, StartError> {
+        let spec = self.spec(&slot.name, current).map_err(StartError::Spawn)?;
+        let process = AppProcess::start(
+            &spec,
+            current.version,
+            slot.log.clone(),
+            self.config.start_timeout_ms,
+        )
+        .await?;
+        slot.last_start_ms.store(crate::now_ms(), Ordering::Release);
+        slot.last_start_duration_ms
+            .store(process.start_ms, Ordering::Release);
+        Ok(process)
+    }
+
+    /// Gives a request a running `name`, starting it first if needed.
+    pub async fn wake(&self, name: &str) -> Result<Lease, WakeError> {
         let current = self
             .store()
             .current(name)?
             .ok_or_else(|| WakeError::Unknown(name.into()))?;
-        let slot = self.slot(name).map_err(|e| WakeError::Start {
-            app: name.into(),
-            error: StartError::Spawn(e),
-        })?;
+        let slot = self.slot(name)?;
         if slot.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.start_queue_max {
             slot.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(WakeError::QueueFull(name.into()));
         }
         let result = self.wake_slot(&slot, &current).await;
         slot.waiting.fetch_sub(1, Ordering::AcqRel);
-        result
+        let socket = result?;
+        slot.in_flight.fetch_add(1, Ordering::AcqRel);
+        slot.requests_total.fetch_add(1, Ordering::AcqRel);
+        Ok(Lease { socket, slot })
     }
 
     async fn wake_slot(&self, slot: &Slot, current: &Current) -> Result<PathBuf, WakeError> {
@@ -191,38 +323,78 @@ impl Apps {
         let mut serving = tokio::time::timeout(deadline, slot.serving.lock())
             .await
             .map_err(|_| WakeError::Deadline(slot.name.clone()))?;
-        if let Some(process) = serving.as_ref().filter(|p| p.is_alive()) {
-            return Ok(process.socket.clone());
+        if let Some(process) = serving.as_ref() {
+            if process.is_alive() {
+                return Ok(process.socket.clone());
+            }
+            if process.crashed() {
+                let lived_ms = process.spawned_at.elapsed().as_millis() as u64;
+                self.note_crash(slot, lived_ms);
+            }
+            *serving = None;
         }
-        let spec = self
-            .spec(&slot.name, current)
-            .map_err(|e| WakeError::Start {
-                app: slot.name.clone(),
-                error: StartError::Spawn(e),
-            })?;
-        let process = AppProcess::start(
-            &spec,
-            current.version,
-            slot.log.clone(),
-            self.config.start_timeout_ms,
-        )
-        .await
-        .map_err(|error| WakeError::Start {
-            app: slot.name.clone(),
-            error,
-        })?;
-        tracing::info!(app = %slot.name, version = current.version, start_ms = process.start_ms, "app woke");
-        let socket = process.socket.clone();
-        *serving = Some(process);
-        Ok(socket)
+        self.refuse_while_looping(slot)?;
+        match self.start(slot, current).await {
+            Ok(process) => {
+                tracing::info!(app = %slot.name, version = current.version, start_ms = process.start_ms, "app woke");
+                let socket = process.socket.clone();
+                *serving = Some(process);
+                Ok(socket)
+            }
+            Err(error) => {
+                self.note_crash(slot, 0);
+                Err(WakeError::Start {
+                    app: slot.name.clone(),
+                    error,
+                })
+            }
+        }
     }
 
-    /// Deploys `archive` as the next version of `name`: store, unpack, start beside the old
-    /// version, record with the slicer, swap. Returns the result and the table version.
+    /// Counts an unexpected exit; at the threshold, pauses starts with a doubling backoff.
+    fn note_crash(&self, slot: &Slot, lived_ms: u64) {
+        let mut health = slot.health.lock().unwrap_or_else(|p| p.into_inner());
+        health.crashes = if lived_ms >= CRASH_RESET_AFTER_MS {
+            1
+        } else {
+            health.crashes + 1
+        };
+        if health.crashes < CRASH_LOOP_THRESHOLD {
+            return;
+        }
+        let doublings = (health.crashes - CRASH_LOOP_THRESHOLD).min(16);
+        let pause_ms = (CRASH_BACKOFF_MS_MIN << doublings).min(CRASH_BACKOFF_MS_MAX);
+        health.retry_at = Some(Instant::now() + Duration::from_millis(pause_ms));
+        slot.log.line(
+            "steady",
+            &format!(
+                "crash loop: {} exits in a row; next start in {pause_ms} ms",
+                health.crashes
+            ),
+        );
+        tracing::warn!(app = %slot.name, crashes = health.crashes, pause_ms, "app is crash-looping");
+    }
+
+    fn refuse_while_looping(&self, slot: &Slot) -> Result<(), WakeError> {
+        let health = slot.health.lock().unwrap_or_else(|p| p.into_inner());
+        match health.retry_at {
+            Some(at) if at > Instant::now() => Err(WakeError::CrashLoop {
+                app: slot.name.clone(),
+                crashes: health.crashes,
+                retry_after_s: (at - Instant::now()).as_secs() + 1,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deploys `archive` as the next version of `name` (temporary until `expires_at_ms` if
+    /// set): store, unpack, start beside the old version, record with the slicer, swap.
+    /// Returns the result and the routing-table version that includes the app.
     pub async fn deploy(
         &self,
         name: &str,
         archive: &[u8],
+        expires_at_ms: Option<u64>,
     ) -> Result<(DeployResult, u64), DeployError> {
         let digest = self.blobs.put(archive)?;
         let bundle_dir = self.config.data.join("bundles").join(&digest);
@@ -234,58 +406,16 @@ impl Apps {
             bundle::unpack(archive, &bundle_dir, limits)?;
         }
         let slot = self.slot(name)?;
-        let _one_deploy_at_a_time = slot.deploying.lock().await;
-        let (app_id, version) = self.store().begin_version(name, &digest, crate::now_ms())?;
-        let current = Current {
+        let _one_change_at_a_time = slot.deploying.lock().await;
+        let (app_id, version) =
+            self.store()
+                .begin_version(name, &digest, crate::now_ms(), expires_at_ms)?;
+        let target = Current {
             app_id,
             version,
             bundle: digest.clone(),
         };
-        let started = match self.spec(name, &current) {
-            Ok(spec) => {
-                AppProcess::start(
-                    &spec,
-                    version,
-                    slot.log.clone(),
-                    self.config.start_timeout_ms,
-                )
-                .await
-            }
-            Err(e) => Err(StartError::Spawn(e)),
-        };
-        let process = match started {
-            Ok(process) => process,
-            Err(error) => {
-                self.store()
-                    .finish_version(app_id, version, Outcome::Failed)?;
-                slot.log.line(
-                    "steady",
-                    &format!("version {version} failed to start: {error}"),
-                );
-                return Err(DeployError::Start {
-                    version,
-                    error,
-                    log: slot.log.tail(FAILED_START_LOG_LINES),
-                });
-            }
-        };
-        let table_version = match self.membership.app_deployed(name, version).await {
-            Ok(table_version) => table_version,
-            Err(error) => {
-                process.stop().await;
-                self.store()
-                    .finish_version(app_id, version, Outcome::Failed)?;
-                return Err(error.into());
-            }
-        };
-        self.store()
-            .finish_version(app_id, version, Outcome::Serving)?;
-        let previous = slot.serving.lock().await.replace(process);
-        if let Some(previous) = previous {
-            previous.stop().await;
-        }
-        slot.log
-            .line("steady", &format!("version {version} serving"));
+        let table_version = self.activate(&slot, &target, true).await?;
         tracing::info!(app = %name, version, "deployed");
         let result = DeployResult {
             name: name.into(),
@@ -294,6 +424,176 @@ impl Apps {
             bundle: format!("sha256:{digest}"),
         };
         Ok((result, table_version))
+    }
+
+    /// Makes an earlier ready version current again (the one before the current by default).
+    /// The database is left as it is.
+    pub async fn rollback(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<(DeployResult, u64), DeployError> {
+        let current = self
+            .store()
+            .current(name)?
+            .ok_or_else(|| DeployError::Unknown(name.into()))?;
+        let target = self
+            .store()
+            .rollback_target(name, version)?
+            .ok_or_else(|| {
+                DeployError::NoSuchVersion(match version {
+                    Some(v) => format!("{name} has no ready version {v} to roll back to"),
+                    None => format!("{name} has no ready version before {}", current.version),
+                })
+            })?;
+        let slot = self.slot(name)?;
+        let _one_change_at_a_time = slot.deploying.lock().await;
+        slot.log.line(
+            "steady",
+            &format!(
+                "rolling back from version {} to {} (database unchanged)",
+                current.version, target.version
+            ),
+        );
+        let table_version = self.activate(&slot, &target, false).await?;
+        let result = DeployResult {
+            name: name.into(),
+            version: target.version,
+            host_id: self.config.id.clone(),
+            bundle: format!("sha256:{}", target.bundle),
+        };
+        Ok((result, table_version))
+    }
+
+    /// Starts `target` beside the serving process, records it with the slicer, makes it
+    /// current and stops the old process. `new_attempt` says whether `target` is a version
+    /// attempt to finish (a deploy) or an existing ready version (a rollback).
+    async fn activate(
+        &self,
+        slot: &Slot,
+        target: &Current,
+        new_attempt: bool,
+    ) -> Result<u64, DeployError> {
+        let version = target.version;
+        let fail = |error: DeployError| {
+            if new_attempt {
+                self.store()
+                    .finish_version(target.app_id, version, Outcome::Failed)?;
+            }
+            Err(error)
+        };
+        let process = match self.start(slot, target).await {
+            Ok(process) => process,
+            Err(error) => {
+                slot.log.line(
+                    "steady",
+                    &format!("version {version} failed to start: {error}"),
+                );
+                let log = slot.log.tail(FAILED_START_LOG_LINES);
+                return fail(DeployError::Start {
+                    version,
+                    error,
+                    log,
+                });
+            }
+        };
+        let table_version = match self.membership.app_deployed(&slot.name, version).await {
+            Ok(table_version) => table_version,
+            Err(error) => {
+                process.stop().await;
+                return fail(error.into());
+            }
+        };
+        self.store()
+            .finish_version(target.app_id, version, Outcome::Ready)?;
+        *slot.health.lock().unwrap_or_else(|p| p.into_inner()) = Health::default();
+        let previous = slot.serving.lock().await.replace(process);
+        if let Some(previous) = previous {
+            previous.stop().await;
+        }
+        slot.log
+            .line("steady", &format!("version {version} serving"));
+        Ok(table_version)
+    }
+
+    /// Stops and forgets `name`: its process, records, data and logs. Returns whether it existed.
+    pub async fn delete(&self, name: &str) -> Result<bool, DeployError> {
+        if self.store().current(name)?.is_none() && self.store().versions(name)?.is_empty() {
+            return Ok(false);
+        }
+        let slot = self.slot(name)?;
+        let _one_change_at_a_time = slot.deploying.lock().await;
+        self.membership.app_deleted(name).await?;
+        if let Some(process) = slot.serving.lock().await.take() {
+            process.stop().await;
+        }
+        self.store().delete(name)?;
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        std::fs::remove_dir_all(self.app_dir(name))?;
+        tracing::info!(app = %name, "deleted");
+        Ok(true)
+    }
+
+    /// Runs forever: puts idle apps to sleep and collects expired temporary apps.
+    pub async fn housekeeping(self: Arc<Self>) {
+        let interval_ms = (self.config.idle_timeout_ms / 4).clamp(10, HOUSEKEEPING_INTERVAL_MS_MAX);
+        let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms));
+        loop {
+            ticker.tick().await;
+            self.sleep_idle().await;
+            self.collect_expired().await;
+        }
+    }
+
+    async fn sleep_idle(&self) {
+        let now_ms = crate::now_ms();
+        let slots: Vec<Arc<Slot>> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for slot in slots {
+            let idle_ms = now_ms.saturating_sub(slot.last_active_ms.load(Ordering::Acquire));
+            let busy = slot.in_flight.load(Ordering::Acquire) > 0
+                || slot.waiting.load(Ordering::Acquire) > 0;
+            if busy || idle_ms < self.config.idle_timeout_ms {
+                continue;
+            }
+            let Ok(mut serving) = slot.serving.try_lock() else {
+                continue;
+            };
+            if slot.in_flight.load(Ordering::Acquire) > 0 {
+                continue;
+            }
+            if let Some(process) = serving.take_if(|p| p.is_alive()) {
+                process.stop().await;
+                slot.log.line(
+                    "steady",
+                    &format!("version {} asleep after {idle_ms} ms idle", process.version),
+                );
+                tracing::info!(app = %slot.name, idle_ms, "app asleep");
+            }
+        }
+    }
+
+    async fn collect_expired(&self) {
+        let expired = match self.store().expired(crate::now_ms()) {
+            Ok(expired) => expired,
+            Err(error) => return tracing::error!(%error, "listing expired apps"),
+        };
+        for name in expired {
+            match self.delete(&name).await {
+                Ok(_) => tracing::info!(app = %name, "temporary app collected"),
+                Err(error) => {
+                    tracing::warn!(app = %name, %error, "collecting a temporary app failed; will retry")
+                }
+            }
+        }
     }
 
     /// Stops every app process (hostd is shutting down).

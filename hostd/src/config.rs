@@ -11,6 +11,16 @@ pub const BUNDLE_UNPACKED_BYTES_MAX: u64 = 128 * 1024 * 1024;
 pub const LOG_BYTES_MAX: u64 = 8 * 1024 * 1024;
 /// Longest log line kept; longer lines are cut and marked.
 pub const LOG_LINE_BYTES_MAX: usize = 16 * 1024;
+/// Unexpected exits in a row after which an app is declared crash-looping.
+pub const CRASH_LOOP_THRESHOLD: u32 = 3;
+/// First pause before a crash-looping app may start again; doubles with each further crash.
+pub const CRASH_BACKOFF_MS_MIN: u64 = 1_000;
+/// Longest pause before a crash-looping app may start again.
+pub const CRASH_BACKOFF_MS_MAX: u64 = 60_000;
+/// A process that lived this long before dying resets the crash count.
+pub const CRASH_RESET_AFTER_MS: u64 = 10_000;
+/// How often idle apps and expired temporary apps are looked for, at most.
+pub const HOUSEKEEPING_INTERVAL_MS_MAX: u64 = 1_000;
 /// Unix socket paths are limited to 108 bytes by the kernel; the data directory must leave room.
 pub const SOCKET_PATH_BYTES_MAX: usize = 107;
 
@@ -51,6 +61,9 @@ pub struct Config {
     /// Most requests that may wait for one app to start; more get 503 with Retry-After.
     #[arg(long, default_value_t = 256)]
     pub start_queue_max: usize,
+    /// An app with no request for this long is stopped; its next request starts it again.
+    #[arg(long, default_value_t = 300_000)]
+    pub idle_timeout_ms: u64,
 }
 
 impl Config {
@@ -61,8 +74,11 @@ impl Config {
         if self.id.is_empty() || self.id.len() > 64 {
             return Err("--id must be 1-64 characters".into());
         }
-        if self.start_queue_max == 0 || self.start_timeout_ms == 0 {
-            return Err("--start-queue-max and --start-timeout-ms must be above zero".into());
+        if self.start_queue_max == 0 || self.start_timeout_ms == 0 || self.idle_timeout_ms == 0 {
+            return Err(
+                "--start-queue-max, --start-timeout-ms and --idle-timeout-ms must be above zero"
+                    .into(),
+            );
         }
         std::fs::create_dir_all(&self.data)
             .map_err(|e| format!("creating {}: {e}", self.data.display()))?;

@@ -1,19 +1,23 @@
 //! App traffic from the load balancers: find the app, wake it if needed, forward the request
-//! over the app's Unix socket and stream the answer back.
+//! over the app's Unix socket, stream the answer back and write the request log.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use hyper_util::rt::TokioIo;
-use steady_proto::wire::{ApiError, HEADER_APP};
+use steady_proto::wire::{ApiError, RequestRecord, HEADER_APP};
 
-use crate::apps::{Apps, WakeError};
+use crate::apps::{Apps, Lease, WakeError};
 
 /// Seconds a client is told to wait after a 503 for an app that could not be woken.
-const RETRY_AFTER_SECONDS: &str = "1";
+const RETRY_AFTER_SECONDS: u64 = 1;
+/// Longest path kept in the request log.
+const LOGGED_PATH_BYTES_MAX: usize = 512;
 
 /// The ingress router: every path is app traffic.
 pub fn router(apps: Arc<Apps>) -> axum::Router {
@@ -29,20 +33,83 @@ async fn forward(State(apps): State<Arc<Apps>>, mut request: Request) -> Respons
         );
     };
     let app = app.to_str().unwrap_or_default().to_owned();
-    let socket = match apps.wake(&app).await {
-        Ok(socket) => socket,
+    let lease = match apps.wake(&app).await {
+        Ok(lease) => lease,
         Err(error) => return wake_failure(error),
     };
-    match send(&socket, request).await {
-        Ok(response) => response,
+    let mut completion = Completion::new(lease, &request);
+    match send(&completion.lease.socket, request).await {
+        Ok(response) => {
+            completion.status = response.status().as_u16();
+            let (parts, body) = response.into_parts();
+            let counted = body.into_data_stream().map(move |chunk| {
+                // Borrow the whole value so the closure owns `completion` (not a copy of one
+                // field): it must live, holding the lease, until the body is done.
+                let completion = &mut completion;
+                if let Ok(bytes) = &chunk {
+                    completion.bytes += bytes.len() as u64;
+                }
+                chunk
+            });
+            Response::from_parts(parts, Body::from_stream(counted))
+        }
         Err(error) => {
             tracing::warn!(%app, %error, "forwarding to app failed");
+            completion.status = 502;
             failure(
                 StatusCode::BAD_GATEWAY,
                 "app_unreachable",
                 format!("app {app:?} did not answer: {error}"),
             )
         }
+    }
+}
+
+/// Follows one request to the end of its response body; on drop it releases the app's lease
+/// and writes the request log line, so streamed answers are logged with their real size.
+struct Completion {
+    lease: Lease,
+    at_ms: u64,
+    started: Instant,
+    method: String,
+    path: String,
+    status: u16,
+    bytes: u64,
+}
+
+impl Completion {
+    fn new(lease: Lease, request: &Request) -> Self {
+        let mut path = request.uri().path().to_owned();
+        if path.len() > LOGGED_PATH_BYTES_MAX {
+            let mut end = LOGGED_PATH_BYTES_MAX;
+            while !path.is_char_boundary(end) {
+                end -= 1;
+            }
+            path.truncate(end);
+        }
+        Self {
+            lease,
+            at_ms: crate::now_ms(),
+            started: Instant::now(),
+            method: request.method().to_string(),
+            path,
+            status: 0,
+            bytes: 0,
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        let record = RequestRecord {
+            at_ms: self.at_ms,
+            method: std::mem::take(&mut self.method),
+            path: std::mem::take(&mut self.path),
+            status: self.status,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            bytes: self.bytes,
+        };
+        self.lease.requests().record(&record);
     }
 }
 
@@ -64,16 +131,23 @@ async fn send(
 
 fn wake_failure(error: WakeError) -> Response {
     let message = error.to_string();
+    let unavailable = |code: &str, retry_after_s: u64| {
+        let mut response = failure(StatusCode::SERVICE_UNAVAILABLE, code, message.clone());
+        response
+            .headers_mut()
+            .insert("retry-after", HeaderValue::from(retry_after_s));
+        response
+    };
     match error {
         WakeError::Unknown(_) => failure(StatusCode::NOT_FOUND, "unknown_app", message),
-        WakeError::QueueFull(_) | WakeError::Deadline(_) | WakeError::Start { .. } => {
-            let mut response = failure(StatusCode::SERVICE_UNAVAILABLE, "app_unavailable", message);
-            response
-                .headers_mut()
-                .insert("retry-after", HeaderValue::from_static(RETRY_AFTER_SECONDS));
-            response
+        WakeError::CrashLoop { retry_after_s, .. } => unavailable("crash_loop", retry_after_s),
+        WakeError::QueueFull(_) => unavailable("queue_full", RETRY_AFTER_SECONDS),
+        WakeError::Deadline(_) | WakeError::Start { .. } => {
+            unavailable("app_unavailable", RETRY_AFTER_SECONDS)
         }
-        WakeError::Store(_) => failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
+        WakeError::Store(_) | WakeError::Io(_) => {
+            failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        }
     }
 }
 

@@ -46,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
     let bundle_size_max_bytes = config.bundle_size_max_bytes;
     let ready_file = config.ready_file.clone();
     let apps = Arc::new(Apps::new(config, runner, store, blobs, membership));
+    tokio::spawn(apps.clone().housekeeping());
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let ingress_server = serve(
         ingress_listener,

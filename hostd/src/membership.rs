@@ -97,6 +97,30 @@ impl Membership {
     }
 }
 
+impl Membership {
+    /// Tells the slicer this host no longer serves `app`; the app leaves the routing table.
+    pub async fn app_deleted(&self, app: &str) -> Result<u64, MembershipError> {
+        let url = format!("{}/apps/{app}?host_id={}", self.base_url, self.host.id);
+        let response = self
+            .http
+            .delete(&url)
+            .send()
+            .await
+            .map_err(|e| MembershipError::Unreachable(url.clone(), e))?;
+        if response.status() == reqwest::StatusCode::CONFLICT {
+            return Err(MembershipError::NotOwner(refusal(response).await));
+        }
+        if !response.status().is_success() {
+            return Err(MembershipError::Refused(refusal(response).await));
+        }
+        let answer: TableVersion = response
+            .json()
+            .await
+            .map_err(|e| MembershipError::Unreachable(url, e))?;
+        Ok(answer.version)
+    }
+}
+
 async fn refusal(response: reqwest::Response) -> String {
     let status = response.status();
     match response.json::<ApiError>().await {

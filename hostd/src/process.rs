@@ -9,6 +9,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,10 @@ pub struct AppProcess {
     exited: watch::Receiver<Option<String>>,
     /// Milliseconds from spawn to listening: the sandbox's share of a cold start.
     pub start_ms: u64,
+    /// When the process was spawned.
+    pub spawned_at: Instant,
+    /// Set once hostd decided to stop it, so its exit is not taken for a crash.
+    stop_requested: AtomicBool,
 }
 
 impl AppProcess {
@@ -106,6 +111,8 @@ impl AppProcess {
             version,
             exited,
             start_ms: 0,
+            spawned_at: spawned,
+            stop_requested: AtomicBool::new(false),
         };
         process
             .wait_ready(OwnedFd::from(ready_reader), timeout_ms)
@@ -158,6 +165,16 @@ impl AppProcess {
         self.exited.borrow().is_none()
     }
 
+    /// Did it exit without hostd asking it to?
+    pub fn crashed(&self) -> bool {
+        !self.is_alive() && !self.stop_requested.load(Ordering::Acquire)
+    }
+
+    /// The sandbox's process id (and process group id).
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
     fn kill(&self) {
         // SAFETY: kill(2) on a process group we created; a stale group id fails with ESRCH.
         unsafe {
@@ -167,6 +184,7 @@ impl AppProcess {
 
     /// Kills the sandbox and waits (bounded) until the process has exited.
     pub async fn stop(&self) {
+        self.stop_requested.store(true, Ordering::Release);
         self.kill();
         let mut exited = self.exited.clone();
         let waited = tokio::time::timeout(

@@ -1,4 +1,4 @@
-//! The private listener: the API. `/v1/apps/<name>/<action>` goes to the host that owns the
+//! The private listener: the API. `/v1/apps/<name>[/<action>]` goes to the host that owns the
 //! app; everything else under `/v1` goes to the slicer. `/readyz` is answered by the LB.
 
 use std::net::SocketAddr;
@@ -50,11 +50,11 @@ impl PrivateProxy {
     }
 }
 
-/// The app named by a per-app call: `/v1/apps/<name>/<more>`.
+/// The app named by a per-app call: `/v1/apps/<name>` or `/v1/apps/<name>/<more>`.
 fn app_of_path(path: &str) -> Option<&str> {
     let rest = path.strip_prefix("/v1/apps/")?;
-    let (name, more) = rest.split_once('/')?;
-    (!name.is_empty() && !more.is_empty()).then_some(name)
+    let name = rest.split_once('/').map_or(rest, |(name, _)| name);
+    (!name.is_empty()).then_some(name)
 }
 
 #[async_trait]
@@ -167,7 +167,8 @@ mod tests {
         assert_eq!(app_of_path("/v1/apps/hello/deploy"), Some("hello"));
         assert_eq!(app_of_path("/v1/apps/hello/logs"), Some("hello"));
         assert_eq!(app_of_path("/v1/apps"), None);
-        assert_eq!(app_of_path("/v1/apps/hello"), None);
+        assert_eq!(app_of_path("/v1/apps/hello"), Some("hello"));
+        assert_eq!(app_of_path("/v1/apps/"), None);
         assert_eq!(app_of_path("/v1/hosts"), None);
     }
 }

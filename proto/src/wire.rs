@@ -124,6 +124,67 @@ pub struct DeployResult {
     pub bundle: String,
 }
 
+/// One app as its host lists it (`GET /v1/apps` on a host).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostApp {
+    pub name: String,
+    pub version: u64,
+    pub bundle: String,
+    pub deployed_at_ms: u64,
+    /// When a temporary app is collected; `None` for a permanent app.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// One version attempt (`GET /v1/apps/{name}/versions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub version: u64,
+    /// Bundle address (hex SHA-256).
+    pub bundle: String,
+    /// `starting`, `ready` (started and passed its check) or `failed`.
+    pub status: String,
+    pub created_at_ms: u64,
+    /// Is this the version that serves traffic?
+    pub current: bool,
+}
+
+/// Body of `POST /v1/apps/{name}/rollback`: the version to go back to, or the one before.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Rollback {
+    pub version: Option<u64>,
+}
+
+/// One line of an app's request log (`GET /v1/apps/{name}/requests`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub at_ms: u64,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub duration_ms: u64,
+    /// Response body bytes sent.
+    pub bytes: u64,
+}
+
+/// An app's state on its host (`GET /v1/apps/{name}/status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub name: String,
+    pub host_id: String,
+    pub version: u64,
+    /// `running`, `asleep`, `starting` or `crash-loop`.
+    pub state: String,
+    /// Process id of the app's sandbox while it runs.
+    pub pid: Option<u32>,
+    pub last_start_ms: Option<u64>,
+    /// Spawn-to-listening time of the last start.
+    pub last_start_duration_ms: Option<u64>,
+    pub requests_total: u64,
+    /// Unexpected exits in a row (reset by a deploy, a rollback or a long-lived process).
+    pub crashes: u32,
+    pub expires_at_ms: Option<u64>,
+}
+
 /// Every API error has this JSON shape, with a message meant for a person.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {

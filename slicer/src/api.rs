@@ -62,7 +62,7 @@ pub fn router(slicer: Arc<Slicer>) -> Router {
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/table", get(watch_table))
         .route("/v1/apps", get(list_apps))
-        .route("/v1/apps/{name}", put(app_deployed))
+        .route("/v1/apps/{name}", put(app_deployed).delete(app_deleted))
         .with_state(slicer)
 }
 
@@ -178,5 +178,20 @@ async fn app_deployed(
     let version =
         slicer.change(|store| store.app_deployed(&name, &body.host_id, body.version, now_ms()))?;
     tracing::info!(app = %name, host = %body.host_id, app_version = body.version, version, "app recorded");
+    Ok(Json(TableVersion { version }))
+}
+
+#[derive(Deserialize)]
+struct DeleteQuery {
+    host_id: String,
+}
+
+async fn app_deleted(
+    State(slicer): State<Arc<Slicer>>,
+    Path(name): Path<String>,
+    Query(query): Query<DeleteQuery>,
+) -> Result<Json<TableVersion>, Failure> {
+    let version = slicer.change(|store| store.app_deleted(&name, &query.host_id))?;
+    tracing::info!(app = %name, host = %query.host_id, version, "app removed");
     Ok(Json(TableVersion { version }))
 }

@@ -128,6 +128,33 @@ impl Store {
         Ok(table_version)
     }
 
+    /// Removes `name` from the table. Only the host that holds the app may remove it; an app
+    /// the slicer does not know is already gone (not an error, so a retried delete succeeds).
+    pub fn app_deleted(&mut self, name: &str, host_id: &str) -> Result<u64, StoreError> {
+        let tx = self.connection.transaction()?;
+        let holder: Option<String> = tx
+            .query_row("SELECT host_id FROM apps WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match holder {
+            None => return table_version(&tx),
+            Some(holder) if holder != host_id => {
+                return Err(StoreError::NotOwner {
+                    app: name.into(),
+                    slice: slice_of(name),
+                    owner: Some(holder),
+                    host: host_id.into(),
+                });
+            }
+            Some(_) => {}
+        }
+        tx.execute("DELETE FROM apps WHERE name = ?1", [name])?;
+        let version = bump_version(&tx)?;
+        tx.commit()?;
+        Ok(version)
+    }
+
     /// Reads the whole routing table as it is now.
     pub fn table(&self) -> Result<RoutingTable, StoreError> {
         let version = table_version(&self.connection)?;
@@ -279,5 +306,16 @@ mod tests {
             Err(StoreError::NotOwner { .. })
         ));
         assert!(store.app_deployed("hello", &owner, 1, 1).is_ok());
+        assert!(matches!(
+            store.app_deleted("hello", other),
+            Err(StoreError::NotOwner { .. })
+        ));
+        let version = store.app_deleted("hello", &owner).unwrap();
+        assert!(store.table().unwrap().apps.is_empty());
+        assert_eq!(
+            store.app_deleted("hello", &owner).unwrap(),
+            version,
+            "deleting twice is harmless"
+        );
     }
 }
