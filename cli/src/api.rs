@@ -36,11 +36,7 @@ struct AppList {
 impl Client {
     /// A client for `api` (`host:port` or `http://host:port`).
     pub fn new(api: &str) -> anyhow::Result<Self> {
-        let base = if api.contains("://") {
-            api.trim_end_matches('/').to_owned()
-        } else {
-            format!("http://{api}")
-        };
+        let base = if api.contains("://") { api.trim_end_matches('/').to_owned() } else { format!("http://{api}") };
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
@@ -49,7 +45,15 @@ impl Client {
     }
 
     fn unreachable(&self, error: reqwest::Error) -> anyhow::Error {
-        Failure::new(NETWORK, "network", format!("cannot reach the steady API at {}: {error}. Is `steady up` running? (set --api or STEADY_API)", self.base)).into()
+        Failure::new(
+            NETWORK,
+            "network",
+            format!(
+                "cannot reach the steady API at {}: {error}. Is `steady up` running? (set --api or STEADY_API)",
+                self.base
+            ),
+        )
+        .into()
     }
 
     fn app_url(&self, name: &str, rest: &str) -> String {
@@ -57,53 +61,28 @@ impl Client {
     }
 
     async fn get<T: serde::de::DeserializeOwned>(&self, url: String) -> anyhow::Result<T> {
-        let response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+        let response = self.http.get(url).send().await.map_err(|e| self.unreachable(e))?;
         self.decode(response).await
     }
 
     /// Uploads a bundle as the next version of `name`; `ttl_s` makes it a temporary app.
-    pub async fn deploy(
-        &self,
-        name: &str,
-        archive: Vec<u8>,
-        ttl_s: Option<u64>,
-    ) -> anyhow::Result<Deployed> {
+    pub async fn deploy(&self, name: &str, archive: Vec<u8>, ttl_s: Option<u64>) -> anyhow::Result<Deployed> {
         let query = ttl_s.map(|t| format!("?ttl_s={t}")).unwrap_or_default();
-        let request = self
-            .http
-            .post(self.app_url(name, &format!("/deploy{query}")));
-        let request = request
-            .header("content-type", "application/x-tar")
-            .body(archive);
+        let request = self.http.post(self.app_url(name, &format!("/deploy{query}")));
+        let request = request.header("content-type", "application/x-tar").body(archive);
         let response = request.send().await.map_err(|e| self.unreachable(e))?;
         self.deployed(response).await
     }
 
     async fn deployed(&self, response: reqwest::Response) -> anyhow::Result<Deployed> {
-        let app_url = response
-            .headers()
-            .get(HEADER_URL)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let app_url = response.headers().get(HEADER_URL).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         let result: DeployResult = self.decode(response).await?;
-        Ok(Deployed {
-            result,
-            url: app_url,
-        })
+        Ok(Deployed { result, url: app_url })
     }
 
     /// Makes an earlier version current again.
     pub async fn rollback(&self, name: &str, version: Option<u64>) -> anyhow::Result<Deployed> {
-        let request = self
-            .http
-            .post(self.app_url(name, "/rollback"))
-            .json(&Rollback { version });
+        let request = self.http.post(self.app_url(name, "/rollback")).json(&Rollback { version });
         let response = request.send().await.map_err(|e| self.unreachable(e))?;
         self.deployed(response).await
     }
@@ -114,10 +93,7 @@ impl Client {
         struct Versions {
             versions: Vec<VersionInfo>,
         }
-        Ok(self
-            .get::<Versions>(self.app_url(name, "/versions"))
-            .await?
-            .versions)
+        Ok(self.get::<Versions>(self.app_url(name, "/versions")).await?.versions)
     }
 
     /// The app's state on its host.
@@ -137,12 +113,7 @@ impl Client {
 
     /// Deletes `name` with its data.
     pub async fn delete(&self, name: &str) -> anyhow::Result<()> {
-        let response = self
-            .http
-            .delete(self.app_url(name, ""))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+        let response = self.http.delete(self.app_url(name, "")).send().await.map_err(|e| self.unreachable(e))?;
         self.decode::<serde_json::Value>(response).await.map(drop)
     }
 
@@ -156,14 +127,8 @@ impl Client {
     ) -> anyhow::Result<()> {
         let url = self.app_url(name, &format!("/logs?tail={tail}&follow={follow}"));
         // A followed log has no end: no overall timeout, only the connect timeout.
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-            .build()?;
-        let mut response = client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+        let client = reqwest::Client::builder().connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS)).build()?;
+        let mut response = client.get(url).send().await.map_err(|e| self.unreachable(e))?;
         if !response.status().is_success() {
             return self.decode::<serde_json::Value>(response).await.map(drop);
         }
@@ -176,26 +141,17 @@ impl Client {
 
     /// All apps.
     pub async fn apps(&self) -> anyhow::Result<Vec<AppEntry>> {
-        let response = self
-            .http
-            .get(format!("{}/v1/apps", self.base))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+        let response = self.http.get(format!("{}/v1/apps", self.base)).send().await.map_err(|e| self.unreachable(e))?;
         let list: AppList = self.decode(response).await?;
         Ok(list.apps)
     }
 
-    async fn decode<T: serde::de::DeserializeOwned>(
-        &self,
-        response: reqwest::Response,
-    ) -> anyhow::Result<T> {
+    async fn decode<T: serde::de::DeserializeOwned>(&self, response: reqwest::Response) -> anyhow::Result<T> {
         let status = response.status();
         let body = response.bytes().await.map_err(|e| self.unreachable(e))?;
         if status.is_success() {
-            return serde_json::from_slice(&body).map_err(|e| {
-                anyhow::anyhow!("the API answered {status} with unexpected content: {e}")
-            });
+            return serde_json::from_slice(&body)
+                .map_err(|e| anyhow::anyhow!("the API answered {status} with unexpected content: {e}"));
         }
         let code = match status.as_u16() {
             404 => NOT_FOUND,
@@ -207,20 +163,13 @@ impl Client {
         let error: Option<ApiError> = serde_json::from_value(detail.clone()).ok();
         let (kind, message) = match error {
             Some(e) => (e.code, e.message),
-            None => (
-                "http".to_owned(),
-                format!(
-                    "the API answered {status}: {}",
-                    String::from_utf8_lossy(&body).trim()
-                ),
-            ),
+            None => {
+                ("http".to_owned(), format!("the API answered {status}: {}", String::from_utf8_lossy(&body).trim()))
+            }
         };
         let mut failure = Failure::new(code, &kind, message);
         if let Some(lines) = detail.get("log").and_then(|l| l.as_array()) {
-            failure.detail = lines
-                .iter()
-                .filter_map(|l| l.as_str().map(str::to_owned))
-                .collect();
+            failure.detail = lines.iter().filter_map(|l| l.as_str().map(str::to_owned)).collect();
         }
         Err(failure.into())
     }

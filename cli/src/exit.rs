@@ -34,12 +34,7 @@ impl std::error::Error for Failure {}
 
 impl Failure {
     pub fn new(code: i32, kind: &str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            kind: kind.into(),
-            message: message.into(),
-            detail: Vec::new(),
-        }
+        Self { code, kind: kind.into(), message: message.into(), detail: Vec::new() }
     }
 }
 

@@ -45,11 +45,9 @@ enum Command {
     /// Run the whole platform on this machine, in the foreground, until Ctrl-C.
     Up(up::UpArgs),
     /// Bundle an app with Bun on this machine and deploy it.
-    #[command(
-        after_help = "PATH is an entry file (index.ts) or a folder holding index.ts, index.tsx, index.js\n\
+    #[command(after_help = "PATH is an entry file (index.ts) or a folder holding index.ts, index.tsx, index.js\n\
 or a package.json naming its entry. Dependencies in package.json must be installed\n\
-(node_modules) here: hosts never reach the network."
-    )]
+(node_modules) here: hosts never reach the network.")]
     Deploy {
         /// The app: an entry file or a folder.
         #[arg(default_value = ".")]
@@ -105,11 +103,8 @@ or a package.json naming its entry. Dependencies in package.json must be install
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     let json = cli.json;
     let result = runtime.block_on(run(cli));
     if let Err(error) = result {
@@ -124,15 +119,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::run(args, &cli.api).await,
         Command::Deploy { path, name } => deploy(&client, &path, name.as_deref(), cli.json).await,
         Command::Apps => apps(&client, cli.json).await,
-        Command::Run { path, ttl, name } => {
-            run_temporary(&client, &path, ttl, name, cli.json).await
-        }
+        Command::Run { path, ttl, name } => run_temporary(&client, &path, ttl, name, cli.json).await,
         Command::Status { name } => status(&client, &name, cli.json).await,
-        Command::Logs { name, follow, tail } => {
-            client
-                .logs(&name, tail, follow, &mut std::io::stdout())
-                .await
-        }
+        Command::Logs { name, follow, tail } => client.logs(&name, tail, follow, &mut std::io::stdout()).await,
         Command::Requests { name, tail } => requests(&client, &name, tail, cli.json).await,
         Command::Versions { name } => versions(&client, &name, cli.json).await,
         Command::Rollback { name, version } => {
@@ -166,18 +155,14 @@ fn print_deployed(deployed: &api::Deployed, json: bool, verb: &str) -> anyhow::R
     if json {
         println!("{}", serde_json::to_string_pretty(deployed)?);
     } else {
-        eprintln!(
-            "{verb} {} version {} on {}",
-            deployed.result.name, deployed.result.version, deployed.result.host_id
-        );
+        eprintln!("{verb} {} version {} on {}", deployed.result.name, deployed.result.version, deployed.result.host_id);
         println!("{}", deployed.url);
     }
     Ok(())
 }
 
 fn time(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
 }
 
 async fn run_temporary(
@@ -189,14 +174,9 @@ async fn run_temporary(
 ) -> anyhow::Result<()> {
     let name = name.unwrap_or_else(names::random);
     let built = bundle::build(path, Some(&name))?;
-    let deployed = client
-        .deploy(&built.name, built.archive, Some(ttl.as_secs().max(1)))
-        .await?;
+    let deployed = client.deploy(&built.name, built.archive, Some(ttl.as_secs().max(1))).await?;
     if !json {
-        eprintln!(
-            "temporary app {name} lives for {}",
-            humantime::format_duration(ttl)
-        );
+        eprintln!("temporary app {name} lives for {}", humantime::format_duration(ttl));
     }
     print_deployed(&deployed, json, "running")
 }
@@ -210,20 +190,9 @@ async fn status(client: &api::Client, name: &str, json: bool) -> anyhow::Result<
     println!("name:       {}", status.name);
     println!("host:       {}", status.host_id);
     println!("version:    {}", status.version);
-    println!(
-        "state:      {}{}",
-        status.state,
-        status
-            .pid
-            .map(|p| format!(" (pid {p})"))
-            .unwrap_or_default()
-    );
+    println!("state:      {}{}", status.state, status.pid.map(|p| format!(" (pid {p})")).unwrap_or_default());
     if let Some(at) = status.last_start_ms {
-        println!(
-            "last start: {} ({} ms to listen)",
-            time(at),
-            status.last_start_duration_ms.unwrap_or(0)
-        );
+        println!("last start: {} ({} ms to listen)", time(at), status.last_start_duration_ms.unwrap_or(0));
     }
     println!("requests:   {}", status.requests_total);
     if status.crashes > 0 {
@@ -275,20 +244,10 @@ async fn versions(client: &api::Client, name: &str, json: bool) -> anyhow::Resul
     Ok(())
 }
 
-async fn deploy(
-    client: &api::Client,
-    path: &std::path::Path,
-    name: Option<&str>,
-    json: bool,
-) -> anyhow::Result<()> {
+async fn deploy(client: &api::Client, path: &std::path::Path, name: Option<&str>, json: bool) -> anyhow::Result<()> {
     let built = bundle::build(path, name)?;
     if !json {
-        eprintln!(
-            "bundled {} ({} bytes); deploying as {}…",
-            built.entry.display(),
-            built.archive.len(),
-            built.name
-        );
+        eprintln!("bundled {} ({} bytes); deploying as {}…", built.entry.display(), built.archive.len(), built.name);
     }
     let deployed = client.deploy(&built.name, built.archive, None).await?;
     print_deployed(&deployed, json, "deployed")
@@ -305,18 +264,12 @@ async fn apps(client: &api::Client, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let width = apps.iter().map(|a| a.name.len()).max().unwrap_or(4).max(4);
-    println!(
-        "{:<width$}  {:<10}  {:>7}  UPDATED",
-        "NAME", "HOST", "VERSION"
-    );
+    println!("{:<width$}  {:<10}  {:>7}  UPDATED", "NAME", "HOST", "VERSION");
     for app in apps {
         let updated = humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(app.updated_at_ms),
         );
-        println!(
-            "{:<width$}  {:<10}  {:>7}  {updated}",
-            app.name, app.host_id, app.version
-        );
+        println!("{:<width$}  {:<10}  {:>7}  {updated}", app.name, app.host_id, app.version);
     }
     Ok(())
 }

@@ -1,16 +1,14 @@
 //! Random readable names for temporary apps: `<adjective>-<noun>-<number>`.
 
 const ADJECTIVES: &[&str] = &[
-    "amber", "brave", "calm", "clever", "crisp", "dusty", "eager", "fancy", "gentle", "glad",
-    "golden", "happy", "jolly", "keen", "lively", "lucky", "mellow", "misty", "nimble", "polite",
-    "proud", "quick", "quiet", "rapid", "shiny", "silent", "snowy", "sunny", "swift", "tidy",
-    "witty", "zesty",
+    "amber", "brave", "calm", "clever", "crisp", "dusty", "eager", "fancy", "gentle", "glad", "golden", "happy",
+    "jolly", "keen", "lively", "lucky", "mellow", "misty", "nimble", "polite", "proud", "quick", "quiet", "rapid",
+    "shiny", "silent", "snowy", "sunny", "swift", "tidy", "witty", "zesty",
 ];
 const NOUNS: &[&str] = &[
-    "badger", "beacon", "brook", "canyon", "cedar", "comet", "falcon", "fern", "forest", "harbor",
-    "heron", "island", "lagoon", "maple", "meadow", "otter", "panda", "pebble", "pine", "planet",
-    "raven", "river", "robin", "sparrow", "spruce", "stone", "thistle", "tiger", "tulip", "valley",
-    "willow", "wren",
+    "badger", "beacon", "brook", "canyon", "cedar", "comet", "falcon", "fern", "forest", "harbor", "heron", "island",
+    "lagoon", "maple", "meadow", "otter", "panda", "pebble", "pine", "planet", "raven", "river", "robin", "sparrow",
+    "spruce", "stone", "thistle", "tiger", "tulip", "valley", "willow", "wren",
 ];
 
 /// A fresh name such as `quick-otter-4821`; always a valid app name.

@@ -24,10 +24,8 @@ const HOSTS_MAX: u8 = 32;
 
 /// Flags of `steady up`.
 #[derive(Debug, clap::Args)]
-#[command(
-    after_help = "The API listens on --api (global flag, default 127.0.0.1:8081).\n\
-Apps answer at http://<name>.<domain>:<port of --http>/."
-)]
+#[command(after_help = "The API listens on --api (global flag, default 127.0.0.1:8081).\n\
+Apps answer at http://<name>.<domain>:<port of --http>/.")]
 pub struct UpArgs {
     /// Public listener for app traffic.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -54,20 +52,13 @@ struct Daemon {
 
 /// Runs the platform until Ctrl-C or a daemon dies.
 pub async fn run(args: UpArgs, api: &str) -> anyhow::Result<()> {
-    let api: SocketAddr = api.trim_start_matches("http://").parse().map_err(|_| {
-        Failure::new(
-            USAGE,
-            "usage",
-            format!("--api {api:?} must be an ip:port for `steady up`"),
-        )
-    })?;
+    let api: SocketAddr = api
+        .trim_start_matches("http://")
+        .parse()
+        .map_err(|_| Failure::new(USAGE, "usage", format!("--api {api:?} must be an ip:port for `steady up`")))?;
     for (flag, addr) in [("--http", args.http), ("--api", api)] {
         std::net::TcpListener::bind(addr).map_err(|e| {
-            Failure::new(
-                USAGE,
-                "address_in_use",
-                format!("cannot listen on {addr} ({e}); pick another with {flag}"),
-            )
+            Failure::new(USAGE, "address_in_use", format!("cannot listen on {addr} ({e}); pick another with {flag}"))
         })?;
     }
     std::fs::create_dir_all(args.data.join("logs"))?;
@@ -79,19 +70,9 @@ pub async fn run(args: UpArgs, api: &str) -> anyhow::Result<()> {
         stop_all(&mut daemons).await;
         return Err(error);
     }
-    let port = if args.http.port() == 80 {
-        String::new()
-    } else {
-        format!(":{}", args.http.port())
-    };
-    eprintln!(
-        "steady is up: {} hosts, API on {api}, apps at http://<name>.{}{port}/",
-        args.hosts, args.domain
-    );
-    eprintln!(
-        "logs in {}; press Ctrl-C to stop",
-        data.join("logs").display()
-    );
+    let port = if args.http.port() == 80 { String::new() } else { format!(":{}", args.http.port()) };
+    eprintln!("steady is up: {} hosts, API on {api}, apps at http://<name>.{}{port}/", args.hosts, args.domain);
+    eprintln!("logs in {}; press Ctrl-C to stop", data.join("logs").display());
     let deployed = deploy_examples(&args.deploy, api).await;
     if let Err(error) = deployed {
         crate::exit::report(&error, false);
@@ -112,19 +93,11 @@ struct Environment {
 impl Environment {
     fn find() -> anyhow::Result<Self> {
         let missing = |what: &str| {
-            Failure::new(
-                crate::exit::FAILED,
-                "missing_tool",
-                format!("{what} not found: run scripts/setup.sh"),
-            )
+            Failure::new(crate::exit::FAILED, "missing_tool", format!("{what} not found: run scripts/setup.sh"))
         };
         let bun = crate::tools::find("bun").ok_or_else(|| missing("bun"))?;
         let bwrap = crate::tools::find("bwrap").ok_or_else(|| missing("bwrap (bubblewrap)"))?;
-        Ok(Self {
-            path: std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
-            bun,
-            bwrap,
-        })
+        Ok(Self { path: std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()), bun, bwrap })
     }
 }
 
@@ -144,20 +117,8 @@ async fn start_all(
         "--ready-file".into(),
         path(&ready),
     ];
-    let slicer_ready = start(
-        daemons,
-        "slicer",
-        "steady-slicer",
-        slicer_args,
-        data,
-        env,
-        Some(&ready),
-    )
-    .await?;
-    let slicer_api = slicer_ready["api"]
-        .as_str()
-        .context("slicer ready file has no api address")?
-        .to_owned();
+    let slicer_ready = start(daemons, "slicer", "steady-slicer", slicer_args, data, env, Some(&ready)).await?;
+    let slicer_api = slicer_ready["api"].as_str().context("slicer ready file has no api address")?.to_owned();
     for index in 1..=args.hosts {
         let id = format!("host-{index}");
         let ip = format!("127.0.0.{}", index + 1);
@@ -176,16 +137,7 @@ async fn start_all(
             "--ready-file".into(),
             path(&ready),
         ];
-        start(
-            daemons,
-            &id,
-            "steady-hostd",
-            host_args,
-            data,
-            env,
-            Some(&ready),
-        )
-        .await?;
+        start(daemons, &id, "steady-hostd", host_args, data, env, Some(&ready)).await?;
     }
     let lb_args = vec![
         "--public".into(),
@@ -222,25 +174,13 @@ async fn start(
         let _ = std::fs::remove_file(ready);
     }
     let log = data.join("logs").join(format!("{name}.log"));
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)?;
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
     let mut command = tokio::process::Command::new(&program);
-    command
-        .args(&args)
-        .env_clear()
-        .env("PATH", &env.path)
-        .env("STEADY_BUN", &env.bun)
-        .env("STEADY_BWRAP", &env.bwrap);
+    command.args(&args).env_clear().env("PATH", &env.path).env("STEADY_BUN", &env.bun).env("STEADY_BWRAP", &env.bwrap);
     if let Ok(level) = std::env::var("STEADY_LOG") {
         command.env("STEADY_LOG", level);
     }
-    command
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone()?)
-        .stderr(log_file)
-        .process_group(0);
+    command.stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file).process_group(0);
     // SAFETY: prctl is async-signal-safe.
     unsafe {
         command.pre_exec(|| {
@@ -250,14 +190,8 @@ async fn start(
             Ok(())
         });
     }
-    let child = command
-        .spawn()
-        .with_context(|| format!("starting {}", program.display()))?;
-    daemons.push(Daemon {
-        name: name.to_owned(),
-        child,
-        log,
-    });
+    let child = command.spawn().with_context(|| format!("starting {}", program.display()))?;
+    daemons.push(Daemon { name: name.to_owned(), child, log });
     let Some(ready) = ready else {
         return Ok(serde_json::Value::Null);
     };
@@ -267,10 +201,7 @@ async fn start(
             return Ok(serde_json::from_str(&text)?);
         }
         check_alive(daemons.last_mut().expect("just pushed"))?;
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{name} was not ready within {READY_TIMEOUT_MS} ms"
-        );
+        anyhow::ensure!(Instant::now() < deadline, "{name} was not ready within {READY_TIMEOUT_MS} ms");
         tokio::time::sleep(Duration::from_millis(READY_POLL_MS)).await;
     }
 }
@@ -278,14 +209,7 @@ async fn start(
 fn check_alive(daemon: &mut Daemon) -> anyhow::Result<()> {
     if let Some(status) = daemon.child.try_wait()? {
         let tail = std::fs::read_to_string(&daemon.log).unwrap_or_default();
-        let tail: Vec<&str> = tail
-            .lines()
-            .rev()
-            .take(8)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        let tail: Vec<&str> = tail.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
         anyhow::bail!(
             "{} exited ({status}) while starting; its log ({}) ends:\n{}",
             daemon.name,
@@ -297,24 +221,15 @@ fn check_alive(daemon: &mut Daemon) -> anyhow::Result<()> {
 }
 
 async fn wait_lb_ready(daemons: &mut [Daemon], api: SocketAddr) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_millis(1_000))
-        .build()?;
+    let http = reqwest::Client::builder().timeout(Duration::from_millis(1_000)).build()?;
     let deadline = Instant::now() + Duration::from_millis(READY_TIMEOUT_MS);
     loop {
-        let ready = http
-            .get(format!("http://{api}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
+        let ready = http.get(format!("http://{api}/readyz")).send().await.is_ok_and(|r| r.status().is_success());
         if ready {
             return Ok(());
         }
         check_alive(daemons.last_mut().expect("lb started"))?;
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the load balancer was not ready within {READY_TIMEOUT_MS} ms"
-        );
+        anyhow::ensure!(Instant::now() < deadline, "the load balancer was not ready within {READY_TIMEOUT_MS} ms");
         tokio::time::sleep(Duration::from_millis(READY_POLL_MS)).await;
     }
 }
@@ -339,16 +254,9 @@ async fn wait_for_stop(daemons: &mut [Daemon]) -> String {
     let mut terminate = signal(SignalKind::terminate()).expect("signal handler");
     let mut interrupt = signal(SignalKind::interrupt()).expect("signal handler");
     let any_exit = async {
-        let waits = daemons
-            .iter_mut()
-            .map(|d| Box::pin(async move { (d.name.clone(), d.child.wait().await) }));
+        let waits = daemons.iter_mut().map(|d| Box::pin(async move { (d.name.clone(), d.child.wait().await) }));
         let ((name, status), _, _) = futures::future::select_all(waits.collect::<Vec<_>>()).await;
-        format!(
-            "{name} exited: {}",
-            status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|e| e.to_string())
-        )
+        format!("{name} exited: {}", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()))
     };
     tokio::select! {
         _ = interrupt.recv() => "Ctrl-C".to_owned(),
@@ -367,13 +275,9 @@ async fn stop_all(daemons: &mut Vec<Daemon>) {
         unsafe {
             libc::kill(-(pid as i32), libc::SIGTERM);
         }
-        let stopped =
-            tokio::time::timeout(Duration::from_millis(STOP_TIMEOUT_MS), daemon.child.wait()).await;
+        let stopped = tokio::time::timeout(Duration::from_millis(STOP_TIMEOUT_MS), daemon.child.wait()).await;
         if stopped.is_err() {
-            eprintln!(
-                "{} did not stop within {STOP_TIMEOUT_MS} ms; killing it",
-                daemon.name
-            );
+            eprintln!("{} did not stop within {STOP_TIMEOUT_MS} ms; killing it", daemon.name);
             let _ = daemon.child.kill().await;
         }
     }

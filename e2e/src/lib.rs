@@ -14,10 +14,7 @@ use steady_proto::wire::RoutingTable;
 
 /// Default patience for conditions; `STEADY_TEST_PATIENCE_MS` overrides it.
 pub fn patience() -> Duration {
-    let ms = std::env::var("STEADY_TEST_PATIENCE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+    let ms = std::env::var("STEADY_TEST_PATIENCE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     Duration::from_millis(ms)
 }
 
@@ -35,22 +32,19 @@ pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 
 /// The workspace root (the checkout).
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
 }
 
 /// Where the built binaries are: next to the test executable's `deps/` folder.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile dir")
-        .to_owned();
+    let dir = exe.parent().and_then(Path::parent).expect("target profile dir").to_owned();
     for binary in ["steady", "steady-slicer", "steady-hostd", "steady-lb"] {
-        assert!(dir.join(binary).is_file(), "{binary} is not built in {}: run `cargo build --workspace --bins` with the same profile first", dir.display());
+        assert!(
+            dir.join(binary).is_file(),
+            "{binary} is not built in {}: run `cargo build --workspace --bins` with the same profile first",
+            dir.display()
+        );
     }
     dir
 }
@@ -58,19 +52,12 @@ pub fn bin_dir() -> PathBuf {
 /// PATH for the daemons and the CLI: the checkout's `.tools/bin` first.
 pub fn tools_path() -> String {
     let tools = workspace().join(".tools/bin");
-    format!(
-        "{}:{}",
-        tools.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
+    format!("{}:{}", tools.display(), std::env::var("PATH").unwrap_or_default())
 }
 
 /// A free TCP port on `ip` (bound, then released).
 pub fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()).expect("free port").port()
 }
 
 /// One daemon started by the harness, in its own process group.
@@ -85,11 +72,7 @@ impl Daemon {
     pub fn start(dir: &Path, name: &str, binary: &str, args: &[String]) -> Self {
         use std::os::unix::process::CommandExt;
         let log = dir.join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let child = Command::new(bin_dir().join(binary))
             .args(args)
             .env_clear()
@@ -101,11 +84,7 @@ impl Daemon {
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
-        Self {
-            name: name.into(),
-            child: Some(child),
-            log,
-        }
+        Self { name: name.into(), child: Some(child), log }
     }
 
     /// The process id.
@@ -115,9 +94,7 @@ impl Daemon {
 
     /// Has the daemon exited?
     pub fn exited(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+        self.child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some())
     }
 
     /// Sends `signal` to the daemon's process group and waits (bounded) for it to exit.
@@ -166,9 +143,7 @@ fn wait_ready_file(daemon: &mut Daemon, path: &Path) -> serde_json::Value {
             daemon.name,
             std::fs::read_to_string(&daemon.log).unwrap_or_default()
         );
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
+        std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok())
     })
 }
 
@@ -193,6 +168,7 @@ pub struct Cluster {
     pub private: SocketAddr,
     pub domain: String,
     http: reqwest::blocking::Client,
+    host_flags: Vec<String>,
 }
 
 /// The answer to a plain HTTP request.
@@ -200,16 +176,20 @@ pub struct Cluster {
 pub struct Answer {
     pub status: u16,
     pub body: String,
+    /// The `Retry-After` header, if any.
+    pub retry_after: Option<String>,
 }
 
 impl Cluster {
     /// Starts a slicer, `host_count` hosts on 127.0.0.2… and one LB; returns once the LB has a table.
     pub fn start(host_count: usize) -> Self {
+        Self::start_with(host_count, &[])
+    }
+
+    /// Like [`Cluster::start`], with extra flags for every host daemon.
+    pub fn start_with(host_count: usize, host_flags: &[&str]) -> Self {
         assert!((1..=30).contains(&host_count));
-        let dir = tempfile::Builder::new()
-            .prefix("steady-e2e-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("steady-e2e-").tempdir().expect("temp dir");
         let root = dir.path().to_owned();
         let ready = root.join("slicer.ready");
         let mut slicer = Daemon::start(
@@ -225,13 +205,9 @@ impl Cluster {
                 &path(&ready),
             ]),
         );
-        let slicer_addr = wait_ready_file(&mut slicer, &ready)["api"]
-            .as_str()
-            .expect("slicer api")
-            .to_owned();
-        let hosts = (1..=host_count)
-            .map(|i| start_host(&root, i, &slicer_addr))
-            .collect();
+        let slicer_addr = wait_ready_file(&mut slicer, &ready)["api"].as_str().expect("slicer api").to_owned();
+        let host_flags = strings(host_flags);
+        let hosts = (1..=host_count).map(|i| start_host(&root, i, &slicer_addr, &host_flags)).collect();
         let (public, private) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
         let lb_args = strings(&[
             "--public",
@@ -246,21 +222,9 @@ impl Cluster {
             &path(&root.join("lb")),
         ]);
         let lb = Daemon::start(&root, "lb", "steady-lb", &lb_args);
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("http client");
-        let cluster = Self {
-            dir,
-            slicer_addr,
-            slicer,
-            hosts,
-            lb,
-            public,
-            private,
-            domain: "localhost".into(),
-            http,
-        };
+        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client");
+        let cluster =
+            Self { dir, slicer_addr, slicer, hosts, lb, public, private, domain: "localhost".into(), http, host_flags };
         cluster.wait_lb_table(1);
         cluster
     }
@@ -268,11 +232,7 @@ impl Cluster {
     /// Waits until the LB has installed a table at least as new as `version`.
     pub fn wait_lb_table(&self, version: u64) {
         eventually("the LB's routing table", || {
-            let answer = self
-                .http
-                .get(format!("http://{}/readyz", self.private))
-                .send()
-                .ok()?;
+            let answer = self.http.get(format!("http://{}/readyz", self.private)).send().ok()?;
             let text = answer.text().ok()?;
             let installed: u64 = text.trim().rsplit(' ').next()?.parse().ok()?;
             (installed >= version).then_some(())
@@ -281,69 +241,67 @@ impl Cluster {
 
     /// Runs the `steady` CLI against this cluster's API.
     pub fn steady(&self, args: &[&str]) -> Output {
-        steady_command(args)
-            .env("STEADY_API", self.private.to_string())
-            .output()
-            .expect("running steady")
+        steady_command(args).env("STEADY_API", self.private.to_string()).output().expect("running steady")
     }
 
     /// Deploys `source` (a folder) as `name` with the CLI; panics with its output on failure.
     pub fn deploy(&self, source: &Path, name: &str) -> serde_json::Value {
         let output = self.steady(&["deploy", &path(source), "--name", name, "--json"]);
-        assert!(
-            output.status.success(),
-            "deploy of {name} failed: {}",
-            describe(&output)
-        );
+        assert!(output.status.success(), "deploy of {name} failed: {}", describe(&output));
         serde_json::from_slice(&output.stdout).expect("deploy prints JSON")
     }
 
     /// GET `path` of `app` through the LB's public listener.
     pub fn get(&self, app: &str, path: &str) -> Answer {
         let url = format!("http://{}{path}", self.public);
-        let response = self
-            .http
-            .get(url)
-            .header("host", format!("{app}.{}", self.domain))
-            .send()
-            .expect("request through the LB");
-        Answer {
-            status: response.status().as_u16(),
-            body: response.text().unwrap_or_default(),
-        }
+        let response =
+            self.http.get(url).header("host", format!("{app}.{}", self.domain)).send().expect("request through the LB");
+        let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Answer { status: response.status().as_u16(), retry_after, body: response.text().unwrap_or_default() }
     }
 
     /// The slicer's routing table, read through the LB's private listener.
     pub fn table(&self) -> RoutingTable {
-        self.http
-            .get(format!("http://{}/v1/table", self.private))
-            .send()
-            .and_then(|r| r.json())
-            .expect("routing table")
+        self.http.get(format!("http://{}/v1/table", self.private)).send().and_then(|r| r.json()).expect("routing table")
     }
 
     /// Stops host `index` gracefully and starts it again on the same data and addresses.
     pub fn restart_host(&mut self, index: usize) {
-        let root = self.dir.path().to_owned();
         self.hosts[index].daemon.stop();
+        self.start_host_again(index);
+    }
+
+    /// Starts host `index` again (after it was stopped or killed) on the same data and addresses.
+    pub fn start_host_again(&mut self, index: usize) {
+        let root = self.dir.path().to_owned();
         let host = &mut self.hosts[index];
-        host.daemon = start_host_at(&root, &host.id, host.ingress, host.api, &self.slicer_addr).1;
+        host.daemon = start_host_at(&root, &host.id, host.ingress, host.api, &self.slicer_addr, &self.host_flags).1;
+    }
+
+    /// GET an API path on the private listener, as JSON.
+    pub fn api_get(&self, path: &str) -> serde_json::Value {
+        let response = self.http.get(format!("http://{}{path}", self.private)).send().expect("API request");
+        response.json().expect("API answers JSON")
+    }
+
+    /// The app's state on its host (`GET /v1/apps/<name>`).
+    pub fn status(&self, app: &str) -> serde_json::Value {
+        self.api_get(&format!("/v1/apps/{app}"))
+    }
+
+    /// The app's log as text.
+    pub fn app_log(&self, app: &str) -> String {
+        let url = format!("http://{}/v1/apps/{app}/logs?tail=1000", self.private);
+        self.http.get(url).send().and_then(|r| r.text()).expect("app log")
     }
 
     /// The tail of every daemon's log, for failure reports.
     pub fn logs(&self) -> String {
         let mut text = String::new();
-        for daemon in [&self.slicer, &self.lb]
-            .into_iter()
-            .chain(self.hosts.iter().map(|h| &h.daemon))
-        {
+        for daemon in [&self.slicer, &self.lb].into_iter().chain(self.hosts.iter().map(|h| &h.daemon)) {
             let log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
-            text += &format!(
-                "--- {} ---\n{}\n",
-                daemon.name,
-                lines[lines.len().saturating_sub(40)..].join("\n")
-            );
+            text += &format!("--- {} ---\n{}\n", daemon.name, lines[lines.len().saturating_sub(40)..].join("\n"));
         }
         text
     }
@@ -352,11 +310,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "cluster in {} — daemon logs:\n{}",
-                self.dir.path().display(),
-                self.logs()
-            );
+            eprintln!("cluster in {} — daemon logs:\n{}", self.dir.path().display(), self.logs());
         }
         self.lb.stop_with(libc::SIGINT);
         for host in &mut self.hosts {
@@ -370,19 +324,12 @@ impl Drop for Cluster {
     }
 }
 
-fn start_host(root: &Path, index: usize, slicer: &str) -> Host {
+fn start_host(root: &Path, index: usize, slicer: &str, flags: &[String]) -> Host {
     let id = format!("host-{index}");
     let ip = format!("127.0.0.{}", index + 1);
     let (ingress, api) = (free_addr(&ip), free_addr(&ip));
-    let (data, daemon) = start_host_at(root, &id, ingress, api, slicer);
-    Host {
-        id,
-        ip,
-        ingress,
-        api,
-        data,
-        daemon,
-    }
+    let (data, daemon) = start_host_at(root, &id, ingress, api, slicer, flags);
+    Host { id, ip, ingress, api, data, daemon }
 }
 
 fn start_host_at(
@@ -391,11 +338,12 @@ fn start_host_at(
     ingress: SocketAddr,
     api: SocketAddr,
     slicer: &str,
+    flags: &[String],
 ) -> (PathBuf, Daemon) {
     let data = root.join("hosts").join(id);
     let ready = root.join(format!("{id}.ready"));
     let _ = std::fs::remove_file(&ready);
-    let args = strings(&[
+    let mut args = strings(&[
         "--id",
         id,
         "--data",
@@ -409,24 +357,20 @@ fn start_host_at(
         "--ready-file",
         &path(&ready),
     ]);
+    args.extend_from_slice(flags);
     let mut daemon = Daemon::start(root, id, "steady-hostd", &args);
     wait_ready_file(&mut daemon, &ready);
     (data, daemon)
 }
 
 fn free_addr(ip: &str) -> SocketAddr {
-    format!("{ip}:{}", free_port(ip))
-        .parse()
-        .expect("socket address")
+    format!("{ip}:{}", free_port(ip)).parse().expect("socket address")
 }
 
 /// A `steady` CLI command with the tools on PATH.
 pub fn steady_command(args: &[&str]) -> Command {
     let mut command = Command::new(bin_dir().join("steady"));
-    command
-        .args(args)
-        .env("PATH", tools_path())
-        .env_remove("STEADY_API");
+    command.args(args).env("PATH", tools_path()).env_remove("STEADY_API");
     command
 }
 
@@ -454,4 +398,32 @@ fn strings(items: &[&str]) -> Vec<String> {
 
 fn path(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// Every process in the tree under `root` (including `root`), from `/proc`.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+        if let Some(ppid) = after.split(' ').nth(1).and_then(|p| p.parse().ok()) {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut index = 0;
+    while index < found.len() {
+        let parent = found[index];
+        found.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        index += 1;
+    }
+    found
+}
+
+/// Is `pid` a live (not zombie) process?
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s[s.rfind(')').unwrap_or(0)..].starts_with(") Z"))
 }

@@ -44,31 +44,19 @@ pub fn router(apps: Arc<Apps>, bundle_size_max_bytes: usize) -> Router {
         .route("/v1/apps/{name}/logs", get(logs))
         .route("/v1/apps/{name}/requests", get(requests))
         .layer(DefaultBodyLimit::disable())
-        .with_state(Api {
-            apps,
-            bundle_size_max_bytes,
-        })
+        .with_state(Api { apps, bundle_size_max_bytes })
 }
 
 fn check_name(name: &str) -> Result<(), Response> {
-    steady_proto::name::validate(name)
-        .map_err(|e| failure(StatusCode::BAD_REQUEST, "bad_name", e.to_string()))
+    steady_proto::name::validate(name).map_err(|e| failure(StatusCode::BAD_REQUEST, "bad_name", e.to_string()))
 }
 
 fn unknown(name: &str) -> Response {
-    failure(
-        StatusCode::NOT_FOUND,
-        "unknown_app",
-        format!("no app named {name:?}"),
-    )
+    failure(StatusCode::NOT_FOUND, "unknown_app", format!("no app named {name:?}"))
 }
 
 fn internal(error: impl std::fmt::Display) -> Response {
-    failure(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        error.to_string(),
-    )
+    failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
 }
 
 async fn list(State(api): State<Api>) -> Response {
@@ -103,45 +91,26 @@ async fn deploy(
     };
     let limit = api.bundle_size_max_bytes;
     let Ok(archive) = axum::body::to_bytes(body, limit).await else {
-        let message =
-            format!("bundle is larger than the limit of {limit} bytes (or the upload broke off)");
+        let message = format!("bundle is larger than the limit of {limit} bytes (or the upload broke off)");
         return failure(StatusCode::PAYLOAD_TOO_LARGE, "bundle_too_large", message);
     };
-    changed(
-        &name,
-        api.apps.deploy(&name, &archive, expires_at_ms).await,
-        StatusCode::CREATED,
-    )
+    changed(&name, api.apps.deploy(&name, &archive, expires_at_ms).await, StatusCode::CREATED)
 }
 
-async fn rollback(
-    State(api): State<Api>,
-    Path(name): Path<String>,
-    body: Option<Json<Rollback>>,
-) -> Response {
+async fn rollback(State(api): State<Api>, Path(name): Path<String>, body: Option<Json<Rollback>>) -> Response {
     if let Err(response) = check_name(&name) {
         return response;
     }
     let target = body.map(|Json(b)| b.version).unwrap_or_default();
-    changed(
-        &name,
-        api.apps.rollback(&name, target).await,
-        StatusCode::OK,
-    )
+    changed(&name, api.apps.rollback(&name, target).await, StatusCode::OK)
 }
 
 /// The answer to a deploy or rollback: the result and the table version the LB waits for.
-fn changed(
-    name: &str,
-    outcome: Result<(DeployResult, u64), DeployError>,
-    status: StatusCode,
-) -> Response {
+fn changed(name: &str, outcome: Result<(DeployResult, u64), DeployError>, status: StatusCode) -> Response {
     match outcome {
         Ok((result, table_version)) => {
             let mut response = (status, Json(result)).into_response();
-            response
-                .headers_mut()
-                .insert(HEADER_TABLE_VERSION, HeaderValue::from(table_version));
+            response.headers_mut().insert(HEADER_TABLE_VERSION, HeaderValue::from(table_version));
             response
         }
         Err(error) => deploy_failure(name, error),
@@ -154,20 +123,13 @@ fn deploy_failure(name: &str, error: DeployError) -> Response {
     match error {
         DeployError::Bundle(_) => failure(StatusCode::BAD_REQUEST, "bad_bundle", message),
         DeployError::Start { log, .. } => {
-            let body =
-                serde_json::json!({ "code": "start_failed", "message": message, "log": log });
+            let body = serde_json::json!({ "code": "start_failed", "message": message, "log": log });
             (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
         }
         DeployError::Unknown(_) => failure(StatusCode::NOT_FOUND, "unknown_app", message),
         DeployError::NoSuchVersion(_) => failure(StatusCode::NOT_FOUND, "unknown_version", message),
-        DeployError::Membership(MembershipError::NotOwner(_)) => {
-            failure(StatusCode::CONFLICT, "not_owner", message)
-        }
-        DeployError::Membership(_) => failure(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "slicer_unavailable",
-            message,
-        ),
+        DeployError::Membership(MembershipError::NotOwner(_)) => failure(StatusCode::CONFLICT, "not_owner", message),
+        DeployError::Membership(_) => failure(StatusCode::SERVICE_UNAVAILABLE, "slicer_unavailable", message),
         DeployError::Store(_) | DeployError::Io(_) => internal(message),
     }
 }
@@ -214,11 +176,7 @@ struct TailQuery {
 
 /// The last lines of the app's log as text; with `follow=true` the answer stays open and new
 /// lines are streamed as they are written.
-async fn logs(
-    State(api): State<Api>,
-    Path(name): Path<String>,
-    Query(query): Query<TailQuery>,
-) -> Response {
+async fn logs(State(api): State<Api>, Path(name): Path<String>, Query(query): Query<TailQuery>) -> Response {
     if let Err(response) = check_name(&name) {
         return response;
     }
@@ -256,18 +214,11 @@ async fn logs(
             }
         })
     });
-    let headers = [
-        ("content-type", "text/plain; charset=utf-8"),
-        ("cache-control", "no-store"),
-    ];
+    let headers = [("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")];
     (headers, Body::from_stream(head.chain(live))).into_response()
 }
 
-async fn requests(
-    State(api): State<Api>,
-    Path(name): Path<String>,
-    Query(query): Query<TailQuery>,
-) -> Response {
+async fn requests(State(api): State<Api>, Path(name): Path<String>, Query(query): Query<TailQuery>) -> Response {
     if let Err(response) = check_name(&name) {
         return response;
     }

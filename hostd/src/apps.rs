@@ -20,8 +20,8 @@ use steady_proto::wire::{AppStatus, DeployResult};
 use crate::blob::BlobStore;
 use crate::bundle::{self, BundleError, Limits};
 use crate::config::{
-    Config, BUNDLE_FILES_MAX, BUNDLE_UNPACKED_BYTES_MAX, CRASH_BACKOFF_MS_MAX,
-    CRASH_BACKOFF_MS_MIN, CRASH_LOOP_THRESHOLD, CRASH_RESET_AFTER_MS, HOUSEKEEPING_INTERVAL_MS_MAX,
+    Config, BUNDLE_FILES_MAX, BUNDLE_UNPACKED_BYTES_MAX, CRASH_BACKOFF_MS_MAX, CRASH_BACKOFF_MS_MIN,
+    CRASH_LOOP_THRESHOLD, CRASH_RESET_AFTER_MS, HOUSEKEEPING_INTERVAL_MS_MAX,
 };
 use crate::log::{AppLog, RequestLog};
 use crate::membership::{Membership, MembershipError};
@@ -43,14 +43,8 @@ pub enum WakeError {
     Deadline(String),
     #[error("{app:?} failed to start: {error}")]
     Start { app: String, error: StartError },
-    #[error(
-        "{app:?} is crash-looping ({crashes} exits in a row); next start in {retry_after_s} s"
-    )]
-    CrashLoop {
-        app: String,
-        crashes: u32,
-        retry_after_s: u64,
-    },
+    #[error("{app:?} is crash-looping ({crashes} exits in a row); next start in {retry_after_s} s")]
+    CrashLoop { app: String, crashes: u32, retry_after_s: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("app files: {0}")]
@@ -63,11 +57,7 @@ pub enum DeployError {
     #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error("version {version} failed to start: {error}")]
-    Start {
-        version: u64,
-        error: StartError,
-        log: Vec<String>,
-    },
+    Start { version: u64, error: StartError, log: Vec<String> },
     #[error("no app named {0:?} on this host")]
     Unknown(String),
     #[error("{0}")]
@@ -119,9 +109,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.slot
-            .last_active_ms
-            .store(crate::now_ms(), Ordering::Release);
+        self.slot.last_active_ms.store(crate::now_ms(), Ordering::Release);
         self.slot.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -138,21 +126,8 @@ pub struct Apps {
 
 impl Apps {
     /// Builds the manager; `runner` is the runner script on disk.
-    pub fn new(
-        config: Config,
-        runner: PathBuf,
-        store: Store,
-        blobs: BlobStore,
-        membership: Membership,
-    ) -> Self {
-        Self {
-            config,
-            runner,
-            store: Mutex::new(store),
-            blobs,
-            membership,
-            slots: Mutex::new(HashMap::new()),
-        }
+    pub fn new(config: Config, runner: PathBuf, store: Store, blobs: BlobStore, membership: Membership) -> Self {
+        Self { config, runner, store: Mutex::new(store), blobs, membership, slots: Mutex::new(HashMap::new()) }
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -165,10 +140,7 @@ impl Apps {
     }
 
     /// Every version attempt of an app, or `None` if the app is not here.
-    pub fn versions(
-        &self,
-        name: &str,
-    ) -> Result<Option<Vec<crate::store::VersionRow>>, StoreError> {
+    pub fn versions(&self, name: &str) -> Result<Option<Vec<crate::store::VersionRow>>, StoreError> {
         let versions = self.store().versions(name)?;
         Ok((!versions.is_empty()).then_some(versions))
     }
@@ -196,18 +168,9 @@ impl Apps {
         let Some(current) = self.store().current(name)? else {
             return Ok(None);
         };
-        let expires_at_ms = self
-            .store()
-            .list()?
-            .into_iter()
-            .find(|a| a.name == name)
-            .and_then(|a| a.expires_at_ms);
+        let expires_at_ms = self.store().list()?.into_iter().find(|a| a.name == name).and_then(|a| a.expires_at_ms);
         let slot = self.slot(name)?;
-        let crashes = slot
-            .health
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .crashes;
+        let crashes = slot.health.lock().unwrap_or_else(|p| p.into_inner()).crashes;
         let looping = crashes >= CRASH_LOOP_THRESHOLD;
         let (state, pid) = match slot.serving.try_lock() {
             Err(_) => ("starting", None),
@@ -264,11 +227,7 @@ impl Apps {
     }
 
     fn spec(&self, name: &str, current: &Current) -> std::io::Result<Spec> {
-        let socket_dir = self
-            .config
-            .data
-            .join("run")
-            .join(format!("{}-{}", current.app_id, current.version));
+        let socket_dir = self.config.data.join("run").join(format!("{}-{}", current.app_id, current.version));
         std::fs::create_dir_all(&socket_dir)?;
         Ok(Spec {
             bwrap: self.config.bwrap.clone(),
@@ -277,34 +236,21 @@ impl Apps {
             bundle_dir: self.config.data.join("bundles").join(&current.bundle),
             data_dir: self.app_dir(name).join("data"),
             socket_dir,
-            env: vec![
-                ("STEADY_APP".into(), name.into()),
-                ("STEADY_VERSION".into(), current.version.to_string()),
-            ],
+            env: vec![("STEADY_APP".into(), name.into()), ("STEADY_VERSION".into(), current.version.to_string())],
         })
     }
 
     async fn start(&self, slot: &Slot, current: &Current) -> Result<AppProcess, StartError> {
         let spec = self.spec(&slot.name, current).map_err(StartError::Spawn)?;
-        let process = AppProcess::start(
-            &spec,
-            current.version,
-            slot.log.clone(),
-            self.config.start_timeout_ms,
-        )
-        .await?;
+        let process = AppProcess::start(&spec, current.version, slot.log.clone(), self.config.start_timeout_ms).await?;
         slot.last_start_ms.store(crate::now_ms(), Ordering::Release);
-        slot.last_start_duration_ms
-            .store(process.start_ms, Ordering::Release);
+        slot.last_start_duration_ms.store(process.start_ms, Ordering::Release);
         Ok(process)
     }
 
     /// Gives a request a running `name`, starting it first if needed.
     pub async fn wake(&self, name: &str) -> Result<Lease, WakeError> {
-        let current = self
-            .store()
-            .current(name)?
-            .ok_or_else(|| WakeError::Unknown(name.into()))?;
+        let current = self.store().current(name)?.ok_or_else(|| WakeError::Unknown(name.into()))?;
         let slot = self.slot(name)?;
         if slot.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.start_queue_max {
             slot.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -343,10 +289,7 @@ impl Apps {
             }
             Err(error) => {
                 self.note_crash(slot, 0);
-                Err(WakeError::Start {
-                    app: slot.name.clone(),
-                    error,
-                })
+                Err(WakeError::Start { app: slot.name.clone(), error })
             }
         }
     }
@@ -354,24 +297,14 @@ impl Apps {
     /// Counts an unexpected exit; at the threshold, pauses starts with a doubling backoff.
     fn note_crash(&self, slot: &Slot, lived_ms: u64) {
         let mut health = slot.health.lock().unwrap_or_else(|p| p.into_inner());
-        health.crashes = if lived_ms >= CRASH_RESET_AFTER_MS {
-            1
-        } else {
-            health.crashes + 1
-        };
+        health.crashes = if lived_ms >= CRASH_RESET_AFTER_MS { 1 } else { health.crashes + 1 };
         if health.crashes < CRASH_LOOP_THRESHOLD {
             return;
         }
         let doublings = (health.crashes - CRASH_LOOP_THRESHOLD).min(16);
         let pause_ms = (CRASH_BACKOFF_MS_MIN << doublings).min(CRASH_BACKOFF_MS_MAX);
         health.retry_at = Some(Instant::now() + Duration::from_millis(pause_ms));
-        slot.log.line(
-            "steady",
-            &format!(
-                "crash loop: {} exits in a row; next start in {pause_ms} ms",
-                health.crashes
-            ),
-        );
+        slot.log.line("steady", &format!("crash loop: {} exits in a row; next start in {pause_ms} ms", health.crashes));
         tracing::warn!(app = %slot.name, crashes = health.crashes, pause_ms, "app is crash-looping");
     }
 
@@ -399,22 +332,13 @@ impl Apps {
         let digest = self.blobs.put(archive)?;
         let bundle_dir = self.config.data.join("bundles").join(&digest);
         if !bundle_dir.join(bundle::ENTRY_FILE).is_file() {
-            let limits = Limits {
-                files_max: BUNDLE_FILES_MAX,
-                unpacked_bytes_max: BUNDLE_UNPACKED_BYTES_MAX,
-            };
+            let limits = Limits { files_max: BUNDLE_FILES_MAX, unpacked_bytes_max: BUNDLE_UNPACKED_BYTES_MAX };
             bundle::unpack(archive, &bundle_dir, limits)?;
         }
         let slot = self.slot(name)?;
         let _one_change_at_a_time = slot.deploying.lock().await;
-        let (app_id, version) =
-            self.store()
-                .begin_version(name, &digest, crate::now_ms(), expires_at_ms)?;
-        let target = Current {
-            app_id,
-            version,
-            bundle: digest.clone(),
-        };
+        let (app_id, version) = self.store().begin_version(name, &digest, crate::now_ms(), expires_at_ms)?;
+        let target = Current { app_id, version, bundle: digest.clone() };
         let table_version = self.activate(&slot, &target, true).await?;
         tracing::info!(app = %name, version, "deployed");
         let result = DeployResult {
@@ -428,32 +352,19 @@ impl Apps {
 
     /// Makes an earlier ready version current again (the one before the current by default).
     /// The database is left as it is.
-    pub async fn rollback(
-        &self,
-        name: &str,
-        version: Option<u64>,
-    ) -> Result<(DeployResult, u64), DeployError> {
-        let current = self
-            .store()
-            .current(name)?
-            .ok_or_else(|| DeployError::Unknown(name.into()))?;
-        let target = self
-            .store()
-            .rollback_target(name, version)?
-            .ok_or_else(|| {
-                DeployError::NoSuchVersion(match version {
-                    Some(v) => format!("{name} has no ready version {v} to roll back to"),
-                    None => format!("{name} has no ready version before {}", current.version),
-                })
-            })?;
+    pub async fn rollback(&self, name: &str, version: Option<u64>) -> Result<(DeployResult, u64), DeployError> {
+        let current = self.store().current(name)?.ok_or_else(|| DeployError::Unknown(name.into()))?;
+        let target = self.store().rollback_target(name, version)?.ok_or_else(|| {
+            DeployError::NoSuchVersion(match version {
+                Some(v) => format!("{name} has no ready version {v} to roll back to"),
+                None => format!("{name} has no ready version before {}", current.version),
+            })
+        })?;
         let slot = self.slot(name)?;
         let _one_change_at_a_time = slot.deploying.lock().await;
         slot.log.line(
             "steady",
-            &format!(
-                "rolling back from version {} to {} (database unchanged)",
-                current.version, target.version
-            ),
+            &format!("rolling back from version {} to {} (database unchanged)", current.version, target.version),
         );
         let table_version = self.activate(&slot, &target, false).await?;
         let result = DeployResult {
@@ -468,33 +379,20 @@ impl Apps {
     /// Starts `target` beside the serving process, records it with the slicer, makes it
     /// current and stops the old process. `new_attempt` says whether `target` is a version
     /// attempt to finish (a deploy) or an existing ready version (a rollback).
-    async fn activate(
-        &self,
-        slot: &Slot,
-        target: &Current,
-        new_attempt: bool,
-    ) -> Result<u64, DeployError> {
+    async fn activate(&self, slot: &Slot, target: &Current, new_attempt: bool) -> Result<u64, DeployError> {
         let version = target.version;
         let fail = |error: DeployError| {
             if new_attempt {
-                self.store()
-                    .finish_version(target.app_id, version, Outcome::Failed)?;
+                self.store().finish_version(target.app_id, version, Outcome::Failed)?;
             }
             Err(error)
         };
         let process = match self.start(slot, target).await {
             Ok(process) => process,
             Err(error) => {
-                slot.log.line(
-                    "steady",
-                    &format!("version {version} failed to start: {error}"),
-                );
+                slot.log.line("steady", &format!("version {version} failed to start: {error}"));
                 let log = slot.log.tail(FAILED_START_LOG_LINES);
-                return fail(DeployError::Start {
-                    version,
-                    error,
-                    log,
-                });
+                return fail(DeployError::Start { version, error, log });
             }
         };
         let table_version = match self.membership.app_deployed(&slot.name, version).await {
@@ -504,15 +402,13 @@ impl Apps {
                 return fail(error.into());
             }
         };
-        self.store()
-            .finish_version(target.app_id, version, Outcome::Ready)?;
+        self.store().finish_version(target.app_id, version, Outcome::Ready)?;
         *slot.health.lock().unwrap_or_else(|p| p.into_inner()) = Health::default();
         let previous = slot.serving.lock().await.replace(process);
         if let Some(previous) = previous {
             previous.stop().await;
         }
-        slot.log
-            .line("steady", &format!("version {version} serving"));
+        slot.log.line("steady", &format!("version {version} serving"));
         Ok(table_version)
     }
 
@@ -528,10 +424,7 @@ impl Apps {
             process.stop().await;
         }
         self.store().delete(name)?;
-        self.slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         std::fs::remove_dir_all(self.app_dir(name))?;
         tracing::info!(app = %name, "deleted");
         Ok(true)
@@ -550,17 +443,10 @@ impl Apps {
 
     async fn sleep_idle(&self) {
         let now_ms = crate::now_ms();
-        let slots: Vec<Arc<Slot>> = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let slots: Vec<Arc<Slot>> = self.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         for slot in slots {
             let idle_ms = now_ms.saturating_sub(slot.last_active_ms.load(Ordering::Acquire));
-            let busy = slot.in_flight.load(Ordering::Acquire) > 0
-                || slot.waiting.load(Ordering::Acquire) > 0;
+            let busy = slot.in_flight.load(Ordering::Acquire) > 0 || slot.waiting.load(Ordering::Acquire) > 0;
             if busy || idle_ms < self.config.idle_timeout_ms {
                 continue;
             }
@@ -572,10 +458,7 @@ impl Apps {
             }
             if let Some(process) = serving.take_if(|p| p.is_alive()) {
                 process.stop().await;
-                slot.log.line(
-                    "steady",
-                    &format!("version {} asleep after {idle_ms} ms idle", process.version),
-                );
+                slot.log.line("steady", &format!("version {} asleep after {idle_ms} ms idle", process.version));
                 tracing::info!(app = %slot.name, idle_ms, "app asleep");
             }
         }
@@ -598,20 +481,11 @@ impl Apps {
 
     /// Stops every app process (hostd is shutting down).
     pub async fn stop_all(&self) {
-        let slots: Vec<Arc<Slot>> = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let slots: Vec<Arc<Slot>> = self.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         for slot in slots {
             if let Some(process) = slot.serving.lock().await.take() {
                 process.stop().await;
-                slot.log.line(
-                    "steady",
-                    &format!("version {} stopped: host shutting down", process.version),
-                );
+                slot.log.line("steady", &format!("version {} stopped: host shutting down", process.version));
             }
         }
     }

@@ -14,9 +14,7 @@ impl BlobStore {
     /// Opens (creating) the store under `root`.
     pub fn open(root: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(root)?;
-        Ok(Self {
-            root: root.to_owned(),
-        })
+        Ok(Self { root: root.to_owned() })
     }
 
     /// The hex SHA-256 of `bytes`: the blob's address.

@@ -15,9 +15,7 @@ pub enum BundleError {
     NotTar(io::Error),
     #[error("bundle entry {0:?} escapes the bundle (absolute path or '..')")]
     PathEscape(String),
-    #[error(
-        "bundle entry {0:?} is not a regular file or directory (links and devices are refused)"
-    )]
+    #[error("bundle entry {0:?} is not a regular file or directory (links and devices are refused)")]
     BadEntryType(String),
     #[error("bundle holds more than {0} files")]
     TooManyFiles(usize),
@@ -39,9 +37,7 @@ pub struct Limits {
 /// Unpacks `archive` into `destination` (which must not exist yet), read-only. Unpacks into a
 /// sibling temporary directory first and renames, so `destination` is complete or absent.
 pub fn unpack(archive: &[u8], destination: &Path, limits: Limits) -> Result<(), BundleError> {
-    let parent = destination
-        .parent()
-        .ok_or_else(|| io::Error::other("bundle destination has no parent"))?;
+    let parent = destination.parent().ok_or_else(|| io::Error::other("bundle destination has no parent"))?;
     std::fs::create_dir_all(parent)?;
     let staging = tempfile_dir(parent)?;
     let result = unpack_into(archive, &staging, limits);
@@ -79,8 +75,7 @@ fn unpack_into(archive: &[u8], staging: &Path, limits: Limits) -> Result<(), Bun
         let mut entry = entry.map_err(BundleError::NotTar)?;
         let path = entry.path().map_err(BundleError::NotTar)?.into_owned();
         let shown = path.display().to_string();
-        let relative =
-            safe_relative(&path).ok_or_else(|| BundleError::PathEscape(shown.clone()))?;
+        let relative = safe_relative(&path).ok_or_else(|| BundleError::PathEscape(shown.clone()))?;
         let kind = entry.header().entry_type();
         if kind.is_dir() {
             std::fs::create_dir_all(staging.join(&relative))?;
@@ -141,10 +136,7 @@ fn make_read_only(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
-        files_max: 10,
-        unpacked_bytes_max: 1024,
-    };
+    const LIMITS: Limits = Limits { files_max: 10, unpacked_bytes_max: 1024 };
 
     fn archive(files: &[(&str, &[u8])]) -> Vec<u8> {
         let mut builder = tar::Builder::new(Vec::new());
@@ -165,58 +157,25 @@ mod tests {
     fn unpacks_a_good_bundle_read_only() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("b");
-        unpack(
-            &archive(&[("index.js", b"export default {}"), ("lib/a.js", b"1")]),
-            &dest,
-            LIMITS,
-        )
-        .unwrap();
-        assert_eq!(
-            std::fs::read(dest.join("index.js")).unwrap(),
-            b"export default {}"
-        );
-        assert!(std::fs::metadata(dest.join("lib/a.js"))
-            .unwrap()
-            .permissions()
-            .readonly());
+        unpack(&archive(&[("index.js", b"export default {}"), ("lib/a.js", b"1")]), &dest, LIMITS).unwrap();
+        assert_eq!(std::fs::read(dest.join("index.js")).unwrap(), b"export default {}");
+        assert!(std::fs::metadata(dest.join("lib/a.js")).unwrap().permissions().readonly());
     }
 
     #[test]
     fn refuses_escapes_missing_entry_and_excess() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("b");
-        let escape = unpack(
-            &archive(&[("index.js", b""), ("../evil", b"x")]),
-            &dest,
-            LIMITS,
-        );
-        assert!(
-            matches!(escape, Err(BundleError::PathEscape(_))),
-            "{escape:?}"
-        );
-        assert!(matches!(
-            unpack(&archive(&[("/etc/x", b"")]), &dest, LIMITS),
-            Err(BundleError::PathEscape(_))
-        ));
-        assert!(matches!(
-            unpack(&archive(&[("a.js", b"")]), &dest, LIMITS),
-            Err(BundleError::NoEntry)
-        ));
+        let escape = unpack(&archive(&[("index.js", b""), ("../evil", b"x")]), &dest, LIMITS);
+        assert!(matches!(escape, Err(BundleError::PathEscape(_))), "{escape:?}");
+        assert!(matches!(unpack(&archive(&[("/etc/x", b"")]), &dest, LIMITS), Err(BundleError::PathEscape(_))));
+        assert!(matches!(unpack(&archive(&[("a.js", b"")]), &dest, LIMITS), Err(BundleError::NoEntry)));
         let big = vec![0u8; 2000];
-        assert!(matches!(
-            unpack(&archive(&[("index.js", &big)]), &dest, LIMITS),
-            Err(BundleError::TooLarge(_))
-        ));
+        assert!(matches!(unpack(&archive(&[("index.js", &big)]), &dest, LIMITS), Err(BundleError::TooLarge(_))));
         let many: Vec<(String, &[u8])> = (0..11).map(|i| (format!("f{i}"), &b""[..])).collect();
         let many: Vec<(&str, &[u8])> = many.iter().map(|(p, d)| (p.as_str(), *d)).collect();
-        assert!(matches!(
-            unpack(&archive(&many), &dest, LIMITS),
-            Err(BundleError::TooManyFiles(_))
-        ));
-        assert!(matches!(
-            unpack(b"not a tar at all, just some bytes", &dest, LIMITS),
-            Err(_)
-        ));
+        assert!(matches!(unpack(&archive(&many), &dest, LIMITS), Err(BundleError::TooManyFiles(_))));
+        assert!(matches!(unpack(b"not a tar at all, just some bytes", &dest, LIMITS), Err(_)));
         assert!(!dest.exists(), "nothing is left behind by a refused bundle");
     }
 }

@@ -75,23 +75,13 @@ impl Config {
             return Err("--id must be 1-64 characters".into());
         }
         if self.start_queue_max == 0 || self.start_timeout_ms == 0 || self.idle_timeout_ms == 0 {
-            return Err(
-                "--start-queue-max, --start-timeout-ms and --idle-timeout-ms must be above zero"
-                    .into(),
-            );
+            return Err("--start-queue-max, --start-timeout-ms and --idle-timeout-ms must be above zero".into());
         }
-        std::fs::create_dir_all(&self.data)
-            .map_err(|e| format!("creating {}: {e}", self.data.display()))?;
-        self.data = self
-            .data
-            .canonicalize()
-            .map_err(|e| format!("{}: {e}", self.data.display()))?;
+        std::fs::create_dir_all(&self.data).map_err(|e| format!("creating {}: {e}", self.data.display()))?;
+        self.data = self.data.canonicalize().map_err(|e| format!("{}: {e}", self.data.display()))?;
         // Socket paths are <data>/run/<id>-<version>/app.sock: leave 40 bytes for the tail.
         if self.data.as_os_str().len() + 40 > SOCKET_PATH_BYTES_MAX {
-            return Err(format!(
-                "data directory path {} is too long for Unix socket paths",
-                self.data.display()
-            ));
+            return Err(format!("data directory path {} is too long for Unix socket paths", self.data.display()));
         }
         Ok(self)
     }
@@ -100,19 +90,12 @@ impl Config {
 /// Finds `name` on PATH unless it is already a path; returns an absolute path.
 pub fn resolve_binary(name: &std::path::Path) -> Result<PathBuf, String> {
     if name.components().count() > 1 {
-        return name
-            .canonicalize()
-            .map_err(|e| format!("{}: {e}", name.display()));
+        return name.canonicalize().map_err(|e| format!("{}: {e}", name.display()));
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
         .and_then(|found| found.canonicalize().ok())
-        .ok_or_else(|| {
-            format!(
-                "{} not found on PATH (run scripts/setup.sh)",
-                name.display()
-            )
-        })
+        .ok_or_else(|| format!("{} not found on PATH (run scripts/setup.sh)", name.display()))
 }

@@ -26,11 +26,7 @@ pub fn router(apps: Arc<Apps>) -> axum::Router {
 
 async fn forward(State(apps): State<Arc<Apps>>, mut request: Request) -> Response {
     let Some(app) = request.headers_mut().remove(HEADER_APP) else {
-        return failure(
-            StatusCode::BAD_REQUEST,
-            "no_app",
-            "request carries no app header".into(),
-        );
+        return failure(StatusCode::BAD_REQUEST, "no_app", "request carries no app header".into());
     };
     let app = app.to_str().unwrap_or_default().to_owned();
     let lease = match apps.wake(&app).await {
@@ -56,11 +52,7 @@ async fn forward(State(apps): State<Arc<Apps>>, mut request: Request) -> Respons
         Err(error) => {
             tracing::warn!(%app, %error, "forwarding to app failed");
             completion.status = 502;
-            failure(
-                StatusCode::BAD_GATEWAY,
-                "app_unreachable",
-                format!("app {app:?} did not answer: {error}"),
-            )
+            failure(StatusCode::BAD_GATEWAY, "app_unreachable", format!("app {app:?} did not answer: {error}"))
         }
     }
 }
@@ -118,8 +110,7 @@ async fn send(
     request: Request,
 ) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
     let stream = tokio::net::UnixStream::connect(socket).await?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "app connection ended with an error");
@@ -133,32 +124,19 @@ fn wake_failure(error: WakeError) -> Response {
     let message = error.to_string();
     let unavailable = |code: &str, retry_after_s: u64| {
         let mut response = failure(StatusCode::SERVICE_UNAVAILABLE, code, message.clone());
-        response
-            .headers_mut()
-            .insert("retry-after", HeaderValue::from(retry_after_s));
+        response.headers_mut().insert("retry-after", HeaderValue::from(retry_after_s));
         response
     };
     match error {
         WakeError::Unknown(_) => failure(StatusCode::NOT_FOUND, "unknown_app", message),
         WakeError::CrashLoop { retry_after_s, .. } => unavailable("crash_loop", retry_after_s),
         WakeError::QueueFull(_) => unavailable("queue_full", RETRY_AFTER_SECONDS),
-        WakeError::Deadline(_) | WakeError::Start { .. } => {
-            unavailable("app_unavailable", RETRY_AFTER_SECONDS)
-        }
-        WakeError::Store(_) | WakeError::Io(_) => {
-            failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-        }
+        WakeError::Deadline(_) | WakeError::Start { .. } => unavailable("app_unavailable", RETRY_AFTER_SECONDS),
+        WakeError::Store(_) | WakeError::Io(_) => failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
     }
 }
 
 /// A JSON error answer in the API's shape.
 pub fn failure(status: StatusCode, code: &str, message: String) -> Response {
-    (
-        status,
-        axum::Json(ApiError {
-            code: code.into(),
-            message,
-        }),
-    )
-        .into_response()
+    (status, axum::Json(ApiError { code: code.into(), message })).into_response()
 }

@@ -35,10 +35,7 @@ impl BoundedFile {
     fn open(path: &Path) -> io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let size_bytes = file.metadata()?.len();
-        Ok(Self {
-            path: path.to_owned(),
-            state: Mutex::new(FileState { file, size_bytes }),
-        })
+        Ok(Self { path: path.to_owned(), state: Mutex::new(FileState { file, size_bytes }) })
     }
 
     /// Appends `line` (which ends in a newline). Never fails the caller: a log that cannot be
@@ -60,10 +57,7 @@ impl BoundedFile {
         let mut older = self.path.clone().into_os_string();
         older.push(".1");
         std::fs::rename(&self.path, older)?;
-        state.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        state.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
         state.size_bytes = 0;
         Ok(())
     }
@@ -78,18 +72,12 @@ impl BoundedFile {
         let start = size.saturating_sub(TAIL_READ_BYTES_MAX);
         let mut text = String::new();
         if file.seek(SeekFrom::Start(start)).is_err()
-            || file
-                .take(TAIL_READ_BYTES_MAX)
-                .read_to_string(&mut text)
-                .is_err()
+            || file.take(TAIL_READ_BYTES_MAX).read_to_string(&mut text).is_err()
         {
             return Vec::new();
         }
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(count)..]
-            .iter()
-            .map(|l| l.to_string())
-            .collect()
+        lines[lines.len().saturating_sub(count)..].iter().map(|l| l.to_string()).collect()
     }
 }
 
@@ -102,10 +90,7 @@ pub struct AppLog {
 impl AppLog {
     /// Opens (creating) the log at `path` for appending.
     pub fn open(path: &Path) -> io::Result<Self> {
-        Ok(Self {
-            file: BoundedFile::open(path)?,
-            live: broadcast::channel(FOLLOW_BUFFER_LINES).0,
-        })
+        Ok(Self { file: BoundedFile::open(path)?, live: broadcast::channel(FOLLOW_BUFFER_LINES).0 })
     }
 
     /// Appends one line: `<RFC 3339 time> <stream> <text>`, and sends it to live followers.
@@ -136,9 +121,7 @@ pub struct RequestLog {
 impl RequestLog {
     /// Opens (creating) the request log at `path`.
     pub fn open(path: &Path) -> io::Result<Self> {
-        Ok(Self {
-            file: BoundedFile::open(path)?,
-        })
+        Ok(Self { file: BoundedFile::open(path)? })
     }
 
     /// Appends one request.
@@ -151,11 +134,7 @@ impl RequestLog {
 
     /// The last `count` requests, oldest first.
     pub fn tail(&self, count: usize) -> Vec<RequestRecord> {
-        self.file
-            .tail(count)
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        self.file.tail(count).iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 }
 
@@ -183,14 +162,8 @@ mod tests {
             log.line("out", &line);
         }
         let size = std::fs::metadata(dir.path().join("app.log")).unwrap().len();
-        assert!(
-            size < LOG_BYTES_MAX,
-            "current file stays under the bound: {size}"
-        );
-        assert!(
-            dir.path().join("app.log.1").exists(),
-            "one older file is kept"
-        );
+        assert!(size < LOG_BYTES_MAX, "current file stays under the bound: {size}");
+        assert!(dir.path().join("app.log.1").exists(), "one older file is kept");
         let tail = log.tail(3);
         assert_eq!(tail.len(), 3);
         assert!(tail[2].ends_with(&format!("out {line}")));
@@ -204,10 +177,7 @@ mod tests {
         log.line("err", "boom");
         assert!(follower.try_recv().unwrap().ends_with("err boom"));
         let others: Vec<_> = (1..FOLLOWERS_MAX).map(|_| log.follow().unwrap()).collect();
-        assert!(
-            log.follow().is_none(),
-            "no more than FOLLOWERS_MAX followers"
-        );
+        assert!(log.follow().is_none(), "no more than FOLLOWERS_MAX followers");
         drop(others);
         assert!(log.follow().is_some());
     }
@@ -218,25 +188,15 @@ mod tests {
         let log = AppLog::open(&dir.path().join("app.log")).unwrap();
         log.line("out", &"y".repeat(LOG_LINE_BYTES_MAX * 2));
         let last = log.tail(1).pop().unwrap();
-        assert!(
-            last.len() < LOG_LINE_BYTES_MAX + 100 && last.ends_with("bytes]"),
-            "{}",
-            last.len()
-        );
+        assert!(last.len() < LOG_LINE_BYTES_MAX + 100 && last.ends_with("bytes]"), "{}", last.len());
     }
 
     #[test]
     fn request_records_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let log = RequestLog::open(&dir.path().join("requests.log")).unwrap();
-        let record = RequestRecord {
-            at_ms: 1,
-            method: "GET".into(),
-            path: "/a".into(),
-            status: 200,
-            duration_ms: 3,
-            bytes: 5,
-        };
+        let record =
+            RequestRecord { at_ms: 1, method: "GET".into(), path: "/a".into(), status: 200, duration_ms: 3, bytes: 5 };
         log.record(&record);
         assert_eq!(log.tail(10), [record]);
     }

@@ -5,19 +5,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use steady_hostd::{
-    api, apps::Apps, blob::BlobStore, config::Config, ingress, membership::Membership, store::Store,
-};
+use steady_hostd::{api, apps::Apps, blob::BlobStore, config::Config, ingress, membership::Membership, store::Store};
 use steady_proto::wire::HostEntry;
 
 const RUNNER_JS: &str = include_str!("runner.js");
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(env_filter())
-        .with_target(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(env_filter()).with_target(false).init();
     let config = match Config::parse().validate() {
         Ok(config) => config,
         Err(message) => {
@@ -38,26 +33,15 @@ async fn main() -> anyhow::Result<()> {
         api_addr: api_listener.local_addr()?.to_string(),
     };
     let membership = Membership::new(&config.slicer, host.clone());
-    let table = membership
-        .register()
-        .await
-        .context("registering with the slicer")?;
+    let table = membership.register().await.context("registering with the slicer")?;
     tracing::info!(ingress = %host.ingress_addr, api = %host.api_addr, table_version = table.version, "host registered");
     let bundle_size_max_bytes = config.bundle_size_max_bytes;
     let ready_file = config.ready_file.clone();
     let apps = Arc::new(Apps::new(config, runner, store, blobs, membership));
     tokio::spawn(apps.clone().housekeeping());
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
-    let ingress_server = serve(
-        ingress_listener,
-        ingress::router(apps.clone()),
-        stop.clone(),
-    );
-    let api_server = serve(
-        api_listener,
-        api::router(apps.clone(), bundle_size_max_bytes),
-        stop,
-    );
+    let ingress_server = serve(ingress_listener, ingress::router(apps.clone()), stop.clone());
+    let api_server = serve(api_listener, api::router(apps.clone(), bundle_size_max_bytes), stop);
     if let Some(path) = ready_file {
         let ready = serde_json::json!({ "ingress": host.ingress_addr, "api": host.api_addr });
         write_ready_file(&path, &ready)?;
@@ -71,9 +55,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
 }
 
 fn serve(
@@ -85,10 +67,7 @@ fn serve(
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        if let Err(error) = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
+        if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
             tracing::error!(%error, "listener failed");
         }
     })
@@ -106,10 +85,8 @@ fn write_ready_file(path: &std::path::Path, value: &serde_json::Value) -> anyhow
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         return std::future::pending().await;
     };
     tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }

@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use steady_proto::wire::{
-    ApiError, AppDeployed, HostEntry, RegisterHost, RoutingTable, TableVersion,
-};
+use steady_proto::wire::{ApiError, AppDeployed, HostEntry, RegisterHost, RoutingTable, TableVersion};
 
 /// Attempts to register before giving up at start (the slicer may still be starting).
 const REGISTER_ATTEMPTS_MAX: u32 = 100;
@@ -36,33 +34,22 @@ impl Membership {
             .timeout(Duration::from_millis(SLICER_TIMEOUT_MS))
             .build()
             .expect("static client config");
-        Self {
-            base_url: format!("http://{slicer}/v1"),
-            host,
-            http,
-        }
+        Self { base_url: format!("http://{slicer}/v1"), host, http }
     }
 
     /// Registers (or re-registers) this host, retrying while the slicer starts.
     pub async fn register(&self) -> Result<RoutingTable, MembershipError> {
         let url = format!("{}/hosts/register", self.base_url);
-        let body = RegisterHost {
-            host: self.host.clone(),
-        };
+        let body = RegisterHost { host: self.host.clone() };
         let mut attempt = 0;
         loop {
             attempt += 1;
             match self.http.post(&url).json(&body).send().await {
                 Ok(response) if response.status().is_success() => {
-                    return response
-                        .json()
-                        .await
-                        .map_err(|e| MembershipError::Unreachable(url.clone(), e));
+                    return response.json().await.map_err(|e| MembershipError::Unreachable(url.clone(), e));
                 }
                 Ok(response) => return Err(MembershipError::Refused(refusal(response).await)),
-                Err(error) if attempt >= REGISTER_ATTEMPTS_MAX => {
-                    return Err(MembershipError::Unreachable(url, error))
-                }
+                Err(error) if attempt >= REGISTER_ATTEMPTS_MAX => return Err(MembershipError::Unreachable(url, error)),
                 Err(_) => tokio::time::sleep(Duration::from_millis(REGISTER_RETRY_MS)).await,
             }
         }
@@ -72,27 +59,16 @@ impl Membership {
     /// that includes it.
     pub async fn app_deployed(&self, app: &str, version: u64) -> Result<u64, MembershipError> {
         let url = format!("{}/apps/{app}", self.base_url);
-        let body = AppDeployed {
-            host_id: self.host.id.clone(),
-            version,
-        };
-        let response = self
-            .http
-            .put(&url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| MembershipError::Unreachable(url.clone(), e))?;
+        let body = AppDeployed { host_id: self.host.id.clone(), version };
+        let response =
+            self.http.put(&url).json(&body).send().await.map_err(|e| MembershipError::Unreachable(url.clone(), e))?;
         if response.status() == reqwest::StatusCode::CONFLICT {
             return Err(MembershipError::NotOwner(refusal(response).await));
         }
         if !response.status().is_success() {
             return Err(MembershipError::Refused(refusal(response).await));
         }
-        let answer: TableVersion = response
-            .json()
-            .await
-            .map_err(|e| MembershipError::Unreachable(url, e))?;
+        let answer: TableVersion = response.json().await.map_err(|e| MembershipError::Unreachable(url, e))?;
         Ok(answer.version)
     }
 }
@@ -101,22 +77,14 @@ impl Membership {
     /// Tells the slicer this host no longer serves `app`; the app leaves the routing table.
     pub async fn app_deleted(&self, app: &str) -> Result<u64, MembershipError> {
         let url = format!("{}/apps/{app}?host_id={}", self.base_url, self.host.id);
-        let response = self
-            .http
-            .delete(&url)
-            .send()
-            .await
-            .map_err(|e| MembershipError::Unreachable(url.clone(), e))?;
+        let response = self.http.delete(&url).send().await.map_err(|e| MembershipError::Unreachable(url.clone(), e))?;
         if response.status() == reqwest::StatusCode::CONFLICT {
             return Err(MembershipError::NotOwner(refusal(response).await));
         }
         if !response.status().is_success() {
             return Err(MembershipError::Refused(refusal(response).await));
         }
-        let answer: TableVersion = response
-            .json()
-            .await
-            .map_err(|e| MembershipError::Unreachable(url, e))?;
+        let answer: TableVersion = response.json().await.map_err(|e| MembershipError::Unreachable(url, e))?;
         Ok(answer.version)
     }
 }

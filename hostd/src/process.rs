@@ -54,22 +54,12 @@ pub struct AppProcess {
 
 impl AppProcess {
     /// Spawns the sandboxed app and waits until it listens, or fails with the reason.
-    pub async fn start(
-        spec: &Spec,
-        version: u64,
-        log: Arc<AppLog>,
-        timeout_ms: u64,
-    ) -> Result<Self, StartError> {
+    pub async fn start(spec: &Spec, version: u64, log: Arc<AppLog>, timeout_ms: u64) -> Result<Self, StartError> {
         let socket = spec.socket_dir.join(SOCKET_NAME);
         let _ = std::fs::remove_file(&socket);
         let (ready_reader, ready_writer) = std::io::pipe().map_err(StartError::Spawn)?;
         let mut command = tokio::process::Command::new(&spec.bwrap);
-        command
-            .args(spec.args())
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        command.args(spec.args()).env_clear().stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         command.process_group(0).kill_on_drop(true);
         let writer_fd = ready_writer.as_raw_fd();
         // SAFETY: only async-signal-safe calls (dup2, prctl) between fork and exec.
@@ -87,10 +77,7 @@ impl AppProcess {
         let spawned = Instant::now();
         let mut child = command.spawn().map_err(StartError::Spawn)?;
         drop(ready_writer);
-        let pid = child
-            .id()
-            .map(|p| p as i32)
-            .ok_or_else(|| StartError::Exited("no pid".into()))?;
+        let pid = child.id().map(|p| p as i32).ok_or_else(|| StartError::Exited("no pid".into()))?;
         log.line("steady", &format!("version {version} starting (pid {pid})"));
         pump(child.stdout.take(), log.clone(), "out");
         pump(child.stderr.take(), log.clone(), "err");
@@ -99,10 +86,7 @@ impl AppProcess {
         tokio::spawn(async move {
             let status = child.wait().await;
             let description = describe(status);
-            exit_log.line(
-                "steady",
-                &format!("version {version} exited: {description}"),
-            );
+            exit_log.line("steady", &format!("version {version} exited: {description}"));
             let _ = exit_sender.send(Some(description));
         });
         let process = Self {
@@ -114,23 +98,14 @@ impl AppProcess {
             spawned_at: spawned,
             stop_requested: AtomicBool::new(false),
         };
-        process
-            .wait_ready(OwnedFd::from(ready_reader), timeout_ms)
-            .await?;
+        process.wait_ready(OwnedFd::from(ready_reader), timeout_ms).await?;
         let start_ms = spawned.elapsed().as_millis() as u64;
-        log.line(
-            "steady",
-            &format!("version {version} listening after {start_ms} ms"),
-        );
-        Ok(Self {
-            start_ms,
-            ..process
-        })
+        log.line("steady", &format!("version {version} listening after {start_ms} ms"));
+        Ok(Self { start_ms, ..process })
     }
 
     async fn wait_ready(&self, reader: OwnedFd, timeout_ms: u64) -> Result<(), StartError> {
-        let receiver =
-            tokio::net::unix::pipe::Receiver::from_owned_fd(reader).map_err(StartError::Spawn)?;
+        let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(reader).map_err(StartError::Spawn)?;
         let mut line = String::new();
         // Bounded: the app's own code could write to fd 3 before the runner does.
         let mut reader = BufReader::new(receiver).take(64);
@@ -141,11 +116,8 @@ impl AppProcess {
             Ok(Ok(_)) if line.trim() == "ready" => Ok(()),
             Ok(_) => {
                 // The pipe closed without "ready": the process is exiting; wait for its status.
-                let status = tokio::time::timeout(
-                    Duration::from_millis(STOP_WAIT_MS),
-                    exited.wait_for(Option::is_some),
-                )
-                .await;
+                let status =
+                    tokio::time::timeout(Duration::from_millis(STOP_WAIT_MS), exited.wait_for(Option::is_some)).await;
                 let reason = match status {
                     Ok(Ok(value)) => value.clone().unwrap_or_default(),
                     _ => "closed its readiness pipe".to_owned(),
@@ -187,11 +159,7 @@ impl AppProcess {
         self.stop_requested.store(true, Ordering::Release);
         self.kill();
         let mut exited = self.exited.clone();
-        let waited = tokio::time::timeout(
-            Duration::from_millis(STOP_WAIT_MS),
-            exited.wait_for(Option::is_some),
-        )
-        .await;
+        let waited = tokio::time::timeout(Duration::from_millis(STOP_WAIT_MS), exited.wait_for(Option::is_some)).await;
         if waited.is_err() {
             tracing::error!(pid = self.pid, "app process did not exit after SIGKILL");
         }
@@ -201,22 +169,14 @@ impl AppProcess {
 /// Copies a stream into the log line by line. Lines are bounded by [`LOG_LINE_BYTES_MAX`]:
 /// a longer run without a newline is logged in pieces, so an app cannot make hostd buffer
 /// without end.
-fn pump(
-    stream: Option<impl AsyncRead + Unpin + Send + 'static>,
-    log: Arc<AppLog>,
-    name: &'static str,
-) {
+fn pump(stream: Option<impl AsyncRead + Unpin + Send + 'static>, log: Arc<AppLog>, name: &'static str) {
     let Some(stream) = stream else { return };
     tokio::spawn(async move {
         let mut reader = BufReader::new(stream);
         let mut line = Vec::with_capacity(256);
         loop {
             line.clear();
-            match (&mut reader)
-                .take(LOG_LINE_BYTES_MAX as u64)
-                .read_until(b'\n', &mut line)
-                .await
-            {
+            match (&mut reader).take(LOG_LINE_BYTES_MAX as u64).read_until(b'\n', &mut line).await {
                 Ok(0) | Err(_) => break,
                 Ok(_) => log.line(name, &String::from_utf8_lossy(&line)),
             }

@@ -42,22 +42,8 @@ impl Spec {
     pub fn args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::with_capacity(64);
         let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
-        push(&[
-            "--unshare-all",
-            "--unshare-user",
-            "--disable-userns",
-            "--die-with-parent",
-            "--new-session",
-        ]);
-        push(&[
-            "--uid",
-            NOBODY_ID,
-            "--gid",
-            NOBODY_ID,
-            "--cap-drop",
-            "ALL",
-            "--clearenv",
-        ]);
+        push(&["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session"]);
+        push(&["--uid", NOBODY_ID, "--gid", NOBODY_ID, "--cap-drop", "ALL", "--clearenv"]);
         push(&["--ro-bind", "/usr", "/usr"]);
         for link in ["bin", "lib", "lib64", "sbin"] {
             if Path::new("/").join(link).exists() {
@@ -66,11 +52,7 @@ impl Spec {
         }
         push(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
         let mut bind = |flag: &str, from: &Path, to: &str| {
-            args.extend([
-                OsString::from(flag),
-                from.as_os_str().to_owned(),
-                OsString::from(to),
-            ]);
+            args.extend([OsString::from(flag), from.as_os_str().to_owned(), OsString::from(to)]);
         };
         bind("--ro-bind", &self.bun, BUN_PATH);
         bind("--ro-bind", &self.runner, RUNNER_PATH);
@@ -85,23 +67,13 @@ impl Spec {
             // Bun would otherwise try to cache transpiled files under $HOME.
             ("BUN_RUNTIME_TRANSPILER_CACHE_PATH", "0".to_owned()),
             ("STEADY_DATA_DIR", DATA_DIR.to_owned()),
-            (
-                "STEADY_ENTRY",
-                format!("{APP_DIR}/{}", crate::bundle::ENTRY_FILE),
-            ),
+            ("STEADY_ENTRY", format!("{APP_DIR}/{}", crate::bundle::ENTRY_FILE)),
             ("STEADY_SOCKET", format!("{SOCKET_DIR}/{SOCKET_NAME}")),
         ];
-        for (key, value) in self
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.clone()))
-            .chain(fixed.iter().map(|(k, v)| (*k, v.clone())))
+        for (key, value) in
+            self.env.iter().map(|(k, v)| (k.as_str(), v.clone())).chain(fixed.iter().map(|(k, v)| (*k, v.clone())))
         {
-            args.extend([
-                OsString::from("--setenv"),
-                OsString::from(key),
-                OsString::from(value),
-            ]);
+            args.extend([OsString::from("--setenv"), OsString::from(key), OsString::from(value)]);
         }
         args.extend(["--chdir", APP_DIR, BUN_PATH, RUNNER_PATH].map(OsString::from));
         args
@@ -123,36 +95,15 @@ mod tests {
             socket_dir: "/x/run/1-1".into(),
             env: vec![("STEADY_APP".into(), "hello".into())],
         };
-        let args: Vec<String> = spec
-            .args()
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect();
+        let args: Vec<String> = spec.args().into_iter().map(|a| a.into_string().unwrap()).collect();
         let joined = args.join(" ");
-        assert!(
-            joined.starts_with("--unshare-all"),
-            "network and every other namespace unshared"
-        );
+        assert!(joined.starts_with("--unshare-all"), "network and every other namespace unshared");
         assert!(joined.contains("--die-with-parent"));
-        assert!(
-            joined.contains("--ro-bind /x/bundles/abc /app"),
-            "bundle read-only"
-        );
-        assert!(
-            joined.contains("--bind /x/apps/hello/data /data"),
-            "data read-write"
-        );
+        assert!(joined.contains("--ro-bind /x/bundles/abc /app"), "bundle read-only");
+        assert!(joined.contains("--bind /x/apps/hello/data /data"), "data read-write");
         assert!(!joined.contains("--share-net"));
-        let read_write: Vec<&str> = args
-            .windows(3)
-            .filter(|w| w[0] == "--bind")
-            .map(|w| w[2].as_str())
-            .collect();
-        assert_eq!(
-            read_write,
-            ["/data", "/run/steady"],
-            "nothing else is writable"
-        );
+        let read_write: Vec<&str> = args.windows(3).filter(|w| w[0] == "--bind").map(|w| w[2].as_str()).collect();
+        assert_eq!(read_write, ["/data", "/run/steady"], "nothing else is writable");
         assert!(joined.ends_with("/opt/steady/bun /opt/steady/runner.js"));
     }
 }

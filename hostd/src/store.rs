@@ -62,10 +62,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let connection = Connection::open(path)?;
         connection.execute_batch(SCHEMA)?;
-        connection.execute(
-            "UPDATE versions SET status = 'failed' WHERE status = 'starting'",
-            [],
-        )?;
+        connection.execute("UPDATE versions SET status = 'failed' WHERE status = 'starting'", [])?;
         Ok(Self { connection })
     }
 
@@ -80,21 +77,14 @@ impl Store {
         expires_at_ms: Option<u64>,
     ) -> Result<(i64, u64), StoreError> {
         let tx = self.connection.transaction()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO apps (name, created_at_ms) VALUES (?1, ?2)",
-            params![name, now_ms as i64],
-        )?;
-        let app_id: i64 =
-            tx.query_row("SELECT id FROM apps WHERE name = ?1", [name], |r| r.get(0))?;
+        tx.execute("INSERT OR IGNORE INTO apps (name, created_at_ms) VALUES (?1, ?2)", params![name, now_ms as i64])?;
+        let app_id: i64 = tx.query_row("SELECT id FROM apps WHERE name = ?1", [name], |r| r.get(0))?;
         tx.execute(
             "UPDATE apps SET expires_at_ms = ?2 WHERE id = ?1",
             params![app_id, expires_at_ms.map(|v| v as i64)],
         )?;
-        let last: Option<i64> = tx.query_row(
-            "SELECT MAX(version) FROM versions WHERE app_id = ?1",
-            [app_id],
-            |r| r.get(0),
-        )?;
+        let last: Option<i64> =
+            tx.query_row("SELECT MAX(version) FROM versions WHERE app_id = ?1", [app_id], |r| r.get(0))?;
         let version = last.unwrap_or(0) as u64 + 1;
         tx.execute(
             "INSERT INTO versions (app_id, version, bundle, status, created_at_ms)
@@ -106,12 +96,7 @@ impl Store {
     }
 
     /// Records how a version attempt ended; a ready version becomes the app's current one.
-    pub fn finish_version(
-        &mut self,
-        app_id: i64,
-        version: u64,
-        outcome: Outcome,
-    ) -> Result<(), StoreError> {
+    pub fn finish_version(&mut self, app_id: i64, version: u64, outcome: Outcome) -> Result<(), StoreError> {
         let tx = self.connection.transaction()?;
         let status = match outcome {
             Outcome::Ready => "ready",
@@ -122,10 +107,7 @@ impl Store {
             params![app_id, version as i64, status],
         )?;
         if outcome == Outcome::Ready {
-            tx.execute(
-                "UPDATE apps SET current_version = ?2 WHERE id = ?1",
-                params![app_id, version as i64],
-            )?;
+            tx.execute("UPDATE apps SET current_version = ?2 WHERE id = ?1", params![app_id, version as i64])?;
         }
         tx.commit()?;
         Ok(())
@@ -137,11 +119,7 @@ impl Store {
     }
 
     /// A ready version of `name`: `version`, or the newest ready one below the current.
-    pub fn rollback_target(
-        &self,
-        name: &str,
-        version: Option<u64>,
-    ) -> Result<Option<Current>, StoreError> {
+    pub fn rollback_target(&self, name: &str, version: Option<u64>) -> Result<Option<Current>, StoreError> {
         match version {
             Some(v) => self.version_where("v.version = ?2 AND v.status = 'ready'", params![name, v as i64]),
             None => self.version_where(
@@ -152,11 +130,7 @@ impl Store {
     }
 
     /// One version of the app named by `?1` matching `condition`.
-    fn version_where(
-        &self,
-        condition: &str,
-        values: &[&dyn rusqlite::ToSql],
-    ) -> Result<Option<Current>, StoreError> {
+    fn version_where(&self, condition: &str, values: &[&dyn rusqlite::ToSql]) -> Result<Option<Current>, StoreError> {
         let sql = format!(
             "SELECT a.id, v.version, v.bundle FROM apps a JOIN versions v ON v.app_id = a.id
              WHERE a.name = ?1 AND {condition}"
@@ -164,11 +138,7 @@ impl Store {
         let row = self
             .connection
             .query_row(&sql, values, |r| {
-                Ok(Current {
-                    app_id: r.get(0)?,
-                    version: r.get::<_, i64>(1)? as u64,
-                    bundle: r.get(2)?,
-                })
+                Ok(Current { app_id: r.get(0)?, version: r.get::<_, i64>(1)? as u64, bundle: r.get(2)? })
             })
             .optional()?;
         Ok(row)
@@ -212,9 +182,8 @@ impl Store {
 
     /// Names of temporary apps whose time is up at `now_ms`.
     pub fn expired(&self, now_ms: u64) -> Result<Vec<String>, StoreError> {
-        let mut statement = self.connection.prepare(
-            "SELECT name FROM apps WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ?1",
-        )?;
+        let mut statement =
+            self.connection.prepare("SELECT name FROM apps WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ?1")?;
         let rows = statement.query_map([now_ms as i64], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -222,10 +191,7 @@ impl Store {
     /// Forgets `name` and all its versions. Returns whether it existed.
     pub fn delete(&mut self, name: &str) -> Result<bool, StoreError> {
         let tx = self.connection.transaction()?;
-        tx.execute(
-            "DELETE FROM versions WHERE app_id = (SELECT id FROM apps WHERE name = ?1)",
-            [name],
-        )?;
+        tx.execute("DELETE FROM versions WHERE app_id = (SELECT id FROM apps WHERE name = ?1)", [name])?;
         let deleted = tx.execute("DELETE FROM apps WHERE name = ?1", [name])?;
         tx.commit()?;
         Ok(deleted > 0)
@@ -252,14 +218,7 @@ mod tests {
         let (_, v2) = store.begin_version("a", "b2", 2, None).unwrap();
         store.finish_version(id, v2, Outcome::Failed).unwrap();
         assert_eq!((v1, v2), (1, 2));
-        assert_eq!(
-            store.current("a").unwrap(),
-            Some(Current {
-                app_id: id,
-                version: 1,
-                bundle: "b1".into()
-            })
-        );
+        assert_eq!(store.current("a").unwrap(), Some(Current { app_id: id, version: 1, bundle: "b1".into() }));
         let (_, v3) = store.begin_version("a", "b3", 3, None).unwrap();
         assert_eq!(v3, 3, "numbers are never reused");
         assert_eq!(store.list().unwrap().len(), 1);
@@ -268,35 +227,17 @@ mod tests {
     #[test]
     fn rollback_targets_only_ready_versions() {
         let (_dir, mut store) = store();
-        for (bundle, outcome) in [
-            ("b1", Outcome::Ready),
-            ("b2", Outcome::Failed),
-            ("b3", Outcome::Ready),
-        ] {
+        for (bundle, outcome) in [("b1", Outcome::Ready), ("b2", Outcome::Failed), ("b3", Outcome::Ready)] {
             let (id, v) = store.begin_version("a", bundle, 1, None).unwrap();
             store.finish_version(id, v, outcome).unwrap();
         }
         assert_eq!(store.current("a").unwrap().unwrap().version, 3);
-        assert_eq!(
-            store.rollback_target("a", None).unwrap().unwrap().version,
-            1,
-            "skips the failed v2"
-        );
-        assert_eq!(
-            store.rollback_target("a", Some(2)).unwrap(),
-            None,
-            "a failed version is no target"
-        );
-        assert_eq!(
-            store.rollback_target("a", Some(3)).unwrap().unwrap().bundle,
-            "b3"
-        );
+        assert_eq!(store.rollback_target("a", None).unwrap().unwrap().version, 1, "skips the failed v2");
+        assert_eq!(store.rollback_target("a", Some(2)).unwrap(), None, "a failed version is no target");
+        assert_eq!(store.rollback_target("a", Some(3)).unwrap().unwrap().bundle, "b3");
         let versions = store.versions("a").unwrap();
         assert_eq!(
-            versions
-                .iter()
-                .map(|v| (v.version, v.current))
-                .collect::<Vec<_>>(),
+            versions.iter().map(|v| (v.version, v.current)).collect::<Vec<_>>(),
             [(3, true), (2, false), (1, false)]
         );
     }

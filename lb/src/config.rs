@@ -42,11 +42,7 @@ impl Config {
         if self.public == self.private {
             return Err("--public and --private must differ".into());
         }
-        if let Some(bad) = self
-            .domains
-            .iter()
-            .find(|d| d.is_empty() || d.starts_with('.') || d.contains(':'))
-        {
+        if let Some(bad) = self.domains.iter().find(|d| d.is_empty() || d.starts_with('.') || d.contains(':')) {
             return Err(format!("--domain {bad:?} is not a domain name"));
         }
         Ok(self)

@@ -4,9 +4,7 @@
 use clap::Parser;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
-use steady_lb::{
-    config::Config, private::PrivateProxy, public::PublicProxy, routing::Routes, watch::SlicerWatch,
-};
+use steady_lb::{config::Config, private::PrivateProxy, public::PublicProxy, routing::Routes, watch::SlicerWatch};
 
 /// Seconds the LB keeps serving after SIGTERM before it stops accepting (pingora's default is 300).
 const GRACE_PERIOD_SECONDS: u64 = 1;
@@ -17,10 +15,7 @@ const UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 1024;
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STEADY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STEADY_LOG").unwrap_or_else(|_| "info".into()))
         .with_target(false)
         .init();
     let config = match Config::parse().validate() {
@@ -55,19 +50,12 @@ fn main() {
     public.threads = Some(config.threads);
     let mut private = pingora::proxy::http_proxy_service(
         &server.configuration,
-        PrivateProxy::new(
-            routes.clone(),
-            config.slicer,
-            &config.domains[0],
-            config.public,
-        ),
+        PrivateProxy::new(routes.clone(), config.slicer, &config.domains[0], config.public),
     );
     private.add_tcp(&config.private.to_string());
     private.threads = Some(1);
-    let watch = pingora::services::background::background_service(
-        "slicer watch",
-        SlicerWatch::new(config.slicer, routes),
-    );
+    let watch =
+        pingora::services::background::background_service("slicer watch", SlicerWatch::new(config.slicer, routes));
 
     server.add_service(public);
     server.add_service(private);

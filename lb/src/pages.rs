@@ -61,8 +61,6 @@ pub async fn respond(
     header.insert_header("content-type", content_type)?;
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header("cache-control", "no-store")?;
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
+    session.write_response_header(Box::new(header), false).await?;
     session.write_response_body(Some(body), true).await
 }

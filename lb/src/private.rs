@@ -36,17 +36,8 @@ impl PrivateProxy {
     /// A proxy that sends app calls by `routes` and the rest to `slicer`. App URLs it reports
     /// are under `domain` on the public listener `public`.
     pub fn new(routes: Arc<Routes>, slicer: SocketAddr, domain: &str, public: SocketAddr) -> Self {
-        let url_port_suffix = if public.port() == 80 {
-            String::new()
-        } else {
-            format!(":{}", public.port())
-        };
-        Self {
-            routes,
-            slicer,
-            url_domain: domain.to_owned(),
-            url_port_suffix,
-        }
+        let url_port_suffix = if public.port() == 80 { String::new() } else { format!(":{}", public.port()) };
+        Self { routes, slicer, url_domain: domain.to_owned(), url_port_suffix }
     }
 }
 
@@ -65,11 +56,7 @@ impl ProxyHttp for PrivateProxy {
         ApiCtx::default()
     }
 
-    async fn request_filter(
-        &self,
-        session: &mut Session,
-        ctx: &mut ApiCtx,
-    ) -> pingora::Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut ApiCtx) -> pingora::Result<bool> {
         let path = session.req_header().uri.path().to_owned();
         if path == "/readyz" {
             let version = self.routes.current().version;
@@ -86,8 +73,7 @@ impl ProxyHttp for PrivateProxy {
             return Ok(false);
         };
         if let Err(error) = steady_proto::name::validate(app) {
-            let body =
-                serde_json::json!({ "code": "bad_name", "message": error.to_string() }).to_string();
+            let body = serde_json::json!({ "code": "bad_name", "message": error.to_string() }).to_string();
             pages::respond(session, 400, "application/json", body).await?;
             return Ok(true);
         }
@@ -97,7 +83,9 @@ impl ProxyHttp for PrivateProxy {
                 ctx.app = Some(app.to_owned());
             }
             None => {
-                let body = serde_json::json!({ "code": "no_hosts", "message": "no host is registered to run apps yet" }).to_string();
+                let body =
+                    serde_json::json!({ "code": "no_hosts", "message": "no host is registered to run apps yet" })
+                        .to_string();
                 pages::respond(session, 503, "application/json", body).await?;
                 return Ok(true);
             }
@@ -105,14 +93,8 @@ impl ProxyHttp for PrivateProxy {
         Ok(false)
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        ctx: &mut ApiCtx,
-    ) -> pingora::Result<Box<HttpPeer>> {
-        let addr = ctx
-            .upstream
-            .ok_or_else(|| pingora::Error::new_str("no upstream chosen"))?;
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut ApiCtx) -> pingora::Result<Box<HttpPeer>> {
+        let addr = ctx.upstream.ok_or_else(|| pingora::Error::new_str("no upstream chosen"))?;
         Ok(upstream::peer(addr))
     }
 
@@ -135,24 +117,15 @@ impl ProxyHttp for PrivateProxy {
         response: &mut ResponseHeader,
         ctx: &mut ApiCtx,
     ) -> pingora::Result<()> {
-        let wanted = response
-            .headers
-            .get(HEADER_TABLE_VERSION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
+        let wanted =
+            response.headers.get(HEADER_TABLE_VERSION).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         if let Some(version) = wanted {
-            if !self
-                .routes
-                .wait_for(version, Duration::from_millis(DEPLOY_TABLE_WAIT_MS))
-                .await
-            {
+            if !self.routes.wait_for(version, Duration::from_millis(DEPLOY_TABLE_WAIT_MS)).await {
                 tracing::warn!(version, "deploy answered before this LB saw its table");
             }
             if let Some(app) = &ctx.app {
-                response.insert_header(
-                    HEADER_URL,
-                    format!("http://{app}.{}{}/", self.url_domain, self.url_port_suffix),
-                )?;
+                response
+                    .insert_header(HEADER_URL, format!("http://{app}.{}{}/", self.url_domain, self.url_port_suffix))?;
             }
         }
         Ok(())

@@ -51,34 +51,18 @@ impl ProxyHttp for PublicProxy {
         RequestCtx::default()
     }
 
-    async fn request_filter(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> pingora::Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
         let host = host_of(session.req_header()).to_ascii_lowercase();
         if self.domains.iter().any(|d| is_apex(&host, d)) {
             pages::respond(session, 200, "text/html; charset=utf-8", pages::apex()).await?;
             return Ok(true);
         }
         let Some(app) = self.domains.iter().find_map(|d| app_from_host(&host, d)) else {
-            pages::respond(
-                session,
-                404,
-                "text/html; charset=utf-8",
-                pages::unknown_host(),
-            )
-            .await?;
+            pages::respond(session, 404, "text/html; charset=utf-8", pages::unknown_host()).await?;
             return Ok(true);
         };
         let Some(owner) = self.routes.current().route(app) else {
-            pages::respond(
-                session,
-                404,
-                "text/html; charset=utf-8",
-                pages::unknown_app(app),
-            )
-            .await?;
+            pages::respond(session, 404, "text/html; charset=utf-8", pages::unknown_app(app)).await?;
             return Ok(true);
         };
         ctx.app = app.to_owned();
@@ -86,14 +70,8 @@ impl ProxyHttp for PublicProxy {
         Ok(false)
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> pingora::Result<Box<HttpPeer>> {
-        let addr = ctx
-            .ingress
-            .ok_or_else(|| pingora::Error::new_str("no route chosen"))?;
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
+        let addr = ctx.ingress.ok_or_else(|| pingora::Error::new_str("no route chosen"))?;
         Ok(upstream::peer(addr))
     }
 

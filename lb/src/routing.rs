@@ -36,24 +36,14 @@ impl RouteTable {
             .hosts
             .iter()
             .map(|h| {
-                let ingress = h
-                    .ingress_addr
-                    .parse()
-                    .map_err(|e| format!("host {}: ingress {:?}: {e}", h.id, h.ingress_addr))?;
-                let api = h
-                    .api_addr
-                    .parse()
-                    .map_err(|e| format!("host {}: api {:?}: {e}", h.id, h.api_addr))?;
+                let ingress =
+                    h.ingress_addr.parse().map_err(|e| format!("host {}: ingress {:?}: {e}", h.id, h.ingress_addr))?;
+                let api = h.api_addr.parse().map_err(|e| format!("host {}: api {:?}: {e}", h.id, h.api_addr))?;
                 Ok(HostAddrs { ingress, api })
             })
             .collect::<Result<_, String>>()?;
         let apps = table.apps.iter().map(|a| a.name.clone()).collect();
-        Ok(Self {
-            version: table.version,
-            hosts,
-            slices: table.slices.clone(),
-            apps,
-        })
+        Ok(Self { version: table.version, hosts, slices: table.slices.clone(), apps })
     }
 
     /// The host owning `app` by the ring, whether or not the app exists.
@@ -80,10 +70,7 @@ pub struct Routes {
 impl Routes {
     /// Starts with an empty table (version 0: every app unknown).
     pub fn new() -> Arc<Self> {
-        Arc::new(Self {
-            table: ArcSwap::from_pointee(RouteTable::default()),
-            version: watch::channel(0).0,
-        })
+        Arc::new(Self { table: ArcSwap::from_pointee(RouteTable::default()), version: watch::channel(0).0 })
     }
 
     /// The current table.
@@ -105,9 +92,7 @@ impl Routes {
     /// Waits until the installed table is at least `version`, for at most `wait`.
     pub async fn wait_for(&self, version: u64, wait: std::time::Duration) -> bool {
         let mut receiver = self.version.subscribe();
-        tokio::time::timeout(wait, receiver.wait_for(|v| *v >= version))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(wait, receiver.wait_for(|v| *v >= version)).await.is_ok_and(|r| r.is_ok())
     }
 }
 
@@ -126,12 +111,7 @@ mod tests {
                 api_addr: "127.0.0.2:10".into(),
             }],
             slices: vec![0; SLICE_COUNT as usize],
-            apps: vec![AppEntry {
-                name: "hello".into(),
-                host_id: "h1".into(),
-                version: 1,
-                updated_at_ms: 0,
-            }],
+            apps: vec![AppEntry { name: "hello".into(), host_id: "h1".into(), version: 1, updated_at_ms: 0 }],
         }
     }
 
@@ -140,16 +120,10 @@ mod tests {
         let routes = Routes::new();
         assert!(routes.current().route("hello").is_none());
         assert!(routes.install(RouteTable::from_wire(&wire(5)).unwrap()));
-        assert_eq!(
-            routes.current().route("hello").unwrap().ingress,
-            "127.0.0.2:9".parse().unwrap()
-        );
+        assert_eq!(routes.current().route("hello").unwrap().ingress, "127.0.0.2:9".parse().unwrap());
         assert!(routes.current().route("nope").is_none());
         assert!(routes.current().owner("nope").is_some());
-        assert!(
-            !routes.install(RouteTable::from_wire(&wire(4)).unwrap()),
-            "older table ignored"
-        );
+        assert!(!routes.install(RouteTable::from_wire(&wire(4)).unwrap()), "older table ignored");
         assert_eq!(routes.current().version, 5);
     }
 

@@ -18,29 +18,18 @@ pub fn peer(addr: SocketAddr) -> Box<HttpPeer> {
 
 /// Removes every `x-steady-*` header a client sent: only the LB may set them.
 pub fn strip_internal_headers(request: &mut RequestHeader) {
-    let internal: Vec<_> = request
-        .headers
-        .keys()
-        .filter(|name| name.as_str().starts_with(INTERNAL_HEADER_PREFIX))
-        .cloned()
-        .collect();
+    let internal: Vec<_> =
+        request.headers.keys().filter(|name| name.as_str().starts_with(INTERNAL_HEADER_PREFIX)).cloned().collect();
     for name in internal {
         request.remove_header(&name);
     }
 }
 
 /// Sets `X-Forwarded-For` (appending the client) and `X-Forwarded-Proto`.
-pub fn set_forwarded(
-    request: &mut RequestHeader,
-    client: Option<SocketAddr>,
-) -> pingora::Result<()> {
+pub fn set_forwarded(request: &mut RequestHeader, client: Option<SocketAddr>) -> pingora::Result<()> {
     if let Some(client) = client {
         let ip = client.ip().to_string();
-        let value = match request
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
+        let value = match request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(earlier) => format!("{earlier}, {ip}"),
             None => ip,
         };

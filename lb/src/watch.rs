@@ -34,10 +34,7 @@ impl SlicerWatch {
     }
 
     async fn fetch(&self, http: &reqwest::Client, after: u64) -> Result<RoutingTable, String> {
-        let url = format!(
-            "http://{}/v1/table?after={after}&wait_ms={WATCH_WAIT_MS}",
-            self.slicer
-        );
+        let url = format!("http://{}/v1/table?after={after}&wait_ms={WATCH_WAIT_MS}", self.slicer);
         let response = http.get(&url).send().await.map_err(|e| e.to_string())?;
         if !response.status().is_success() {
             return Err(format!("slicer answered {}", response.status()));

@@ -6,15 +6,7 @@ use std::fmt;
 pub const APP_NAME_LENGTH_MAX: usize = 63;
 
 /// Names the platform keeps for itself, so no app can pose as part of steady.
-pub const RESERVED_NAMES: &[&str] = &[
-    "www",
-    "api",
-    "admin",
-    "steady",
-    "dashboard",
-    "static",
-    "mail",
-];
+pub const RESERVED_NAMES: &[&str] = &["www", "api", "admin", "steady", "dashboard", "static", "mail"];
 
 /// Why a string is not a valid app name. The message is shown to users as it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,10 +57,7 @@ pub fn validate(raw: &str) -> Result<(), NameError> {
     if raw.len() > APP_NAME_LENGTH_MAX {
         return Err(NameError::TooLong(raw.chars().count()));
     }
-    if let Some(bad) = raw
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-    {
+    if let Some(bad) = raw.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
         return Err(NameError::BadCharacter(bad));
     }
     if !raw.as_bytes()[0].is_ascii_lowercase() {
@@ -131,14 +120,8 @@ mod tests {
 
     #[test]
     fn host_header_gives_the_app() {
-        assert_eq!(
-            app_from_host("hello.localhost:8080", "localhost"),
-            Some("hello")
-        );
-        assert_eq!(
-            app_from_host("hello.steady.page", "steady.page"),
-            Some("hello")
-        );
+        assert_eq!(app_from_host("hello.localhost:8080", "localhost"), Some("hello"));
+        assert_eq!(app_from_host("hello.steady.page", "steady.page"), Some("hello"));
         assert_eq!(app_from_host("localhost:8080", "localhost"), None);
         assert_eq!(app_from_host("a.b.localhost", "localhost"), None);
         assert_eq!(app_from_host("hello.other.page", "steady.page"), None);

@@ -59,12 +59,7 @@ pub struct RoutingTable {
 impl RoutingTable {
     /// A table with no hosts and no apps.
     pub fn empty() -> Self {
-        Self {
-            version: 0,
-            hosts: Vec::new(),
-            slices: vec![UNASSIGNED; SLICE_COUNT as usize],
-            apps: Vec::new(),
-        }
+        Self { version: 0, hosts: Vec::new(), slices: vec![UNASSIGNED; SLICE_COUNT as usize], apps: Vec::new() }
     }
 
     /// The host that owns `app` by the ring, whether or not the app exists.
@@ -76,20 +71,11 @@ impl RoutingTable {
     /// Checks the table's own invariants; a table that fails is rejected, not half-used.
     pub fn check(&self) -> Result<(), String> {
         if self.slices.len() != SLICE_COUNT as usize {
-            return Err(format!(
-                "table has {} slices, expected {SLICE_COUNT}",
-                self.slices.len()
-            ));
+            return Err(format!("table has {} slices, expected {SLICE_COUNT}", self.slices.len()));
         }
-        let bad = self
-            .slices
-            .iter()
-            .find(|&&i| i != UNASSIGNED && usize::from(i) >= self.hosts.len());
+        let bad = self.slices.iter().find(|&&i| i != UNASSIGNED && usize::from(i) >= self.hosts.len());
         match bad {
-            Some(i) => Err(format!(
-                "slice points at host index {i}, table has {} hosts",
-                self.hosts.len()
-            )),
+            Some(i) => Err(format!("slice points at host index {i}, table has {} hosts", self.hosts.len())),
             None => Ok(()),
         }
     }

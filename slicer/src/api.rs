@@ -26,21 +26,12 @@ impl Slicer {
     pub fn new(store: Store) -> Result<Arc<Self>, StoreError> {
         let table = Arc::new(store.table()?);
         let (sender, _) = watch::channel(table);
-        Ok(Arc::new(Self {
-            store: Mutex::new(store),
-            table: sender,
-        }))
+        Ok(Arc::new(Self { store: Mutex::new(store), table: sender }))
     }
 
     /// Applies `change` to the store and republishes the table.
-    fn change<T>(
-        &self,
-        change: impl FnOnce(&mut Store) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut store = self
-            .store
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    fn change<T>(&self, change: impl FnOnce(&mut Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut store = self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let result = change(&mut store)?;
         let table = Arc::new(store.table()?);
         self.table.send_if_modified(|current| {
@@ -70,43 +61,25 @@ struct Failure(StatusCode, &'static str, String);
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        (
-            self.0,
-            Json(ApiError {
-                code: self.1.into(),
-                message: self.2,
-            }),
-        )
-            .into_response()
+        (self.0, Json(ApiError { code: self.1.into(), message: self.2 })).into_response()
     }
 }
 
 impl From<StoreError> for Failure {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::NotOwner { .. } => {
-                Failure(StatusCode::CONFLICT, "not_owner", error.to_string())
-            }
-            StoreError::UnknownHost(_) => {
-                Failure(StatusCode::NOT_FOUND, "unknown_host", error.to_string())
-            }
+            StoreError::NotOwner { .. } => Failure(StatusCode::CONFLICT, "not_owner", error.to_string()),
+            StoreError::UnknownHost(_) => Failure(StatusCode::NOT_FOUND, "unknown_host", error.to_string()),
             StoreError::Sqlite(_) => {
                 tracing::error!(%error, "store failure");
-                Failure(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    error.to_string(),
-                )
+                Failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
             }
         }
     }
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 async fn register_host(
@@ -114,11 +87,7 @@ async fn register_host(
     Json(body): Json<RegisterHost>,
 ) -> Result<Json<RoutingTable>, Failure> {
     if body.host.id.is_empty() || body.host.id.len() > 64 {
-        return Err(Failure(
-            StatusCode::BAD_REQUEST,
-            "bad_host",
-            "host id must be 1-64 characters".into(),
-        ));
+        return Err(Failure(StatusCode::BAD_REQUEST, "bad_host", "host id must be 1-64 characters".into()));
     }
     let version = slicer.change(|store| store.register_host(&body.host, now_ms()))?;
     tracing::info!(host = %body.host.id, ingress = %body.host.ingress_addr, version, "host registered");
@@ -150,10 +119,7 @@ struct WatchQuery {
 
 /// Long-poll: returns the table as soon as its version is above `after`, or the current table
 /// after `wait_ms` (bounded by [`WATCH_WAIT_MS_MAX`]).
-async fn watch_table(
-    State(slicer): State<Arc<Slicer>>,
-    Query(query): Query<WatchQuery>,
-) -> Json<RoutingTable> {
+async fn watch_table(State(slicer): State<Arc<Slicer>>, Query(query): Query<WatchQuery>) -> Json<RoutingTable> {
     let mut receiver = slicer.table.subscribe();
     if let Some(after) = query.after {
         let wait = Duration::from_millis(query.wait_ms.unwrap_or(30_000).min(WATCH_WAIT_MS_MAX));
@@ -173,10 +139,8 @@ async fn app_deployed(
     Path(name): Path<String>,
     Json(body): Json<AppDeployed>,
 ) -> Result<Json<TableVersion>, Failure> {
-    steady_proto::name::validate(&name)
-        .map_err(|e| Failure(StatusCode::BAD_REQUEST, "bad_name", e.to_string()))?;
-    let version =
-        slicer.change(|store| store.app_deployed(&name, &body.host_id, body.version, now_ms()))?;
+    steady_proto::name::validate(&name).map_err(|e| Failure(StatusCode::BAD_REQUEST, "bad_name", e.to_string()))?;
+    let version = slicer.change(|store| store.app_deployed(&name, &body.host_id, body.version, now_ms()))?;
     tracing::info!(app = %name, host = %body.host_id, app_version = body.version, version, "app recorded");
     Ok(Json(TableVersion { version }))
 }

@@ -19,10 +19,7 @@ pub fn rebalance(current: &[Option<usize>], host_count: usize) -> Assignment {
     if host_count == 0 {
         return vec![None; slice_count];
     }
-    let mut owners: Assignment = current
-        .iter()
-        .map(|o| o.filter(|&h| h < host_count))
-        .collect();
+    let mut owners: Assignment = current.iter().map(|o| o.filter(|&h| h < host_count)).collect();
     let targets = fair_shares(&owners, host_count);
     release_excess(&mut owners, &targets, host_count);
     fill_orphans(&mut owners, &targets, host_count);
@@ -108,20 +105,14 @@ mod tests {
             let b = rebalance(&a, n);
             assert_balanced(&b, n);
             let ideal = SLICE_COUNT as usize / n;
-            assert!(
-                moved(&a, &b) <= ideal + 1,
-                "n={n} moved {} ideal {ideal}",
-                moved(&a, &b)
-            );
+            assert!(moved(&a, &b) <= ideal + 1, "n={n} moved {} ideal {ideal}", moved(&a, &b));
             a = b;
         }
     }
 
     #[test]
     fn a_leaving_host_moves_only_its_own_slices() {
-        let a = (1..=5).fold(rebalance(&vec![None; SLICE_COUNT as usize], 1), |a, n| {
-            rebalance(&a, n)
-        });
+        let a = (1..=5).fold(rebalance(&vec![None; SLICE_COUNT as usize], 1), |a, n| rebalance(&a, n));
         // Host 4 (the last) leaves.
         let b = rebalance(&a, 4);
         assert_balanced(&b, 4);

@@ -20,12 +20,7 @@ pub enum StoreError {
     #[error("host {0:?} is not registered")]
     UnknownHost(String),
     #[error("app {app:?} belongs to slice {slice}, owned by {owner:?}, not by {host:?}")]
-    NotOwner {
-        app: String,
-        slice: u32,
-        owner: Option<String>,
-        host: String,
-    },
+    NotOwner { app: String, slice: u32, owner: Option<String>, host: String },
 }
 
 /// The slicer's database. Not thread-safe by itself; the API wraps it in a mutex.
@@ -66,15 +61,11 @@ impl Store {
     pub fn register_host(&mut self, host: &HostEntry, now_ms: u64) -> Result<u64, StoreError> {
         let tx = self.connection.transaction()?;
         let known: Option<(String, String)> = tx
-            .query_row(
-                "SELECT ingress_addr, api_addr FROM hosts WHERE id = ?1",
-                [&host.id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .query_row("SELECT ingress_addr, api_addr FROM hosts WHERE id = ?1", [&host.id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
-        let unchanged = known
-            .as_ref()
-            .is_some_and(|(i, a)| *i == host.ingress_addr && *a == host.api_addr);
+        let unchanged = known.as_ref().is_some_and(|(i, a)| *i == host.ingress_addr && *a == host.api_addr);
         if unchanged {
             return table_version(&tx);
         }
@@ -93,29 +84,13 @@ impl Store {
 
     /// Records that `host_id` now serves `name` at `version`. Refused unless the host owns the
     /// app's slice in the current table, so a host with a stale view cannot claim an app.
-    pub fn app_deployed(
-        &mut self,
-        name: &str,
-        host_id: &str,
-        version: u64,
-        now_ms: u64,
-    ) -> Result<u64, StoreError> {
+    pub fn app_deployed(&mut self, name: &str, host_id: &str, version: u64, now_ms: u64) -> Result<u64, StoreError> {
         let tx = self.connection.transaction()?;
         let slice = slice_of(name);
-        let owner: Option<String> = tx
-            .query_row(
-                "SELECT host_id FROM slices WHERE slice = ?1",
-                [slice],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let owner: Option<String> =
+            tx.query_row("SELECT host_id FROM slices WHERE slice = ?1", [slice], |r| r.get(0)).optional()?;
         if owner.as_deref() != Some(host_id) {
-            return Err(StoreError::NotOwner {
-                app: name.into(),
-                slice,
-                owner,
-                host: host_id.into(),
-            });
+            return Err(StoreError::NotOwner { app: name.into(), slice, owner, host: host_id.into() });
         }
         tx.execute(
             "INSERT INTO apps (name, host_id, version, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
@@ -132,11 +107,8 @@ impl Store {
     /// the slicer does not know is already gone (not an error, so a retried delete succeeds).
     pub fn app_deleted(&mut self, name: &str, host_id: &str) -> Result<u64, StoreError> {
         let tx = self.connection.transaction()?;
-        let holder: Option<String> = tx
-            .query_row("SELECT host_id FROM apps WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()?;
+        let holder: Option<String> =
+            tx.query_row("SELECT host_id FROM apps WHERE name = ?1", [name], |r| r.get(0)).optional()?;
         match holder {
             None => return table_version(&tx),
             Some(holder) if holder != host_id => {
@@ -160,11 +132,8 @@ impl Store {
         let version = table_version(&self.connection)?;
         let hosts = hosts(&self.connection)?;
         let mut slices = vec![UNASSIGNED; SLICE_COUNT as usize];
-        let mut statement = self
-            .connection
-            .prepare("SELECT slice, host_id FROM slices")?;
-        let rows =
-            statement.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?)))?;
+        let mut statement = self.connection.prepare("SELECT slice, host_id FROM slices")?;
+        let rows = statement.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?)))?;
         for row in rows {
             let (slice, host_id) = row?;
             let index = hosts.iter().position(|h| h.id == host_id);
@@ -173,50 +142,31 @@ impl Store {
             }
         }
         let apps = apps(&self.connection)?;
-        let table = RoutingTable {
-            version,
-            hosts,
-            slices,
-            apps,
-        };
+        let table = RoutingTable { version, hosts, slices, apps };
         debug_assert_eq!(table.check(), Ok(()));
         Ok(table)
     }
 }
 
 fn table_version(connection: &Connection) -> Result<u64, StoreError> {
-    let version: i64 = connection.query_row(
-        "SELECT value FROM meta WHERE key = 'table_version'",
-        [],
-        |r| r.get(0),
-    )?;
+    let version: i64 = connection.query_row("SELECT value FROM meta WHERE key = 'table_version'", [], |r| r.get(0))?;
     Ok(version as u64)
 }
 
 fn bump_version(tx: &Transaction) -> Result<u64, StoreError> {
-    tx.execute(
-        "UPDATE meta SET value = value + 1 WHERE key = 'table_version'",
-        [],
-    )?;
+    tx.execute("UPDATE meta SET value = value + 1 WHERE key = 'table_version'", [])?;
     table_version(tx)
 }
 
 fn hosts(connection: &Connection) -> Result<Vec<HostEntry>, StoreError> {
-    let mut statement =
-        connection.prepare("SELECT id, ingress_addr, api_addr FROM hosts ORDER BY id")?;
-    let rows = statement.query_map([], |r| {
-        Ok(HostEntry {
-            id: r.get(0)?,
-            ingress_addr: r.get(1)?,
-            api_addr: r.get(2)?,
-        })
-    })?;
+    let mut statement = connection.prepare("SELECT id, ingress_addr, api_addr FROM hosts ORDER BY id")?;
+    let rows =
+        statement.query_map([], |r| Ok(HostEntry { id: r.get(0)?, ingress_addr: r.get(1)?, api_addr: r.get(2)? }))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 fn apps(connection: &Connection) -> Result<Vec<AppEntry>, StoreError> {
-    let mut statement = connection
-        .prepare("SELECT name, host_id, version, updated_at_ms FROM apps ORDER BY name")?;
+    let mut statement = connection.prepare("SELECT name, host_id, version, updated_at_ms FROM apps ORDER BY name")?;
     let rows = statement.query_map([], |r| {
         Ok(AppEntry {
             name: r.get(0)?,
@@ -234,8 +184,7 @@ fn rebalance(tx: &Transaction) -> Result<(), StoreError> {
     let mut current = vec![None; SLICE_COUNT as usize];
     {
         let mut statement = tx.prepare("SELECT slice, host_id FROM slices")?;
-        let rows =
-            statement.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?)))?;
+        let rows = statement.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?)))?;
         for row in rows {
             let (slice, host_id) = row?;
             if let Some(entry) = current.get_mut(slice as usize) {
@@ -244,13 +193,10 @@ fn rebalance(tx: &Transaction) -> Result<(), StoreError> {
         }
     }
     let next = planner::rebalance(&current, hosts.len());
-    let mut update =
-        tx.prepare("INSERT OR REPLACE INTO slices (slice, host_id) VALUES (?1, ?2)")?;
+    let mut update = tx.prepare("INSERT OR REPLACE INTO slices (slice, host_id) VALUES (?1, ?2)")?;
     for (slice, (before, after)) in current.iter().zip(&next).enumerate() {
         if before != after {
-            let host = after
-                .map(|h| hosts[h].id.as_str())
-                .ok_or_else(|| StoreError::UnknownHost(String::new()))?;
+            let host = after.map(|h| hosts[h].id.as_str()).ok_or_else(|| StoreError::UnknownHost(String::new()))?;
             update.execute(params![slice as u32, host])?;
         }
     }
@@ -262,11 +208,7 @@ mod tests {
     use super::*;
 
     fn host(id: &str) -> HostEntry {
-        HostEntry {
-            id: id.into(),
-            ingress_addr: format!("{id}:1"),
-            api_addr: format!("{id}:2"),
-        }
+        HostEntry { id: id.into(), ingress_addr: format!("{id}:1"), api_addr: format!("{id}:2") }
     }
 
     #[test]
@@ -285,11 +227,7 @@ mod tests {
         let before = store.table().unwrap();
         assert_eq!(before.version, v);
         assert_eq!(before.apps.len(), 1);
-        assert_eq!(
-            store.register_host(&host("h2"), 3).unwrap(),
-            v,
-            "same addresses: no new version"
-        );
+        assert_eq!(store.register_host(&host("h2"), 3).unwrap(), v, "same addresses: no new version");
         assert_eq!(store.table().unwrap(), before);
     }
 
@@ -301,21 +239,11 @@ mod tests {
         store.register_host(&host("h2"), 1).unwrap();
         let owner = store.table().unwrap().owner_of("hello").unwrap().id.clone();
         let other = if owner == "h1" { "h2" } else { "h1" };
-        assert!(matches!(
-            store.app_deployed("hello", other, 1, 1),
-            Err(StoreError::NotOwner { .. })
-        ));
+        assert!(matches!(store.app_deployed("hello", other, 1, 1), Err(StoreError::NotOwner { .. })));
         assert!(store.app_deployed("hello", &owner, 1, 1).is_ok());
-        assert!(matches!(
-            store.app_deleted("hello", other),
-            Err(StoreError::NotOwner { .. })
-        ));
+        assert!(matches!(store.app_deleted("hello", other), Err(StoreError::NotOwner { .. })));
         let version = store.app_deleted("hello", &owner).unwrap();
         assert!(store.table().unwrap().apps.is_empty());
-        assert_eq!(
-            store.app_deleted("hello", &owner).unwrap(),
-            version,
-            "deleting twice is harmless"
-        );
+        assert_eq!(store.app_deleted("hello", &owner).unwrap(), version, "deleting twice is harmless");
     }
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: real binaries, real Bun, real bubblewrap, driven through the LB and CLI.
 //! One test binary, so the suite links once.
 
+mod hostd;
 mod request_path;
 mod sandbox;
 mod up;

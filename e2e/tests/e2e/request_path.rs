@@ -25,10 +25,7 @@ fn a_deployed_app_answers_through_the_lb_and_is_listed() {
     let app = write_app(cluster.dir.path(), "hello", COUNTER_APP);
     let deployed = cluster.deploy(&app, "hello");
     assert_eq!(deployed["version"], 1);
-    assert_eq!(
-        deployed["url"],
-        format!("http://hello.localhost:{}/", cluster.public.port())
-    );
+    assert_eq!(deployed["url"], format!("http://hello.localhost:{}/", cluster.public.port()));
 
     let answer = cluster.get("hello", "/");
     assert_eq!((answer.status, answer.body.as_str()), (200, "hello hits=1"));
@@ -40,11 +37,7 @@ fn a_deployed_app_answers_through_the_lb_and_is_listed() {
     assert_eq!(apps[0]["version"], 1);
     assert_eq!(apps[0]["host_id"], deployed["host_id"]);
     let table = cluster.steady(&["apps"]);
-    assert!(
-        String::from_utf8_lossy(&table.stdout).contains("hello"),
-        "{}",
-        describe(&table)
-    );
+    assert!(String::from_utf8_lossy(&table.stdout).contains("hello"), "{}", describe(&table));
 }
 
 #[test]
@@ -57,24 +50,14 @@ fn ten_apps_land_on_the_hosts_the_ring_names() {
         let app = write_app(cluster.dir.path(), &name, &text_app(&name));
         let deployed = cluster.deploy(&app, &name);
         let owner = table.owner_of(&name).expect("ring has an owner").id.clone();
-        assert_eq!(
-            deployed["host_id"],
-            owner.as_str(),
-            "{name} placed off the ring"
-        );
+        assert_eq!(deployed["host_id"], owner.as_str(), "{name} placed off the ring");
         let host = cluster.hosts.iter().find(|h| h.id == owner).unwrap();
-        assert!(
-            host.data.join("apps").join(&name).is_dir(),
-            "{name} has its files on {owner}"
-        );
+        assert!(host.data.join("apps").join(&name).is_dir(), "{name} has its files on {owner}");
         let answer = cluster.get(&name, "/");
         assert_eq!((answer.status, answer.body.as_str()), (200, name.as_str()));
         hosts_used.insert(owner);
     }
-    assert!(
-        hosts_used.len() > 1,
-        "ten apps all landed on one host: {hosts_used:?}"
-    );
+    assert!(hosts_used.len() > 1, "ten apps all landed on one host: {hosts_used:?}");
 }
 
 #[test]
@@ -89,24 +72,13 @@ fn a_redeploy_serves_the_new_code_and_a_failed_one_keeps_the_old() {
     assert_eq!(deployed["version"], 2);
     assert_eq!(cluster.get("edited", "/").body, "two");
 
-    std::fs::write(
-        app.join("index.ts"),
-        "console.log('booting v3'); throw new Error('broken on purpose');\n",
-    )
-    .unwrap();
+    std::fs::write(app.join("index.ts"), "console.log('booting v3'); throw new Error('broken on purpose');\n").unwrap();
     let failed = cluster.steady(&["deploy", app.to_str().unwrap(), "--name", "edited"]);
     assert_eq!(failed.status.code(), Some(1), "{}", describe(&failed));
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(stderr.contains("version 3 failed to start"), "{stderr}");
-    assert!(
-        stderr.contains("broken on purpose"),
-        "the failure shows the app's log: {stderr}"
-    );
-    assert_eq!(
-        cluster.get("edited", "/").body,
-        "two",
-        "the old version keeps serving"
-    );
+    assert!(stderr.contains("broken on purpose"), "the failure shows the app's log: {stderr}");
+    assert_eq!(cluster.get("edited", "/").body, "two", "the old version keeps serving");
 }
 
 #[test]
@@ -126,13 +98,7 @@ fn an_unknown_app_gets_the_lbs_404_page() {
     let cluster = Cluster::start(1);
     let answer = cluster.get("nothing-here", "/some/path");
     assert_eq!(answer.status, 404);
-    assert!(
-        answer
-            .body
-            .contains("No app named <code>nothing-here</code>"),
-        "{}",
-        answer.body
-    );
+    assert!(answer.body.contains("No app named <code>nothing-here</code>"), "{}", answer.body);
 }
 
 #[test]
@@ -145,27 +111,17 @@ fn bad_names_and_bad_bundles_get_a_clear_4xx() {
     assert_eq!(bad.status(), 400);
     let error: serde_json::Value = bad.json().unwrap();
     assert_eq!(error["code"], "bad_name");
-    assert!(
-        error["message"].as_str().unwrap().contains("lowercase"),
-        "{error}"
-    );
+    assert!(error["message"].as_str().unwrap().contains("lowercase"), "{error}");
 
     let app = write_app(cluster.dir.path(), "named", &text_app("x"));
     let cli = cluster.steady(&["deploy", app.to_str().unwrap(), "--name=-nope"]);
     assert_eq!(cli.status.code(), Some(2), "{}", describe(&cli));
-    assert!(
-        String::from_utf8_lossy(&cli.stderr).contains("must start with a letter"),
-        "{}",
-        describe(&cli)
-    );
+    assert!(String::from_utf8_lossy(&cli.stderr).contains("must start with a letter"), "{}", describe(&cli));
 
     let oversized = vec![b'x'; 17 * 1024 * 1024];
     let too_big = http.post(deploy_url("big")).body(oversized).send().unwrap();
     assert_eq!(too_big.status(), 413);
-    assert_eq!(
-        too_big.json::<serde_json::Value>().unwrap()["code"],
-        "bundle_too_large"
-    );
+    assert_eq!(too_big.json::<serde_json::Value>().unwrap()["code"], "bundle_too_large");
 
     let mut escaping = tar::Builder::new(Vec::new());
     let mut header = tar::Header::new_gnu();
@@ -174,18 +130,11 @@ fn bad_names_and_bad_bundles_get_a_clear_4xx() {
     header.as_gnu_mut().unwrap().name[..9].copy_from_slice(b"../escape");
     header.set_cksum();
     escaping.append(&header, &b"x"[..]).unwrap();
-    let escape = http
-        .post(deploy_url("escape"))
-        .body(escaping.into_inner().unwrap())
-        .send()
-        .unwrap();
+    let escape = http.post(deploy_url("escape")).body(escaping.into_inner().unwrap()).send().unwrap();
     assert_eq!(escape.status(), 400);
     let error: serde_json::Value = escape.json().unwrap();
     assert_eq!(error["code"], "bad_bundle");
-    assert!(
-        error["message"].as_str().unwrap().contains("escapes"),
-        "{error}"
-    );
+    assert!(error["message"].as_str().unwrap().contains("escapes"), "{error}");
 
     assert_eq!(cluster.get("big", "/").status, 404, "nothing was deployed");
 }
@@ -194,15 +143,9 @@ fn bad_names_and_bad_bundles_get_a_clear_4xx() {
 fn a_hono_app_works_as_it_is() {
     let cluster = Cluster::start(1);
     let example = steady_e2e::workspace().join("examples/hono");
-    assert!(
-        example.join("node_modules/hono").is_dir(),
-        "scripts/setup.sh installs the example's dependencies"
-    );
+    assert!(example.join("node_modules/hono").is_dir(), "scripts/setup.sh installs the example's dependencies");
     cluster.deploy(&example, "hono");
     assert_eq!(cluster.get("hono", "/").body, "Hello from Hono on steady\n");
     let greeting = cluster.get("hono", "/greet/ada");
-    assert_eq!(
-        (greeting.status, greeting.body.as_str()),
-        (200, r#"{"hello":"ada"}"#)
-    );
+    assert_eq!((greeting.status, greeting.body.as_str()), (200, r#"{"hello":"ada"}"#));
 }

@@ -62,72 +62,36 @@ fn an_app_cannot_reach_the_network_the_host_or_another_app() {
         "/var",
         "/sys/fs/cgroup"
     ]);
-    let query = format!(
-        "/?connect={}&paths={}",
-        cluster.public,
-        urlencode(&paths.to_string())
-    );
+    let query = format!("/?connect={}&paths={}", cluster.public, urlencode(&paths.to_string()));
     let answer = cluster.get("probe-a", &query);
     assert_eq!(answer.status, 200, "{}", answer.body);
     let report: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
 
     let connect = report["connect"].as_str().unwrap();
-    assert!(
-        connect.starts_with("failed"),
-        "outbound connection to the host's LB: {connect}"
-    );
+    assert!(connect.starts_with("failed"), "outbound connection to the host's LB: {connect}");
     let fetched = report["fetch"].as_str().unwrap();
     assert!(fetched.starts_with("failed"), "outbound fetch: {fetched}");
     for (path, visible) in report["visible"].as_object().unwrap() {
         assert_eq!(visible, false, "{path} is visible inside the sandbox");
     }
-    let allowed = [
-        "app", "bin", "data", "dev", "lib", "lib64", "opt", "proc", "run", "sbin", "tmp", "usr",
-    ];
+    let allowed = ["app", "bin", "data", "dev", "lib", "lib64", "opt", "proc", "run", "sbin", "tmp", "usr"];
     for entry in report["root"].as_array().unwrap() {
-        assert!(
-            allowed.contains(&entry.as_str().unwrap()),
-            "unexpected / entry inside the sandbox: {entry}"
-        );
+        assert!(allowed.contains(&entry.as_str().unwrap()), "unexpected / entry inside the sandbox: {entry}");
     }
-    assert!(
-        report["bundleWrite"]
-            .as_str()
-            .unwrap()
-            .starts_with("failed"),
-        "{report}"
-    );
-    assert!(
-        report["systemWrite"]
-            .as_str()
-            .unwrap()
-            .starts_with("failed"),
-        "{report}"
-    );
+    assert!(report["bundleWrite"].as_str().unwrap().starts_with("failed"), "{report}");
+    assert!(report["systemWrite"].as_str().unwrap().starts_with("failed"), "{report}");
     assert_eq!(report["dataWrite"], "done", "{report}");
-    assert_eq!(
-        report["data"],
-        serde_json::json!(["mine.txt"]),
-        "only its own data is in /data"
-    );
+    assert_eq!(report["data"], serde_json::json!(["mine.txt"]), "only its own data is in /data");
 
     let mine = std::fs::read_to_string(host_data.join("apps/probe-a/data/mine.txt")).unwrap();
-    assert_eq!(
-        mine, "probe-a",
-        "the write landed in the app's own data directory"
-    );
-    assert_eq!(
-        std::fs::read_to_string(other_data.join("secret.txt")).unwrap(),
-        "b's data"
-    );
+    assert_eq!(mine, "probe-a", "the write landed in the app's own data directory");
+    assert_eq!(std::fs::read_to_string(other_data.join("secret.txt")).unwrap(), "b's data");
 }
 
 fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -3,7 +3,7 @@
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use steady_e2e::{describe, eventually, free_port, steady_command, write_app};
+use steady_e2e::{alive, descendants, describe, eventually, free_port, steady_command, write_app};
 
 struct Up {
     child: Child,
@@ -14,28 +14,15 @@ struct Up {
 impl Up {
     fn start(data: &std::path::Path, http: &str, api: &str) -> Self {
         use std::os::unix::process::CommandExt;
-        let child = steady_command(&[
-            "up",
-            "--http",
-            http,
-            "--api",
-            api,
-            "--data",
-            data.to_str().unwrap(),
-            "--hosts",
-            "2",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("steady up");
-        let up = Self {
-            child,
-            api: api.into(),
-            http: http.into(),
-        };
+        let child =
+            steady_command(&["up", "--http", http, "--api", api, "--data", data.to_str().unwrap(), "--hosts", "2"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("steady up");
+        let up = Self { child, api: api.into(), http: http.into() };
         eventually("steady up ready", || {
             let ready = reqwest::blocking::get(format!("http://{}/readyz", up.api)).ok()?;
             ready.status().is_success().then_some(())
@@ -54,22 +41,14 @@ impl Up {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGINT);
         }
-        let status = eventually("steady up to exit after Ctrl-C", || {
-            self.child.try_wait().ok().flatten()
-        });
+        let status = eventually("steady up to exit after Ctrl-C", || self.child.try_wait().ok().flatten());
         assert!(status.success(), "steady up exited with {status}");
     }
 
     fn get(&self, app: &str) -> (u16, String) {
-        let client = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap();
-        let response = client
-            .get(format!("http://{}/", self.http))
-            .header("host", format!("{app}.localhost"))
-            .send()
-            .unwrap();
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+        let response =
+            client.get(format!("http://{}/", self.http)).header("host", format!("{app}.localhost")).send().unwrap();
         (response.status().as_u16(), response.text().unwrap())
     }
 }
@@ -86,41 +65,6 @@ impl Drop for Up {
     }
 }
 
-fn descendants(root: u32) -> Vec<u32> {
-    let mut parents: Vec<(u32, u32)> = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the command name (which may hold spaces) start after the last ')'.
-        let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
-        if let Some(ppid) = after.split(' ').nth(1).and_then(|p| p.parse().ok()) {
-            parents.push((pid, ppid));
-        }
-    }
-    let mut found = vec![root];
-    let mut index = 0;
-    while index < found.len() {
-        let parent = found[index];
-        found.extend(
-            parents
-                .iter()
-                .filter(|(_, pp)| *pp == parent)
-                .map(|(p, _)| *p),
-        );
-        index += 1;
-    }
-    found
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s[s.rfind(')').unwrap_or(0)..].starts_with(") Z"))
-}
-
 #[test]
 fn up_serves_the_same_apps_after_a_restart_and_ctrl_c_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -129,45 +73,21 @@ fn up_serves_the_same_apps_after_a_restart_and_ctrl_c_leaves_nothing() {
     let api = format!("127.0.0.1:{}", free_port("127.0.0.1"));
 
     let up = Up::start(&data, &http, &api);
-    let app = write_app(
-        dir.path(),
-        "kept",
-        "export default { fetch: () => new Response('still here') };\n",
-    );
-    let deploy = steady_command(&["deploy", app.to_str().unwrap(), "--name", "kept"])
-        .env("STEADY_API", &api)
-        .output()
-        .unwrap();
+    let app = write_app(dir.path(), "kept", "export default { fetch: () => new Response('still here') };\n");
+    let deploy =
+        steady_command(&["deploy", app.to_str().unwrap(), "--name", "kept"]).env("STEADY_API", &api).output().unwrap();
     assert!(deploy.status.success(), "{}", describe(&deploy));
     let url = String::from_utf8_lossy(&deploy.stdout).trim().to_owned();
-    assert_eq!(
-        url,
-        format!(
-            "http://kept.localhost:{}/",
-            http.rsplit(':').next().unwrap()
-        )
-    );
+    assert_eq!(url, format!("http://kept.localhost:{}/", http.rsplit(':').next().unwrap()));
     assert_eq!(up.get("kept"), (200, "still here".to_owned()));
     let processes = up.tree();
-    assert!(
-        processes.len() >= 5,
-        "slicer, 2 hosts, LB and the app run under steady up: {processes:?}"
-    );
+    assert!(processes.len() >= 5, "slicer, 2 hosts, LB and the app run under steady up: {processes:?}");
     up.interrupt();
-    eventually("every process of steady up to be gone", || {
-        processes.iter().all(|&p| !alive(p)).then_some(())
-    });
+    eventually("every process of steady up to be gone", || processes.iter().all(|&p| !alive(p)).then_some(()));
 
     let again = Up::start(&data, &http, &api);
-    assert_eq!(
-        again.get("kept"),
-        (200, "still here".to_owned()),
-        "the second run serves the first run's app"
-    );
-    let apps = steady_command(&["apps", "--json"])
-        .env("STEADY_API", &api)
-        .output()
-        .unwrap();
+    assert_eq!(again.get("kept"), (200, "still here".to_owned()), "the second run serves the first run's app");
+    let apps = steady_command(&["apps", "--json"]).env("STEADY_API", &api).output().unwrap();
     let apps: serde_json::Value = serde_json::from_slice(&apps.stdout).unwrap();
     assert_eq!(apps[0]["name"], "kept");
     again.interrupt();

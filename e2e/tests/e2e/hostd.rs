@@ -1,0 +1,217 @@
+//! The host daemon as users feel it: sleep and wake, start once under a burst, bounded
+//! queues, supervision, no orphans after `kill -9`, versions, temporary apps, logs.
+
+use std::io::{BufRead, BufReader};
+
+use std::process::Stdio;
+
+use steady_e2e::{alive, descendants, describe, eventually, steady_command, write_app, Cluster};
+
+/// An app that takes `delay_ms` to load (top-level await), then answers with a fixed text.
+fn slow_app(delay_ms: u64, text: &str) -> String {
+    format!("await Bun.sleep({delay_ms});\nexport default {{ fetch() {{ return new Response({text:?}); }} }};\n")
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+#[test]
+fn an_idle_app_sleeps_and_the_next_request_wakes_it() {
+    let cluster = Cluster::start_with(1, &["--idle-timeout-ms", "300"]);
+    let app = write_app(cluster.dir.path(), "sleepy", &slow_app(0, "awake"));
+    cluster.deploy(&app, "sleepy");
+    assert_eq!(cluster.get("sleepy", "/").body, "awake");
+    eventually("the app to fall asleep", || (cluster.status("sleepy")["state"] == "asleep").then_some(()));
+    assert!(cluster.app_log("sleepy").contains("asleep after"), "{}", cluster.app_log("sleepy"));
+
+    let answer = cluster.get("sleepy", "/");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "awake"));
+    assert_eq!(count(&cluster.app_log("sleepy"), "listening after"), 2, "deploy start + one wake");
+}
+
+#[test]
+fn fifty_concurrent_first_requests_start_one_process() {
+    let cluster = Cluster::start_with(1, &["--idle-timeout-ms", "300"]);
+    let app = write_app(cluster.dir.path(), "burst", &slow_app(300, "one"));
+    cluster.deploy(&app, "burst");
+    eventually("the app to fall asleep", || (cluster.status("burst")["state"] == "asleep").then_some(()));
+
+    let answers: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..50).map(|_| scope.spawn(|| cluster.get("burst", "/").status)).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(answers.iter().all(|&s| s == 200), "{answers:?}");
+    assert_eq!(count(&cluster.app_log("burst"), "starting (pid"), 2, "deploy start + exactly one wake");
+}
+
+#[test]
+fn an_overflowing_start_queue_answers_503_with_retry_after() {
+    let cluster = Cluster::start_with(1, &["--idle-timeout-ms", "300", "--start-queue-max", "4"]);
+    let app = write_app(cluster.dir.path(), "queued", &slow_app(1_000, "served"));
+    cluster.deploy(&app, "queued");
+    eventually("the app to fall asleep", || (cluster.status("queued")["state"] == "asleep").then_some(()));
+
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..20).map(|_| scope.spawn(|| cluster.get("queued", "/"))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let served = answers.iter().filter(|a| a.status == 200).count();
+    let refused: Vec<_> = answers.iter().filter(|a| a.status == 503).collect();
+    assert_eq!(served + refused.len(), 20, "only 200 or 503: {answers:?}");
+    assert!(served >= 1 && served <= 4, "at most the queue bound is served: {served}");
+    assert!(!refused.is_empty());
+    for answer in refused {
+        assert_eq!(answer.retry_after.as_deref(), Some("1"), "{answer:?}");
+        assert!(answer.body.contains("queue_full"), "{}", answer.body);
+    }
+}
+
+#[test]
+fn a_killed_app_restarts_and_a_crash_loop_is_reported() {
+    let cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "victim", &slow_app(0, "alive"));
+    cluster.deploy(&app, "victim");
+    let pid = cluster.status("victim")["pid"].as_u64().expect("running app has a pid") as i32;
+    // SAFETY: the sandbox's process group, started for this test.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
+    let answer = eventually("the killed app to serve again", || {
+        let answer = cluster.get("victim", "/");
+        (answer.status == 200).then_some(answer)
+    });
+    assert_eq!(answer.body, "alive");
+    assert!(cluster.app_log("victim").contains("killed by signal 9"));
+
+    let crasher = write_app(cluster.dir.path(), "crasher", "export default { fetch() { process.exit(3); } };\n");
+    cluster.deploy(&crasher, "crasher");
+    let refused = eventually("the crash loop to be declared", || {
+        let answer = cluster.get("crasher", "/");
+        (answer.status == 503 && answer.body.contains("crash_loop")).then_some(answer)
+    });
+    assert!(refused.retry_after.is_some(), "{refused:?}");
+    let status = cluster.status("crasher");
+    assert_eq!(status["state"], "crash-loop", "{status}");
+    assert!(status["crashes"].as_u64().unwrap() >= 3, "{status}");
+    assert!(cluster.app_log("crasher").contains("crash loop: "), "{}", cluster.app_log("crasher"));
+    assert_eq!(cluster.get("victim", "/").body, "alive", "the neighbour is unaffected");
+}
+
+#[test]
+fn after_kill_9_of_hostd_no_app_process_is_left_and_apps_serve_again() {
+    let mut cluster = Cluster::start(1);
+    let mut processes = Vec::new();
+    for name in ["orphan-a", "orphan-b"] {
+        let app = write_app(cluster.dir.path(), name, &slow_app(0, name));
+        cluster.deploy(&app, name);
+        let pid = cluster.status(name)["pid"].as_u64().unwrap() as u32;
+        let tree = descendants(pid);
+        assert!(tree.len() >= 2, "bwrap and the app under it: {tree:?}");
+        processes.extend(tree);
+    }
+    cluster.hosts[0].daemon.stop_with(libc::SIGKILL);
+    eventually("every app process to die with hostd", || processes.iter().all(|&p| !alive(p)).then_some(()));
+
+    cluster.start_host_again(0);
+    for name in ["orphan-a", "orphan-b"] {
+        let answer = cluster.get(name, "/");
+        assert_eq!((answer.status, answer.body.as_str()), (200, name));
+    }
+}
+
+#[test]
+fn rollback_serves_an_earlier_version_and_versions_lists_them() {
+    let cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "rolling", &slow_app(0, "one"));
+    cluster.deploy(&app, "rolling");
+    std::fs::write(app.join("index.ts"), slow_app(0, "two")).unwrap();
+    cluster.deploy(&app, "rolling");
+    assert_eq!(cluster.get("rolling", "/").body, "two");
+
+    let back = cluster.steady(&["rollback", "rolling"]);
+    assert!(back.status.success(), "{}", describe(&back));
+    assert!(String::from_utf8_lossy(&back.stderr).contains("database was left as it is"), "{}", describe(&back));
+    assert_eq!(cluster.get("rolling", "/").body, "one");
+
+    let listed = cluster.steady(&["versions", "rolling", "--json"]);
+    let versions: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("versions JSON");
+    let current: Vec<_> = versions.as_array().unwrap().iter().filter(|v| v["current"] == true).collect();
+    assert_eq!(current.len(), 1);
+    assert_eq!(current[0]["version"], 1);
+
+    let forward = cluster.steady(&["rollback", "rolling", "2"]);
+    assert!(forward.status.success(), "{}", describe(&forward));
+    assert_eq!(cluster.get("rolling", "/").body, "two");
+    let missing = cluster.steady(&["rollback", "rolling", "9"]);
+    assert_eq!(missing.status.code(), Some(4), "{}", describe(&missing));
+}
+
+#[test]
+fn a_temporary_app_vanishes_with_its_data_after_its_ttl() {
+    let cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "scratch", &slow_app(0, "for now"));
+    let run = cluster.steady(&["run", app.join("index.ts").to_str().unwrap(), "--ttl", "2s", "--json"]);
+    assert!(run.status.success(), "{}", describe(&run));
+    let deployed: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let name = deployed["name"].as_str().unwrap().to_owned();
+    assert_eq!(cluster.get(&name, "/").body, "for now");
+    let app_dir = cluster.hosts[0].data.join("apps").join(&name);
+    assert!(app_dir.is_dir());
+
+    eventually("the temporary app to be collected", || (cluster.get(&name, "/").status == 404).then_some(()));
+    eventually("its files to be gone", || (!app_dir.exists()).then_some(()));
+    let apps = cluster.steady(&["apps", "--json"]);
+    assert!(!String::from_utf8_lossy(&apps.stdout).contains(&name), "{}", describe(&apps));
+}
+
+#[test]
+fn logs_follow_live_and_requests_are_logged() {
+    let cluster = Cluster::start(1);
+    let source = "export default { fetch(r: Request) { console.log('saw ' + new URL(r.url).pathname); \
+                  return new Response('logged'); } };\n";
+    let app = write_app(cluster.dir.path(), "chatty", source);
+    cluster.deploy(&app, "chatty");
+    assert_eq!(cluster.get("chatty", "/first").body, "logged");
+    let logs = cluster.steady(&["logs", "chatty"]);
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(text.contains("out saw /first"), "{}", describe(&logs));
+    assert!(text.contains("version 1 starting"), "a marker line at every version start: {text}");
+
+    let mut follower = steady_command(&["logs", "chatty", "--follow", "--tail", "0"])
+        .env("STEADY_API", cluster.private.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The follower may connect after a request: keep making requests (a bounded number)
+    // until one of their lines arrives live.
+    let deadline = std::time::Instant::now() + steady_e2e::patience();
+    let seen = loop {
+        assert!(std::time::Instant::now() < deadline, "no live log line arrived");
+        assert_eq!(cluster.get("chatty", "/live").status, 200);
+        if let Ok(line) = receiver.recv_timeout(std::time::Duration::from_millis(200)) {
+            if line.contains("saw /live") {
+                break line;
+            }
+        }
+    };
+    assert!(seen.contains(" out saw /live"), "{seen}");
+    let _ = follower.kill();
+    let _ = follower.wait();
+
+    let requests = cluster.steady(&["requests", "chatty", "--json"]);
+    let records: serde_json::Value = serde_json::from_slice(&requests.stdout).expect("requests JSON");
+    let first = records.as_array().unwrap().iter().find(|r| r["path"] == "/first").expect("request logged");
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["bytes"], 6);
+}
