@@ -19,6 +19,7 @@ use steady_proto::wire::{AppStatus, DeployResult};
 
 use crate::blob::BlobStore;
 use crate::bundle::{self, BundleError, Limits};
+use crate::cgroup::Hierarchy;
 use crate::config::{
     Config, BUNDLE_FILES_MAX, BUNDLE_UNPACKED_BYTES_MAX, CRASH_BACKOFF_MS_MAX, CRASH_BACKOFF_MS_MIN,
     CRASH_LOOP_THRESHOLD, CRASH_RESET_AFTER_MS, HOUSEKEEPING_INTERVAL_MS_MAX,
@@ -122,12 +123,17 @@ pub struct Apps {
     blobs: BlobStore,
     membership: Membership,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
+    cgroups: Hierarchy,
 }
 
 impl Apps {
     /// Builds the manager; `runner` is the runner script on disk.
     pub fn new(config: Config, runner: PathBuf, store: Store, blobs: BlobStore, membership: Membership) -> Self {
-        Self { config, runner, store: Mutex::new(store), blobs, membership, slots: Mutex::new(HashMap::new()) }
+        // Host ids are unique in a cluster, data directories on a machine: both name the groups.
+        let data_hash = xxhash_rust::xxh3::xxh3_64(config.data.as_os_str().as_encoded_bytes());
+        let cgroups = Hierarchy::detect(&format!("{}-{:08x}", config.id, data_hash as u32));
+        tracing::info!(limits = %cgroups.describe(), "app limits");
+        Self { config, runner, store: Mutex::new(store), blobs, membership, slots: Mutex::new(HashMap::new()), cgroups }
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -172,12 +178,12 @@ impl Apps {
         let slot = self.slot(name)?;
         let crashes = slot.health.lock().unwrap_or_else(|p| p.into_inner()).crashes;
         let looping = crashes >= CRASH_LOOP_THRESHOLD;
-        let (state, pid) = match slot.serving.try_lock() {
-            Err(_) => ("starting", None),
+        let (state, pid, memory_bytes) = match slot.serving.try_lock() {
+            Err(_) => ("starting", None, None),
             Ok(serving) => match serving.as_ref().filter(|p| p.is_alive()) {
-                Some(process) => ("running", Some(process.pid())),
-                None if looping => ("crash-loop", None),
-                None => ("asleep", None),
+                Some(process) => ("running", Some(process.pid()), process.memory_bytes()),
+                None if looping => ("crash-loop", None, None),
+                None => ("asleep", None, None),
             },
         };
         let nonzero = |v: u64| (v > 0).then_some(v);
@@ -191,6 +197,8 @@ impl Apps {
             last_start_duration_ms: nonzero(slot.last_start_ms.load(Ordering::Acquire))
                 .map(|_| slot.last_start_duration_ms.load(Ordering::Acquire)),
             requests_total: slot.requests_total.load(Ordering::Acquire),
+            memory_bytes,
+            limits: self.cgroups.describe(),
             crashes,
             expires_at_ms,
         }))
@@ -242,7 +250,9 @@ impl Apps {
 
     async fn start(&self, slot: &Slot, current: &Current) -> Result<AppProcess, StartError> {
         let spec = self.spec(&slot.name, current).map_err(StartError::Spawn)?;
-        let process = AppProcess::start(&spec, current.version, slot.log.clone(), self.config.start_timeout_ms).await?;
+        let group = self.cgroups.create(&slot.name, self.config.app_limits()).map_err(StartError::Spawn)?;
+        let process =
+            AppProcess::start(&spec, current.version, slot.log.clone(), self.config.start_timeout_ms, group).await?;
         slot.last_start_ms.store(crate::now_ms(), Ordering::Release);
         slot.last_start_duration_ms.store(process.start_ms, Ordering::Release);
         Ok(process)
@@ -488,5 +498,6 @@ impl Apps {
                 slot.log.line("steady", &format!("version {} stopped: host shutting down", process.version));
             }
         }
+        self.cgroups.remove_all();
     }
 }

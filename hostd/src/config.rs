@@ -64,6 +64,15 @@ pub struct Config {
     /// An app with no request for this long is stopped; its next request starts it again.
     #[arg(long, default_value_t = 300_000)]
     pub idle_timeout_ms: u64,
+    /// Memory limit of each app process (kernel-enforced where cgroups are available).
+    #[arg(long, default_value_t = 256)]
+    pub app_memory_max_mib: u64,
+    /// Most processes (and threads) each app may have.
+    #[arg(long, default_value_t = 64)]
+    pub app_pids_max: u64,
+    /// CPU limit of each app, in percent of one core.
+    #[arg(long, default_value_t = 100)]
+    pub app_cpu_max_percent: u64,
 }
 
 impl Config {
@@ -71,6 +80,9 @@ impl Config {
     pub fn validate(mut self) -> Result<Self, String> {
         self.bun = resolve_binary(&self.bun)?;
         self.bwrap = resolve_binary(&self.bwrap)?;
+        if self.app_memory_max_mib < 32 || self.app_pids_max < 8 || self.app_cpu_max_percent == 0 {
+            return Err("app limits too small: memory at least 32 MiB, at least 8 processes, CPU above 0 %".into());
+        }
         if self.id.is_empty() || self.id.len() > 64 {
             return Err("--id must be 1-64 characters".into());
         }
@@ -98,4 +110,15 @@ pub fn resolve_binary(name: &std::path::Path) -> Result<PathBuf, String> {
         .find(|candidate| candidate.is_file())
         .and_then(|found| found.canonicalize().ok())
         .ok_or_else(|| format!("{} not found on PATH (run scripts/setup.sh)", name.display()))
+}
+
+impl Config {
+    /// The per-app limits from the flags.
+    pub fn app_limits(&self) -> crate::cgroup::Limits {
+        crate::cgroup::Limits {
+            memory_bytes_max: self.app_memory_max_mib * 1024 * 1024,
+            pids_max: self.app_pids_max,
+            cpu_percent_max: self.app_cpu_max_percent,
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //!
 //! A host stores bundles content-addressed ([`blob`], [`bundle`]), keeps its apps and their
 //! versions in SQLite ([`store`]), runs each app as Bun inside a bubblewrap sandbox on a Unix
-//! socket ([`sandbox`], [`process`]), starts apps on demand and swaps versions on deploy
+//! socket ([`sandbox`], [`process`]) under kernel limits ([`cgroup`]), starts apps on demand and swaps versions on deploy
 //! ([`apps`]), forwards app traffic from the load balancers to the app's socket ([`ingress`]),
 //! serves its control API ([`api`]) and registers with the slicer ([`membership`]).
 
@@ -10,6 +10,7 @@ pub mod api;
 pub mod apps;
 pub mod blob;
 pub mod bundle;
+pub mod cgroup;
 pub mod config;
 pub mod ingress;
 pub mod log;

@@ -23,6 +23,8 @@ async fn main() -> anyhow::Result<()> {
     let data = config.data.clone();
     let runner = data.join("runner.js");
     std::fs::write(&runner, RUNNER_JS).context("writing the app runner")?;
+    // Sockets of an earlier run are stale: every app process died with that run.
+    let _ = std::fs::remove_dir_all(data.join("run"));
     let store = Store::open(&data.join("hostd.db")).context("opening the host database")?;
     let blobs = BlobStore::open(&data.join("blobs")).context("opening the blob store")?;
     let ingress_listener = bind(config.ingress).await?;

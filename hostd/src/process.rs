@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::sync::watch;
 
+use crate::cgroup::{AppGroup, Events};
 use crate::config::LOG_LINE_BYTES_MAX;
 use crate::log::AppLog;
 use crate::sandbox::{Spec, SOCKET_NAME};
@@ -50,11 +51,21 @@ pub struct AppProcess {
     pub spawned_at: Instant,
     /// Set once hostd decided to stop it, so its exit is not taken for a crash.
     stop_requested: AtomicBool,
+    /// The cgroup holding its limits, if the host has cgroups.
+    group: Option<Arc<AppGroup>>,
 }
 
 impl AppProcess {
     /// Spawns the sandboxed app and waits until it listens, or fails with the reason.
-    pub async fn start(spec: &Spec, version: u64, log: Arc<AppLog>, timeout_ms: u64) -> Result<Self, StartError> {
+    /// `group`, when given, holds the kernel limits the process runs under.
+    pub async fn start(
+        spec: &Spec,
+        version: u64,
+        log: Arc<AppLog>,
+        timeout_ms: u64,
+        group: Option<AppGroup>,
+    ) -> Result<Self, StartError> {
+        let group = group.map(Arc::new);
         let socket = spec.socket_dir.join(SOCKET_NAME);
         let _ = std::fs::remove_file(&socket);
         let (ready_reader, ready_writer) = std::io::pipe().map_err(StartError::Spawn)?;
@@ -62,9 +73,13 @@ impl AppProcess {
         command.args(spec.args()).env_clear().stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         command.process_group(0).kill_on_drop(true);
         let writer_fd = ready_writer.as_raw_fd();
-        // SAFETY: only async-signal-safe calls (dup2, prctl) between fork and exec.
+        let joining = group.clone();
+        // SAFETY: only async-signal-safe calls (dup2, prctl, open/write) between fork and exec.
         unsafe {
             command.pre_exec(move || {
+                if let Some(group) = &joining {
+                    group.join_self()?;
+                }
                 if libc::dup2(writer_fd, READY_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -83,9 +98,14 @@ impl AppProcess {
         pump(child.stderr.take(), log.clone(), "err");
         let (exit_sender, exited) = watch::channel(None);
         let exit_log = log.clone();
+        let exit_group = group.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
-            let description = describe(status);
+            let mut description = describe(status);
+            if let Some(group) = exit_group {
+                description += &limit_events(group.events());
+                group.remove().await;
+            }
             exit_log.line("steady", &format!("version {version} exited: {description}"));
             let _ = exit_sender.send(Some(description));
         });
@@ -97,6 +117,7 @@ impl AppProcess {
             start_ms: 0,
             spawned_at: spawned,
             stop_requested: AtomicBool::new(false),
+            group,
         };
         process.wait_ready(OwnedFd::from(ready_reader), timeout_ms).await?;
         let start_ms = spawned.elapsed().as_millis() as u64;
@@ -142,6 +163,11 @@ impl AppProcess {
         !self.is_alive() && !self.stop_requested.load(Ordering::Acquire)
     }
 
+    /// Memory the app uses now, when it runs under a cgroup.
+    pub fn memory_bytes(&self) -> Option<u64> {
+        self.group.as_ref().and_then(|g| g.memory_bytes())
+    }
+
     /// The sandbox's process id (and process group id).
     pub fn pid(&self) -> u32 {
         self.pid as u32
@@ -182,6 +208,21 @@ fn pump(stream: Option<impl AsyncRead + Unpin + Send + 'static>, log: Arc<AppLog
             }
         }
     });
+}
+
+/// What the kernel's limits did to the process, as a suffix for its exit line.
+fn limit_events(events: Events) -> String {
+    let mut text = String::new();
+    if events.oom_kills > 0 {
+        text += "; killed for exceeding its memory limit";
+    }
+    if events.pids_max_hits > 0 {
+        text += &format!("; refused {} new processes at its process limit", events.pids_max_hits);
+    }
+    if events.cpu_throttled_periods > 0 {
+        text += &format!("; CPU-throttled in {} periods", events.cpu_throttled_periods);
+    }
+    text
 }
 
 fn describe(status: std::io::Result<ExitStatus>) -> String {

@@ -166,6 +166,10 @@ pub struct AppStatus {
     /// Spawn-to-listening time of the last start.
     pub last_start_duration_ms: Option<u64>,
     pub requests_total: u64,
+    /// Memory the app's process uses now (where the host has cgroups).
+    pub memory_bytes: Option<u64>,
+    /// The kernel limits the app runs under, as the host describes them.
+    pub limits: String,
     /// Unexpected exits in a row (reset by a deploy, a rollback or a long-lived process).
     pub crashes: u32,
     pub expires_at_ms: Option<u64>,

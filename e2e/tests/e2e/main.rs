@@ -2,6 +2,7 @@
 //! One test binary, so the suite links once.
 
 mod hostd;
+mod limits;
 mod request_path;
 mod sandbox;
 mod up;
