@@ -127,6 +127,7 @@ fn deploy_failure(name: &str, error: DeployError) -> Response {
             (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
         }
         DeployError::Unknown(_) => failure(StatusCode::NOT_FOUND, "unknown_app", message),
+        DeployError::BadSchedule { .. } => failure(StatusCode::BAD_REQUEST, "bad_schedule", message),
         DeployError::NoSuchVersion(_) => failure(StatusCode::NOT_FOUND, "unknown_version", message),
         DeployError::Membership(MembershipError::NotOwner(_)) => failure(StatusCode::CONFLICT, "not_owner", message),
         DeployError::Membership(_) => failure(StatusCode::SERVICE_UNAVAILABLE, "slicer_unavailable", message),

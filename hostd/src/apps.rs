@@ -9,13 +9,13 @@
 //! [`CRASH_LOOP_THRESHOLD`] exits in a row the app is crash-looping and refuses requests for a
 //! doubling pause, which its log says.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use steady_proto::wire::{AppStatus, DeployResult};
+use steady_proto::wire::{AppStatus, DeployResult, HEADER_CRON};
 
 use crate::blob::BlobStore;
 use crate::bundle::{self, BundleError, Limits};
@@ -28,7 +28,30 @@ use crate::log::{AppLog, RequestLog};
 use crate::membership::{Membership, MembershipError};
 use crate::process::{AppProcess, StartError};
 use crate::sandbox::Spec;
+use crate::schedule::{self, Schedule};
 use crate::store::{Current, Outcome, Store, StoreError};
+
+/// The latest tick of `schedule` after `last_tick_ms` and at or before `now_ms`, if any.
+fn latest_tick(schedule: &Schedule, last_tick_ms: u64, now_ms: u64) -> Option<u64> {
+    let mut tick = schedule.next_after(last_tick_ms).filter(|&t| t <= now_ms)?;
+    // Bounded: after a long outage, jump to the last tick without visiting every one.
+    for _ in 0..CRON_CATCH_UP_STEPS_MAX {
+        match schedule.next_after(tick) {
+            Some(next) if next <= now_ms => tick = next,
+            _ => return Some(tick),
+        }
+    }
+    schedule.next_after(now_ms.saturating_sub(CRON_LATE_MS_MAX)).filter(|&t| t <= now_ms).or(Some(tick))
+}
+
+/// How often schedules are checked.
+const CRON_CHECK_INTERVAL_MS: u64 = 200;
+/// A tick later than this (hostd was down) is skipped, not run.
+const CRON_LATE_MS_MAX: u64 = 60_000;
+/// Longest a cron handler may run.
+const CRON_RUN_TIMEOUT_MS: u64 = 300_000;
+/// Steps walked to find the latest due tick before jumping.
+const CRON_CATCH_UP_STEPS_MAX: usize = 1_000;
 
 /// Lines of the app's log returned with a failed start.
 const FAILED_START_LOG_LINES: usize = 30;
@@ -63,6 +86,8 @@ pub enum DeployError {
     Unknown(String),
     #[error("{0}")]
     NoSuchVersion(String),
+    #[error("version {version} declares bad cron schedules: {message}")]
+    BadSchedule { version: u64, message: String },
     #[error(transparent)]
     Membership(#[from] MembershipError),
     #[error(transparent)]
@@ -92,6 +117,8 @@ struct Slot {
     last_start_ms: AtomicU64,
     last_start_duration_ms: AtomicU64,
     health: Mutex<Health>,
+    /// Schedules whose handler runs right now (a tick is skipped rather than overlapped).
+    crons_running: Mutex<HashSet<String>>,
 }
 
 /// A request's hold on a running app: while any lease is alive the app does not sleep.
@@ -224,6 +251,7 @@ impl Apps {
             last_start_ms: AtomicU64::new(0),
             last_start_duration_ms: AtomicU64::new(0),
             health: Mutex::new(Health::default()),
+            crons_running: Mutex::new(HashSet::new()),
         });
         slots.insert(name.to_owned(), slot.clone());
         Ok(slot)
@@ -405,6 +433,11 @@ impl Apps {
                 return fail(DeployError::Start { version, error, log });
             }
         };
+        if let Err(message) = schedule::parse_all(&process.schedules) {
+            process.stop().await;
+            slot.log.line("steady", &format!("version {version} refused: {message}"));
+            return fail(DeployError::BadSchedule { version, message });
+        }
         let table_version = match self.membership.app_deployed(&slot.name, version).await {
             Ok(table_version) => table_version,
             Err(error) => {
@@ -413,6 +446,7 @@ impl Apps {
             }
         };
         self.store().finish_version(target.app_id, version, Outcome::Ready)?;
+        self.store().set_schedules(&slot.name, &process.schedules, crate::now_ms())?;
         *slot.health.lock().unwrap_or_else(|p| p.into_inner()) = Health::default();
         let previous = slot.serving.lock().await.replace(process);
         if let Some(previous) = previous {
@@ -487,6 +521,75 @@ impl Apps {
                 }
             }
         }
+    }
+
+    /// Runs forever: fires each app's cron schedules at their ticks, waking apps as needed.
+    /// Each tick is recorded before its handler runs, so no tick runs twice, also across a
+    /// deploy or a hostd restart; ticks missed by more than [`CRON_LATE_MS_MAX`] are skipped.
+    pub async fn crons(self: Arc<Self>) {
+        let mut parsed: HashMap<String, Schedule> = HashMap::new();
+        let mut ticker = tokio::time::interval(Duration::from_millis(CRON_CHECK_INTERVAL_MS));
+        loop {
+            ticker.tick().await;
+            let rows = match self.store().schedules() {
+                Ok(rows) => rows,
+                Err(error) => {
+                    tracing::error!(%error, "reading schedules");
+                    continue;
+                }
+            };
+            let now_ms = crate::now_ms();
+            for row in rows {
+                if !parsed.contains_key(&row.expression) {
+                    let Ok(schedule) = Schedule::parse(&row.expression) else { continue };
+                    parsed.insert(row.expression.clone(), schedule);
+                }
+                let Some(tick_ms) = latest_tick(&parsed[&row.expression], row.last_tick_ms, now_ms) else { continue };
+                if let Err(error) = self.store().mark_tick(&row.app, &row.expression, tick_ms) {
+                    tracing::error!(%error, "recording a cron tick");
+                    continue;
+                }
+                if now_ms - tick_ms > CRON_LATE_MS_MAX {
+                    tracing::warn!(app = %row.app, expression = %row.expression, "cron tick missed while the host was down");
+                    continue;
+                }
+                tokio::spawn(self.clone().run_cron(row.app, row.expression));
+            }
+        }
+    }
+
+    async fn run_cron(self: Arc<Self>, app: String, expression: String) {
+        let lease = match self.wake(&app).await {
+            Ok(lease) => lease,
+            Err(error) => {
+                if let Ok(slot) = self.slot(&app) {
+                    slot.log.line("steady", &format!("cron {expression:?} could not run: {error}"));
+                }
+                return;
+            }
+        };
+        let slot = lease.slot.clone();
+        if !slot.crons_running.lock().unwrap_or_else(|p| p.into_inner()).insert(expression.clone()) {
+            slot.log.line("steady", &format!("cron {expression:?} skipped a tick: the previous run is still going"));
+            return;
+        }
+        let started = Instant::now();
+        let request = axum::http::Request::post("/")
+            .header("host", format!("{app}.cron"))
+            .header(HEADER_CRON, expression.as_str())
+            .body(axum::body::Body::empty())
+            .expect("static request");
+        let timeout = Duration::from_millis(CRON_RUN_TIMEOUT_MS);
+        let outcome = tokio::time::timeout(timeout, crate::ingress::send(&lease.socket, request)).await;
+        let ms = started.elapsed().as_millis();
+        let line = match outcome {
+            Ok(Ok(response)) if response.status().is_success() => format!("cron {expression:?} ran in {ms} ms"),
+            Ok(Ok(response)) => format!("cron {expression:?} failed in {ms} ms (HTTP {})", response.status().as_u16()),
+            Ok(Err(error)) => format!("cron {expression:?} failed in {ms} ms: {error}"),
+            Err(_) => format!("cron {expression:?} timed out after {CRON_RUN_TIMEOUT_MS} ms"),
+        };
+        slot.log.line("steady", &line);
+        slot.crons_running.lock().unwrap_or_else(|p| p.into_inner()).remove(&expression);
     }
 
     /// Stops every app process (hostd is shutting down).

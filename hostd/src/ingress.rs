@@ -10,7 +10,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use hyper_util::rt::TokioIo;
-use steady_proto::wire::{ApiError, RequestRecord, HEADER_APP};
+use steady_proto::wire::{ApiError, RequestRecord, HEADER_APP, INTERNAL_HEADER_PREFIX};
 
 use crate::apps::{Apps, Lease, WakeError};
 
@@ -29,6 +29,7 @@ async fn forward(State(apps): State<Arc<Apps>>, mut request: Request) -> Respons
         return failure(StatusCode::BAD_REQUEST, "no_app", "request carries no app header".into());
     };
     let app = app.to_str().unwrap_or_default().to_owned();
+    strip_internal_headers(&mut request);
     let lease = match apps.wake(&app).await {
         Ok(lease) => lease,
         Err(error) => return wake_failure(error),
@@ -105,7 +106,17 @@ impl Drop for Completion {
     }
 }
 
-async fn send(
+/// Only hostd may talk to an app with `x-steady-*` headers (the cron trigger among them).
+fn strip_internal_headers(request: &mut Request) {
+    let internal: Vec<_> =
+        request.headers().keys().filter(|k| k.as_str().starts_with(INTERNAL_HEADER_PREFIX)).cloned().collect();
+    for name in internal {
+        request.headers_mut().remove(name);
+    }
+}
+
+/// Sends `request` to the app listening on `socket` (HTTP/1.1, one connection per request).
+pub(crate) async fn send(
     socket: &std::path::Path,
     request: Request,
 ) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {

@@ -17,6 +17,7 @@ pub mod log;
 pub mod membership;
 pub mod process;
 pub mod sandbox;
+pub mod schedule;
 pub mod store;
 
 /// Milliseconds since the Unix epoch, for records and log lines.

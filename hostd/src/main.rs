@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
     let ready_file = config.ready_file.clone();
     let apps = Arc::new(Apps::new(config, runner, store, blobs, membership));
     tokio::spawn(apps.clone().housekeeping());
+    tokio::spawn(apps.clone().crons());
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let ingress_server = serve(ingress_listener, ingress::router(apps.clone()), stop.clone());
     let api_server = serve(api_listener, api::router(apps.clone(), bundle_size_max_bytes), stop);

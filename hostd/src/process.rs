@@ -23,6 +23,8 @@ use crate::sandbox::{Spec, SOCKET_NAME};
 
 /// The file descriptor number the runner reports readiness on.
 const READY_FD: i32 = 3;
+/// Longest readiness line: `ready` and the app's schedules as JSON.
+const READY_LINE_BYTES_MAX: u64 = 16 * 1024;
 /// How long a stopped process gets to exit after SIGKILL before we stop waiting.
 const STOP_WAIT_MS: u64 = 5_000;
 
@@ -53,6 +55,8 @@ pub struct AppProcess {
     stop_requested: AtomicBool,
     /// The cgroup holding its limits, if the host has cgroups.
     group: Option<Arc<AppGroup>>,
+    /// Cron expressions the app declared when it became ready.
+    pub schedules: Vec<String>,
 }
 
 impl AppProcess {
@@ -118,23 +122,31 @@ impl AppProcess {
             spawned_at: spawned,
             stop_requested: AtomicBool::new(false),
             group,
+            schedules: Vec::new(),
         };
-        process.wait_ready(OwnedFd::from(ready_reader), timeout_ms).await?;
+        let schedules = process.wait_ready(OwnedFd::from(ready_reader), timeout_ms).await?;
         let start_ms = spawned.elapsed().as_millis() as u64;
         log.line("steady", &format!("version {version} listening after {start_ms} ms"));
-        Ok(Self { start_ms, ..process })
+        Ok(Self { start_ms, schedules, ..process })
     }
 
-    async fn wait_ready(&self, reader: OwnedFd, timeout_ms: u64) -> Result<(), StartError> {
+    /// Waits for `ready [<schedules as JSON>]` on the readiness pipe; returns the schedules.
+    async fn wait_ready(&self, reader: OwnedFd, timeout_ms: u64) -> Result<Vec<String>, StartError> {
         let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(reader).map_err(StartError::Spawn)?;
         let mut line = String::new();
         // Bounded: the app's own code could write to fd 3 before the runner does.
-        let mut reader = BufReader::new(receiver).take(64);
+        let mut reader = BufReader::new(receiver).take(READY_LINE_BYTES_MAX);
         let read = reader.read_line(&mut line);
         let mut exited = self.exited.clone();
         let outcome = tokio::time::timeout(Duration::from_millis(timeout_ms), read).await;
         match outcome {
-            Ok(Ok(_)) if line.trim() == "ready" => Ok(()),
+            Ok(Ok(_)) if line.starts_with("ready") => {
+                let schedules = line["ready".len()..].trim();
+                if schedules.is_empty() {
+                    return Ok(Vec::new());
+                }
+                serde_json::from_str(schedules).map_err(|e| StartError::Exited(format!("bad readiness line: {e}")))
+            }
             Ok(_) => {
                 // The pipe closed without "ready": the process is exiting; wait for its status.
                 let status =

@@ -55,7 +55,21 @@ CREATE TABLE IF NOT EXISTS versions (
     created_at_ms INTEGER NOT NULL,
     PRIMARY KEY (app_id, version)
 );
+CREATE TABLE IF NOT EXISTS schedules (
+    app TEXT NOT NULL,
+    expression TEXT NOT NULL,
+    last_tick_ms INTEGER NOT NULL,
+    PRIMARY KEY (app, expression)
+);
 ";
+
+/// One cron schedule of an app and the last tick that was run (or skipped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleRow {
+    pub app: String,
+    pub expression: String,
+    pub last_tick_ms: u64,
+}
 
 impl Store {
     /// Opens (creating) the database at `path`. Attempts left `starting` by a crash are failed.
@@ -188,9 +202,50 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Makes `expressions` the schedules of `app`. Kept schedules keep their last tick (so a
+    /// deploy never runs a tick twice); new ones start from `now_ms`.
+    pub fn set_schedules(&mut self, app: &str, expressions: &[String], now_ms: u64) -> Result<(), StoreError> {
+        let tx = self.connection.transaction()?;
+        let existing: Vec<String> = {
+            let mut statement = tx.prepare("SELECT expression FROM schedules WHERE app = ?1")?;
+            let rows = statement.query_map([app], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for gone in existing.iter().filter(|e| !expressions.contains(e)) {
+            tx.execute("DELETE FROM schedules WHERE app = ?1 AND expression = ?2", params![app, gone])?;
+        }
+        for new in expressions.iter().filter(|e| !existing.contains(e)) {
+            tx.execute(
+                "INSERT INTO schedules (app, expression, last_tick_ms) VALUES (?1, ?2, ?3)",
+                params![app, new, now_ms as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every schedule of every app.
+    pub fn schedules(&self) -> Result<Vec<ScheduleRow>, StoreError> {
+        let mut statement = self.connection.prepare("SELECT app, expression, last_tick_ms FROM schedules")?;
+        let rows = statement.query_map([], |r| {
+            Ok(ScheduleRow { app: r.get(0)?, expression: r.get(1)?, last_tick_ms: r.get::<_, i64>(2)? as u64 })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records that the tick at `tick_ms` of `app`'s `expression` was taken.
+    pub fn mark_tick(&mut self, app: &str, expression: &str, tick_ms: u64) -> Result<(), StoreError> {
+        self.connection.execute(
+            "UPDATE schedules SET last_tick_ms = ?3 WHERE app = ?1 AND expression = ?2 AND last_tick_ms < ?3",
+            params![app, expression, tick_ms as i64],
+        )?;
+        Ok(())
+    }
+
     /// Forgets `name` and all its versions. Returns whether it existed.
     pub fn delete(&mut self, name: &str) -> Result<bool, StoreError> {
         let tx = self.connection.transaction()?;
+        tx.execute("DELETE FROM schedules WHERE app = ?1", [name])?;
         tx.execute("DELETE FROM versions WHERE app_id = (SELECT id FROM apps WHERE name = ?1)", [name])?;
         let deleted = tx.execute("DELETE FROM apps WHERE name = ?1", [name])?;
         tx.commit()?;
@@ -266,5 +321,21 @@ mod tests {
         drop(store);
         let store = Store::open(&path).unwrap();
         assert_eq!(store.versions("a").unwrap()[0].status, "failed");
+    }
+
+    #[test]
+    fn schedules_keep_their_last_tick_across_redeploys() {
+        let (_dir, mut store) = store();
+        let exprs = |list: &[&str]| list.iter().map(|e| e.to_string()).collect::<Vec<_>>();
+        store.set_schedules("a", &exprs(&["* * * * *", "0 * * * *"]), 100).unwrap();
+        store.mark_tick("a", "* * * * *", 500).unwrap();
+        store.mark_tick("a", "* * * * *", 400).unwrap();
+        store.set_schedules("a", &exprs(&["* * * * *", "*/5 * * * *"]), 900).unwrap();
+        let mut rows = store.schedules().unwrap();
+        rows.sort_by(|x, y| x.expression.cmp(&y.expression));
+        let ticks: Vec<(&str, u64)> = rows.iter().map(|r| (r.expression.as_str(), r.last_tick_ms)).collect();
+        assert_eq!(ticks, [("* * * * *", 500), ("*/5 * * * *", 900)], "kept, never moved back, new from now");
+        store.delete("a").unwrap();
+        assert!(store.schedules().unwrap().is_empty());
     }
 }

@@ -14,6 +14,8 @@ pub const HEADER_APP: &str = "x-steady-app";
 /// LB holds the answer until its own table is at least this new, so the app's URL works the
 /// moment the CLI prints it.
 pub const HEADER_TABLE_VERSION: &str = "x-steady-table-version";
+/// Header hostd sends to an app to run one of its cron schedules; never from clients.
+pub const HEADER_CRON: &str = "x-steady-cron";
 /// Header the LB adds to a deploy answer: the app's public URL.
 pub const HEADER_URL: &str = "x-steady-url";
 /// Prefix of every header that is internal to steady; stripped from client requests.

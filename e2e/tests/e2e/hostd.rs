@@ -215,3 +215,54 @@ fn logs_follow_live_and_requests_are_logged() {
     assert_eq!(first["status"], 200);
     assert_eq!(first["bytes"], 6);
 }
+
+const CRON_APP: &str = r#"
+import fs from "node:fs";
+export default {
+  fetch() { return new Response(fs.existsSync("/data/ticks") ? fs.readFileSync("/data/ticks", "utf8") : ""); },
+  crons: {
+    "*/1 * * * * *": () => { fs.appendFileSync("/data/ticks", `${Math.floor(Date.now() / 1000)}\n`); },
+  },
+};
+"#;
+
+#[test]
+fn a_cron_handler_runs_once_per_tick_waking_the_app_and_across_a_redeploy() {
+    let cluster = Cluster::start_with(1, &["--idle-timeout-ms", "400"]);
+    let app = write_app(cluster.dir.path(), "ticker", CRON_APP);
+    cluster.deploy(&app, "ticker");
+    eventually("three cron runs", || (count(&cluster.app_log("ticker"), "ran in") >= 3).then_some(()));
+    cluster.deploy(&app, "ticker");
+    let log = eventually("six cron runs", || {
+        let log = cluster.app_log("ticker");
+        (count(&log, "ran in") >= 6).then_some(log)
+    });
+    let ticks_text = cluster.get("ticker", "/").body;
+    let ticks: Vec<u64> = ticks_text.lines().map(|l| l.parse().unwrap()).collect();
+    let distinct: std::collections::BTreeSet<u64> = ticks.iter().copied().collect();
+    assert_eq!(distinct.len(), ticks.len(), "a tick ran twice: {ticks:?}");
+    assert!(ticks.len() >= 6, "{ticks:?}\n{log}");
+
+    let broken = write_app(
+        cluster.dir.path(),
+        "bad-cron",
+        "export default { fetch() { return new Response('x'); }, \
+        crons: { 'every minute please': () => {} } };\n",
+    );
+    let refused = cluster.steady(&["deploy", broken.to_str().unwrap(), "--name", "ticker"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("invalid cron expression"), "{}", describe(&refused));
+}
+
+#[test]
+fn a_sleeping_app_is_woken_for_its_cron() {
+    let cluster = Cluster::start_with(1, &["--idle-timeout-ms", "200"]);
+    let source = CRON_APP.replace("*/1 * * * * *", "*/3 * * * * *");
+    let app = write_app(cluster.dir.path(), "waker", &source);
+    cluster.deploy(&app, "waker");
+    eventually("the app to sleep, then wake for a cron", || {
+        let log = cluster.app_log("waker");
+        let slept = log.find("asleep after")?;
+        log[slept..].contains("ran in").then_some(())
+    });
+}
