@@ -284,6 +284,12 @@ impl Cluster {
         response.json().expect("API answers JSON")
     }
 
+    /// POST an API path on the private listener (empty body), as JSON.
+    pub fn api_post(&self, path: &str) -> serde_json::Value {
+        let response = self.http.post(format!("http://{}{path}", self.private)).send().expect("API request");
+        response.json().expect("API answers JSON")
+    }
+
     /// The app's state on its host (`GET /v1/apps/<name>`).
     pub fn status(&self, app: &str) -> serde_json::Value {
         self.api_get(&format!("/v1/apps/{app}"))

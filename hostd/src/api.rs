@@ -40,6 +40,7 @@ pub fn router(apps: Arc<Apps>, bundle_size_max_bytes: usize) -> Router {
         .route("/v1/apps/{name}", get(status).delete(delete))
         .route("/v1/apps/{name}/deploy", post(deploy))
         .route("/v1/apps/{name}/rollback", post(rollback))
+        .route("/v1/apps/{name}/sleep", post(sleep))
         .route("/v1/apps/{name}/versions", get(versions))
         .route("/v1/apps/{name}/logs", get(logs))
         .route("/v1/apps/{name}/requests", get(requests))
@@ -143,6 +144,18 @@ async fn status(State(api): State<Api>, Path(name): Path<String>) -> Response {
         Ok(Some(status)) => Json(status).into_response(),
         Ok(None) => unknown(&name),
         Err(error) => internal(error),
+    }
+}
+
+/// Stops the app's process now (its next request wakes it): for operators and benchmarks.
+async fn sleep(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    if let Err(response) = check_name(&name) {
+        return response;
+    }
+    match api.apps.sleep_now(&name).await {
+        Ok(Some(stopped)) => Json(serde_json::json!({ "stopped": stopped })).into_response(),
+        Ok(None) => unknown(&name),
+        Err(error) => wake_internal(error),
     }
 }
 

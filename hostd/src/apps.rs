@@ -485,6 +485,17 @@ impl Apps {
         }
     }
 
+    /// Puts `name` to sleep now, as the idle timer would. Returns whether a process was stopped;
+    /// `None` if the app is not here.
+    pub async fn sleep_now(&self, name: &str) -> Result<Option<bool>, WakeError> {
+        let Some(slot) = self.existing_slot(name)? else { return Ok(None) };
+        let mut serving = slot.serving.lock().await;
+        let Some(process) = serving.take_if(|p| p.is_alive()) else { return Ok(Some(false)) };
+        process.stop().await;
+        slot.log.line("steady", &format!("version {} asleep: asked to sleep", process.version));
+        Ok(Some(true))
+    }
+
     async fn sleep_idle(&self) {
         let now_ms = crate::now_ms();
         let slots: Vec<Arc<Slot>> = self.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
