@@ -151,6 +151,8 @@ pub struct Apps {
     membership: Membership,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     cgroups: Hierarchy,
+    /// Signalled when a process starts, so the awake limit is enforced promptly.
+    started: tokio::sync::Notify,
 }
 
 impl Apps {
@@ -160,7 +162,16 @@ impl Apps {
         let data_hash = xxhash_rust::xxh3::xxh3_64(config.data.as_os_str().as_encoded_bytes());
         let cgroups = Hierarchy::detect(&format!("{}-{:08x}", config.id, data_hash as u32));
         tracing::info!(limits = %cgroups.describe(), "app limits");
-        Self { config, runner, store: Mutex::new(store), blobs, membership, slots: Mutex::new(HashMap::new()), cgroups }
+        Self {
+            config,
+            runner,
+            store: Mutex::new(store),
+            blobs,
+            membership,
+            slots: Mutex::new(HashMap::new()),
+            cgroups,
+            started: tokio::sync::Notify::new(),
+        }
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -296,20 +307,24 @@ impl Apps {
         }
         let result = self.wake_slot(&slot, &current).await;
         slot.waiting.fetch_sub(1, Ordering::AcqRel);
-        let socket = result?;
+        let (socket, started) = result?;
+        if started {
+            self.started.notify_one();
+        }
         slot.in_flight.fetch_add(1, Ordering::AcqRel);
         slot.requests_total.fetch_add(1, Ordering::AcqRel);
         Ok(Lease { socket, slot })
     }
 
-    async fn wake_slot(&self, slot: &Slot, current: &Current) -> Result<PathBuf, WakeError> {
+    /// The socket of the slot's live process, and whether this call started it.
+    async fn wake_slot(&self, slot: &Slot, current: &Current) -> Result<(PathBuf, bool), WakeError> {
         let deadline = Duration::from_millis(self.config.start_timeout_ms);
         let mut serving = tokio::time::timeout(deadline, slot.serving.lock())
             .await
             .map_err(|_| WakeError::Deadline(slot.name.clone()))?;
         if let Some(process) = serving.as_ref() {
             if process.is_alive() {
-                return Ok(process.socket.clone());
+                return Ok((process.socket.clone(), false));
             }
             if process.crashed() {
                 let lived_ms = process.spawned_at.elapsed().as_millis() as u64;
@@ -323,7 +338,7 @@ impl Apps {
                 tracing::info!(app = %slot.name, version = current.version, start_ms = process.start_ms, "app woke");
                 let socket = process.socket.clone();
                 *serving = Some(process);
-                Ok(socket)
+                Ok((socket, true))
             }
             Err(error) => {
                 self.note_crash(slot, 0);
@@ -453,6 +468,7 @@ impl Apps {
             previous.stop().await;
         }
         slot.log.line("steady", &format!("version {version} serving"));
+        self.started.notify_one();
         Ok(table_version)
     }
 
@@ -479,9 +495,47 @@ impl Apps {
         let interval_ms = (self.config.idle_timeout_ms / 4).clamp(10, HOUSEKEEPING_INTERVAL_MS_MAX);
         let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms));
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = self.started.notified() => {}
+            }
             self.sleep_idle().await;
+            self.enforce_awake_max().await;
             self.collect_expired().await;
+        }
+    }
+
+    /// Keeps at most `awake_max` app processes: the least recently used idle ones sleep first.
+    async fn enforce_awake_max(&self) {
+        let slots: Vec<Arc<Slot>> = self.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut awake: Vec<(u64, Arc<Slot>)> = Vec::with_capacity(slots.len());
+        for slot in slots {
+            let running = slot.serving.try_lock().map_or(true, |s| s.as_ref().is_some_and(|p| p.is_alive()));
+            if running {
+                awake.push((slot.last_active_ms.load(Ordering::Acquire), slot));
+            }
+        }
+        let excess = awake.len().saturating_sub(self.config.awake_max);
+        if excess == 0 {
+            return;
+        }
+        awake.sort_by_key(|(last_active_ms, _)| *last_active_ms);
+        let mut evicted = 0;
+        for (_, slot) in awake {
+            if evicted == excess {
+                break;
+            }
+            let busy = slot.in_flight.load(Ordering::Acquire) > 0 || slot.waiting.load(Ordering::Acquire) > 0;
+            let Ok(mut serving) = slot.serving.try_lock() else { continue };
+            if busy {
+                continue;
+            }
+            if let Some(process) = serving.take_if(|p| p.is_alive()) {
+                process.stop().await;
+                slot.log
+                    .line("steady", &format!("version {} asleep: host at its limit of awake apps", process.version));
+                evicted += 1;
+            }
         }
     }
 

@@ -64,6 +64,9 @@ pub struct Config {
     /// An app with no request for this long is stopped; its next request starts it again.
     #[arg(long, default_value_t = 300_000)]
     pub idle_timeout_ms: u64,
+    /// Most app processes running at once; beyond it the least recently used idle apps sleep.
+    #[arg(long, default_value_t = 200)]
+    pub awake_max: usize,
     /// Memory limit of each app process (kernel-enforced where cgroups are available).
     #[arg(long, default_value_t = 256)]
     pub app_memory_max_mib: u64,
@@ -82,6 +85,9 @@ impl Config {
         self.bwrap = resolve_binary(&self.bwrap)?;
         if self.app_memory_max_mib < 32 || self.app_pids_max < 8 || self.app_cpu_max_percent == 0 {
             return Err("app limits too small: memory at least 32 MiB, at least 8 processes, CPU above 0 %".into());
+        }
+        if self.awake_max == 0 {
+            return Err("--awake-max must be above zero".into());
         }
         if self.id.is_empty() || self.id.len() > 64 {
             return Err("--id must be 1-64 characters".into());

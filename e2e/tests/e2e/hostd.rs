@@ -266,3 +266,21 @@ fn a_sleeping_app_is_woken_for_its_cron() {
         log[slept..].contains("ran in").then_some(())
     });
 }
+
+#[test]
+fn a_host_keeps_at_most_awake_max_apps_running() {
+    let cluster = Cluster::start_with(1, &["--awake-max", "2"]);
+    let names = ["first", "second", "third"];
+    for name in names {
+        cluster.deploy(&write_app(cluster.dir.path(), name, &slow_app(0, name)), name);
+    }
+    let running = || names.iter().filter(|n| cluster.status(n)["state"] == "running").count();
+    eventually("at most two running apps", || (running() <= 2).then_some(()));
+    eventually("the least recently used app to sleep", || {
+        cluster.app_log("first").contains("limit of awake apps").then_some(())
+    });
+    for name in names {
+        assert_eq!(cluster.get(name, "/").body, name, "every app still answers");
+    }
+    eventually("the limit to hold again", || (running() <= 2).then_some(()));
+}
