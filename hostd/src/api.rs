@@ -128,6 +128,10 @@ fn deploy_failure(name: &str, error: DeployError) -> Response {
             (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
         }
         DeployError::Unknown(_) => failure(StatusCode::NOT_FOUND, "unknown_app", message),
+        DeployError::Trial { log, .. } => {
+            let body = serde_json::json!({ "code": "trial_failed", "message": message, "log": log });
+            (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+        }
         DeployError::BadSchedule { .. } => failure(StatusCode::BAD_REQUEST, "bad_schedule", message),
         DeployError::NoSuchVersion(_) => failure(StatusCode::NOT_FOUND, "unknown_version", message),
         DeployError::Membership(MembershipError::NotOwner(_)) => failure(StatusCode::CONFLICT, "not_owner", message),

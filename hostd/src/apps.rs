@@ -44,6 +44,66 @@ fn latest_tick(schedule: &Schedule, last_tick_ms: u64, now_ms: u64) -> Option<u6
     schedule.next_after(now_ms.saturating_sub(CRON_LATE_MS_MAX)).filter(|&t| t <= now_ms).or(Some(tick))
 }
 
+/// Largest data directory copied for a new version's trial.
+const TRIAL_COPY_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Longest a trial request may take.
+const TRIAL_REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// Most files walked when measuring or copying an app's data.
+const DATA_FILES_MAX: usize = 10_000;
+
+/// Sends `GET /` to the app on `socket`; any answer below 500 passes.
+async fn check_answers(socket: &std::path::Path, app: &str) -> Result<(), String> {
+    let request = axum::http::Request::get("/")
+        .header("host", format!("{app}.trial"))
+        .body(axum::body::Body::empty())
+        .expect("static request");
+    let timeout = Duration::from_millis(TRIAL_REQUEST_TIMEOUT_MS);
+    match tokio::time::timeout(timeout, crate::ingress::send(socket, request)).await {
+        Ok(Ok(response)) if response.status().as_u16() < 500 => Ok(()),
+        Ok(Ok(response)) => Err(format!("GET / answered {}", response.status())),
+        Ok(Err(error)) => Err(format!("GET / failed: {error}")),
+        Err(_) => Err(format!("GET / did not answer within {TRIAL_REQUEST_TIMEOUT_MS} ms")),
+    }
+}
+
+/// Total size of the regular files under `dir` (bounded walk).
+fn directory_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    let mut pending = vec![dir.to_owned()];
+    let mut seen = 0;
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            seen += 1;
+            if seen > DATA_FILES_MAX {
+                return Ok(u64::MAX);
+            }
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                total += entry.metadata()?.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Copies the regular files and directories under `from` to `to` (links are not followed).
+fn copy_directory(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_directory(&entry.path(), &to.join(entry.file_name()))?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
 /// How often schedules are checked.
 const CRON_CHECK_INTERVAL_MS: u64 = 200;
 /// A tick later than this (hostd was down) is skipped, not run.
@@ -86,6 +146,8 @@ pub enum DeployError {
     Unknown(String),
     #[error("{0}")]
     NoSuchVersion(String),
+    #[error("version {version} failed its trial against a copy of the data: {message}")]
+    Trial { version: u64, message: String, log: Vec<String> },
     #[error("version {version} declares bad cron schedules: {message}")]
     BadSchedule { version: u64, message: String },
     #[error(transparent)]
@@ -273,28 +335,70 @@ impl Apps {
         self.config.data.join("apps").join(name)
     }
 
-    fn spec(&self, name: &str, current: &Current) -> std::io::Result<Spec> {
-        let socket_dir = self.config.data.join("run").join(format!("{}-{}", current.app_id, current.version));
+    /// The sandbox of `current`; a trial runs on the copy of the data in `trial/`.
+    fn spec(&self, name: &str, current: &Current, trial: bool) -> std::io::Result<Spec> {
+        let suffix = if trial { "-trial" } else { "" };
+        let run = format!("{}-{}{suffix}", current.app_id, current.version);
+        let socket_dir = self.config.data.join("run").join(run);
         std::fs::create_dir_all(&socket_dir)?;
         Ok(Spec {
             bwrap: self.config.bwrap.clone(),
             bun: self.config.bun.clone(),
             runner: self.runner.clone(),
             bundle_dir: self.config.data.join("bundles").join(&current.bundle),
-            data_dir: self.app_dir(name).join("data"),
+            data_dir: self.app_dir(name).join(if trial { "trial" } else { "data" }),
             socket_dir,
             env: vec![("STEADY_APP".into(), name.into()), ("STEADY_VERSION".into(), current.version.to_string())],
         })
     }
 
     async fn start(&self, slot: &Slot, current: &Current) -> Result<AppProcess, StartError> {
-        let spec = self.spec(&slot.name, current).map_err(StartError::Spawn)?;
-        let group = self.cgroups.create(&slot.name, self.config.app_limits()).map_err(StartError::Spawn)?;
-        let process =
-            AppProcess::start(&spec, current.version, slot.log.clone(), self.config.start_timeout_ms, group).await?;
+        let process = self.start_in(slot, current, false).await?;
         slot.last_start_ms.store(crate::now_ms(), Ordering::Release);
         slot.last_start_duration_ms.store(process.start_ms, Ordering::Release);
         Ok(process)
+    }
+
+    async fn start_in(&self, slot: &Slot, current: &Current, trial: bool) -> Result<AppProcess, StartError> {
+        let spec = self.spec(&slot.name, current, trial).map_err(StartError::Spawn)?;
+        let group = self.cgroups.create(&slot.name, self.config.app_limits()).map_err(StartError::Spawn)?;
+        let timeout_ms = self.config.start_timeout_ms;
+        AppProcess::start(&spec, current.version, slot.log.clone(), timeout_ms, group, trial).await
+    }
+
+    /// Runs `target` against a copy of the app's data and asks it for `/`: a version that
+    /// does not start, or answers 5xx, never touches the live data. Skipped when there is no
+    /// data to protect, and (logged) when it is larger than [`TRIAL_COPY_BYTES_MAX`].
+    async fn trial(&self, slot: &Slot, target: &Current) -> Result<(), String> {
+        let version = target.version;
+        let app_dir = self.app_dir(&slot.name);
+        let (data, copy) = (app_dir.join("data"), app_dir.join("trial"));
+        let size = directory_bytes(&data).map_err(|e| format!("measuring the data: {e}"))?;
+        if size == 0 {
+            return Ok(());
+        }
+        if size > TRIAL_COPY_BYTES_MAX {
+            slot.log.line("steady", &format!("version {version} trial skipped: data is {size} bytes"));
+            return Ok(());
+        }
+        let _ = std::fs::remove_dir_all(&copy);
+        copy_directory(&data, &copy).map_err(|e| format!("copying the data: {e}"))?;
+        let outcome = match self.start_in(slot, target, true).await {
+            Ok(process) => {
+                let checked = check_answers(&process.socket, &slot.name).await;
+                process.stop().await;
+                checked
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        let _ = std::fs::remove_dir_all(&copy);
+        match &outcome {
+            Ok(()) => slot.log.line("steady", &format!("version {version} passed its trial on a copy of the data")),
+            Err(message) => {
+                slot.log.line("steady", &format!("version {version} failed its trial on a copy of the data: {message}"))
+            }
+        }
+        outcome
     }
 
     /// Gives a request a running `name`, starting it first if needed.
@@ -440,6 +544,10 @@ impl Apps {
             }
             Err(error)
         };
+        if let Err(message) = self.trial(slot, target).await {
+            let log = slot.log.tail(FAILED_START_LOG_LINES);
+            return fail(DeployError::Trial { version, message, log });
+        }
         let process = match self.start(slot, target).await {
             Ok(process) => process,
             Err(error) => {

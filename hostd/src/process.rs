@@ -68,7 +68,9 @@ impl AppProcess {
         log: Arc<AppLog>,
         timeout_ms: u64,
         group: Option<AppGroup>,
+        trial: bool,
     ) -> Result<Self, StartError> {
+        let label = if trial { format!("version {version} (trial)") } else { format!("version {version}") };
         let group = group.map(Arc::new);
         let socket = spec.socket_dir.join(SOCKET_NAME);
         let _ = std::fs::remove_file(&socket);
@@ -97,11 +99,12 @@ impl AppProcess {
         let mut child = command.spawn().map_err(StartError::Spawn)?;
         drop(ready_writer);
         let pid = child.id().map(|p| p as i32).ok_or_else(|| StartError::Exited("no pid".into()))?;
-        log.line("steady", &format!("version {version} starting (pid {pid})"));
+        log.line("steady", &format!("{label} starting (pid {pid})"));
         pump(child.stdout.take(), log.clone(), "out");
         pump(child.stderr.take(), log.clone(), "err");
         let (exit_sender, exited) = watch::channel(None);
         let exit_log = log.clone();
+        let exit_label = label.clone();
         let exit_group = group.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
@@ -110,7 +113,7 @@ impl AppProcess {
                 description += &limit_events(group.events());
                 group.remove().await;
             }
-            exit_log.line("steady", &format!("version {version} exited: {description}"));
+            exit_log.line("steady", &format!("{exit_label} exited: {description}"));
             let _ = exit_sender.send(Some(description));
         });
         let process = Self {
@@ -126,7 +129,7 @@ impl AppProcess {
         };
         let schedules = process.wait_ready(OwnedFd::from(ready_reader), timeout_ms).await?;
         let start_ms = spawned.elapsed().as_millis() as u64;
-        log.line("steady", &format!("version {version} listening after {start_ms} ms"));
+        log.line("steady", &format!("{label} listening after {start_ms} ms"));
         Ok(Self { start_ms, schedules, ..process })
     }
 

@@ -149,3 +149,25 @@ fn a_hono_app_works_as_it_is() {
     let greeting = cluster.get("hono", "/greet/ada");
     assert_eq!((greeting.status, greeting.body.as_str()), (200, r#"{"hello":"ada"}"#));
 }
+
+#[test]
+fn a_bad_migration_fails_its_trial_and_never_touches_the_live_data() {
+    let cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "migrating", COUNTER_APP);
+    cluster.deploy(&app, "migrating");
+    assert_eq!(cluster.get("migrating", "/").body, "migrating hits=1");
+
+    let bad = r#"
+import { Database } from "bun:sqlite";
+const db = new Database(`${process.env.STEADY_DATA_DIR}/counter.db`);
+db.run("DROP TABLE hits");
+export default { fetch() { const row = db.query("SELECT COUNT(*) AS n FROM hits").get(); return new Response(String(row)); } };
+"#;
+    std::fs::write(app.join("index.ts"), bad).unwrap();
+    let refused = cluster.steady(&["deploy", app.to_str().unwrap(), "--name", "migrating"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("failed its trial against a copy of the data"), "{stderr}");
+    assert_eq!(cluster.get("migrating", "/").body, "migrating hits=2", "live data and version untouched");
+    assert!(!cluster.hosts[0].data.join("apps/migrating/trial").exists(), "the copy is cleaned up");
+}
