@@ -50,7 +50,7 @@ fn main() {
     cluster.deploy(&workspace().join("examples/hello"), "cold");
     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
     let url = format!("http://{}/", cluster.public);
-    let mut ttfb = |http: &reqwest::blocking::Client| {
+    let ttfb = |http: &reqwest::blocking::Client| {
         let started = Instant::now();
         let response = http.get(&url).header("host", "cold.localhost").send().expect("request");
         let elapsed = started.elapsed().as_secs_f64() * 1000.0;

@@ -12,7 +12,7 @@ const RUNNER_JS: &str = include_str!("runner.js");
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(env_filter()).with_target(false).init();
+    steady_daemon::init_tracing();
     let config = match Config::parse().validate() {
         Ok(config) => config,
         Err(message) => {
@@ -47,9 +47,10 @@ async fn main() -> anyhow::Result<()> {
     let api_server = serve(api_listener, api::router(apps.clone(), bundle_size_max_bytes), stop);
     if let Some(path) = ready_file {
         let ready = serde_json::json!({ "ingress": host.ingress_addr, "api": host.api_addr });
-        write_ready_file(&path, &ready)?;
+        steady_daemon::write_ready_file(&path, &ready)?;
     }
-    shutdown_signal().await;
+    steady_daemon::shutdown_signal().await;
+    tracing::info!("host stopping");
     let _ = stop_sender.send(true);
     apps.stop_all().await;
     let _ = tokio::join!(ingress_server, api_server);
@@ -74,24 +75,4 @@ fn serve(
             tracing::error!(%error, "listener failed");
         }
     })
-}
-
-fn env_filter() -> tracing_subscriber::EnvFilter {
-    tracing_subscriber::EnvFilter::try_from_env("STEADY_LOG").unwrap_or_else(|_| "info".into())
-}
-
-fn write_ready_file(path: &std::path::Path, value: &serde_json::Value) -> anyhow::Result<()> {
-    let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, value.to_string())?;
-    std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        return std::future::pending().await;
-    };
-    tokio::select! { _ = terminate.recv() => {}, _ = interrupt.recv() => {} }
-    tracing::info!("host stopping");
 }

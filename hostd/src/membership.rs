@@ -62,14 +62,7 @@ impl Membership {
         let body = AppDeployed { host_id: self.host.id.clone(), version };
         let response =
             self.http.put(&url).json(&body).send().await.map_err(|e| MembershipError::Unreachable(url.clone(), e))?;
-        if response.status() == reqwest::StatusCode::CONFLICT {
-            return Err(MembershipError::NotOwner(refusal(response).await));
-        }
-        if !response.status().is_success() {
-            return Err(MembershipError::Refused(refusal(response).await));
-        }
-        let answer: TableVersion = response.json().await.map_err(|e| MembershipError::Unreachable(url, e))?;
-        Ok(answer.version)
+        table_version(url, response).await
     }
 }
 
@@ -78,15 +71,20 @@ impl Membership {
     pub async fn app_deleted(&self, app: &str) -> Result<u64, MembershipError> {
         let url = format!("{}/apps/{app}?host_id={}", self.base_url, self.host.id);
         let response = self.http.delete(&url).send().await.map_err(|e| MembershipError::Unreachable(url.clone(), e))?;
-        if response.status() == reqwest::StatusCode::CONFLICT {
-            return Err(MembershipError::NotOwner(refusal(response).await));
-        }
-        if !response.status().is_success() {
-            return Err(MembershipError::Refused(refusal(response).await));
-        }
-        let answer: TableVersion = response.json().await.map_err(|e| MembershipError::Unreachable(url, e))?;
-        Ok(answer.version)
+        table_version(url, response).await
     }
+}
+
+/// The table version in a slicer's answer to a change, or why there is none.
+async fn table_version(url: String, response: reqwest::Response) -> Result<u64, MembershipError> {
+    if response.status() == reqwest::StatusCode::CONFLICT {
+        return Err(MembershipError::NotOwner(refusal(response).await));
+    }
+    if !response.status().is_success() {
+        return Err(MembershipError::Refused(refusal(response).await));
+    }
+    let answer: TableVersion = response.json().await.map_err(|e| MembershipError::Unreachable(url, e))?;
+    Ok(answer.version)
 }
 
 async fn refusal(response: reqwest::Response) -> String {

@@ -14,10 +14,7 @@ const GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
 const UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 1024;
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STEADY_LOG").unwrap_or_else(|_| "info".into()))
-        .with_target(false)
-        .init();
+    steady_daemon::init_tracing();
     let config = match Config::parse().validate() {
         Ok(config) => config,
         Err(message) => {
