@@ -123,6 +123,8 @@ pub enum WakeError {
     Unknown(String),
     #[error("too many requests are waiting for {0:?} to start")]
     QueueFull(String),
+    #[error("{0:?} is already handling as many requests as it may at once")]
+    Busy(String),
     #[error("{0:?} did not start in time")]
     Deadline(String),
     #[error("{app:?} failed to start: {error}")]
@@ -415,7 +417,10 @@ impl Apps {
         if started {
             self.started.notify_one();
         }
-        slot.in_flight.fetch_add(1, Ordering::AcqRel);
+        if slot.in_flight.fetch_add(1, Ordering::AcqRel) >= self.config.app_concurrency_max {
+            slot.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(WakeError::Busy(name.into()));
+        }
         slot.requests_total.fetch_add(1, Ordering::AcqRel);
         Ok(Lease { socket, slot })
     }

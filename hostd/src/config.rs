@@ -67,6 +67,12 @@ pub struct Config {
     /// Most app processes running at once; beyond it the least recently used idle apps sleep.
     #[arg(long, default_value_t = 200)]
     pub awake_max: usize,
+    /// Most requests one app handles at once; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 256)]
+    pub app_concurrency_max: usize,
+    /// Largest request body forwarded to an app, in bytes; larger ones get 413.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub request_body_max_bytes: u64,
     /// Memory limit of each app process (kernel-enforced where cgroups are available).
     #[arg(long, default_value_t = 256)]
     pub app_memory_max_mib: u64,
@@ -85,6 +91,9 @@ impl Config {
         self.bwrap = resolve_binary(&self.bwrap)?;
         if self.app_memory_max_mib < 32 || self.app_pids_max < 8 || self.app_cpu_max_percent == 0 {
             return Err("app limits too small: memory at least 32 MiB, at least 8 processes, CPU above 0 %".into());
+        }
+        if self.app_concurrency_max == 0 || self.request_body_max_bytes == 0 {
+            return Err("--app-concurrency-max and --request-body-max-bytes must be above zero".into());
         }
         if self.awake_max == 0 {
             return Err("--awake-max must be above zero".into());

@@ -19,12 +19,30 @@ const RETRY_AFTER_SECONDS: u64 = 1;
 /// Longest path kept in the request log.
 const LOGGED_PATH_BYTES_MAX: usize = 512;
 
-/// The ingress router: every path is app traffic.
-pub fn router(apps: Arc<Apps>) -> axum::Router {
-    axum::Router::new().fallback(forward).with_state(apps)
+/// The ingress router: every path is app traffic. Bodies above `body_max_bytes` are refused.
+pub fn router(apps: Arc<Apps>, body_max_bytes: u64) -> axum::Router {
+    axum::Router::new().fallback(forward).with_state(Ingress { apps, body_max_bytes })
 }
 
-async fn forward(State(apps): State<Arc<Apps>>, mut request: Request) -> Response {
+#[derive(Clone)]
+struct Ingress {
+    apps: Arc<Apps>,
+    body_max_bytes: u64,
+}
+
+async fn forward(State(ingress): State<Ingress>, request: Request) -> Response {
+    let declared = request.headers().get("content-length").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > ingress.body_max_bytes) {
+        let message = format!("request body is larger than the limit of {} bytes", ingress.body_max_bytes);
+        return failure(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message);
+    }
+    // A body without a declared length is cut off at the limit: the app sees it end in error.
+    let limit = usize::try_from(ingress.body_max_bytes).unwrap_or(usize::MAX);
+    let request = request.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
+    forward_to_app(&ingress.apps, request).await
+}
+
+async fn forward_to_app(apps: &Apps, mut request: Request) -> Response {
     let Some(app) = request.headers_mut().remove(HEADER_APP) else {
         return failure(StatusCode::BAD_REQUEST, "no_app", "request carries no app header".into());
     };
@@ -142,6 +160,11 @@ fn wake_failure(error: WakeError) -> Response {
         WakeError::Unknown(_) => failure(StatusCode::NOT_FOUND, "unknown_app", message),
         WakeError::CrashLoop { retry_after_s, .. } => unavailable("crash_loop", retry_after_s),
         WakeError::QueueFull(_) => unavailable("queue_full", RETRY_AFTER_SECONDS),
+        WakeError::Busy(_) => {
+            let mut response = failure(StatusCode::TOO_MANY_REQUESTS, "app_busy", message);
+            response.headers_mut().insert("retry-after", HeaderValue::from(RETRY_AFTER_SECONDS));
+            response
+        }
         WakeError::Deadline(_) | WakeError::Start { .. } => unavailable("app_unavailable", RETRY_AFTER_SECONDS),
         WakeError::Store(_) | WakeError::Io(_) => failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
     }

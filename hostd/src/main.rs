@@ -38,12 +38,13 @@ async fn main() -> anyhow::Result<()> {
     let table = membership.register().await.context("registering with the slicer")?;
     tracing::info!(ingress = %host.ingress_addr, api = %host.api_addr, table_version = table.version, "host registered");
     let bundle_size_max_bytes = config.bundle_size_max_bytes;
+    let request_body_max_bytes = config.request_body_max_bytes;
     let ready_file = config.ready_file.clone();
     let apps = Arc::new(Apps::new(config, runner, store, blobs, membership));
     tokio::spawn(apps.clone().housekeeping());
     tokio::spawn(apps.clone().crons());
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
-    let ingress_server = serve(ingress_listener, ingress::router(apps.clone()), stop.clone());
+    let ingress_server = serve(ingress_listener, ingress::router(apps.clone(), request_body_max_bytes), stop.clone());
     let api_server = serve(api_listener, api::router(apps.clone(), bundle_size_max_bytes), stop);
     if let Some(path) = ready_file {
         let ready = serde_json::json!({ "ingress": host.ingress_addr, "api": host.api_addr });

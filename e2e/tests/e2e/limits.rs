@@ -76,3 +76,34 @@ fn a_busy_loop_is_throttled_and_the_neighbour_keeps_answering() {
     let pid = cluster.status("busy")["pid"].as_u64().expect("the busy app still runs");
     assert!(pid > 0);
 }
+
+#[test]
+fn per_app_concurrency_and_request_bodies_are_bounded() {
+    let cluster = Cluster::start_with(1, &["--app-concurrency-max", "2", "--request-body-max-bytes", "1000"]);
+    let source = "export default { async fetch(r: Request) { const body = await r.text(); \
+                  if (new URL(r.url).pathname === '/slow') await Bun.sleep(500); \
+                  return new Response(String(body.length)); } };\n";
+    cluster.deploy(&write_app(cluster.dir.path(), "bounded", source), "bounded");
+
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6).map(|_| scope.spawn(|| cluster.get("bounded", "/slow"))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let busy: Vec<_> = answers.iter().filter(|a| a.status == 429).collect();
+    assert!(answers.iter().filter(|a| a.status == 200).count() >= 2, "{answers:?}");
+    assert!(
+        !busy.is_empty() && busy.iter().all(|a| a.body.contains("app_busy") && a.retry_after.is_some()),
+        "{answers:?}"
+    );
+
+    let client = reqwest::blocking::Client::new();
+    let post = |size: usize| {
+        let url = format!("http://{}/", cluster.public);
+        client.post(url).header("host", "bounded.localhost").body(vec![b'a'; size]).send().unwrap()
+    };
+    let small = post(500);
+    assert_eq!((small.status().as_u16(), small.text().unwrap()), (200, "500".to_owned()));
+    let large = post(2_000);
+    assert_eq!(large.status().as_u16(), 413);
+    assert!(large.text().unwrap().contains("body_too_large"));
+}
