@@ -15,7 +15,7 @@ use steady_proto::wire::{DeployResult, Rollback, HEADER_TABLE_VERSION};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::apps::{Apps, DeployError, WakeError};
+use crate::apps::{Apps, DeployError};
 use crate::ingress::failure;
 use crate::membership::MembershipError;
 
@@ -159,7 +159,7 @@ async fn sleep(State(api): State<Api>, Path(name): Path<String>) -> Response {
     match api.apps.sleep_now(&name).await {
         Ok(Some(stopped)) => Json(serde_json::json!({ "stopped": stopped })).into_response(),
         Ok(None) => unknown(&name),
-        Err(error) => wake_internal(error),
+        Err(error) => internal(error),
     }
 }
 
@@ -201,7 +201,7 @@ async fn logs(State(api): State<Api>, Path(name): Path<String>, Query(query): Qu
     let log = match api.apps.log(&name) {
         Ok(Some(log)) => log,
         Ok(None) => return unknown(&name),
-        Err(error) => return wake_internal(error),
+        Err(error) => return internal(error),
     };
     let count = query.tail.unwrap_or(TAIL_LINES_DEFAULT).min(TAIL_LINES_MAX);
     let follower = if query.follow {
@@ -244,10 +244,6 @@ async fn requests(State(api): State<Api>, Path(name): Path<String>, Query(query)
     match api.apps.request_log(&name) {
         Ok(Some(log)) => Json(serde_json::json!({ "requests": log.tail(count) })).into_response(),
         Ok(None) => unknown(&name),
-        Err(error) => wake_internal(error),
+        Err(error) => internal(error),
     }
-}
-
-fn wake_internal(error: WakeError) -> Response {
-    internal(error)
 }

@@ -276,7 +276,7 @@ impl Apps {
         let Some(current) = self.store().current(name)? else {
             return Ok(None);
         };
-        let expires_at_ms = self.store().list()?.into_iter().find(|a| a.name == name).and_then(|a| a.expires_at_ms);
+        let expires_at_ms = self.store().expires_at(name)?;
         let slot = self.slot(name)?;
         let crashes = slot.health.lock().unwrap_or_else(|p| p.into_inner()).crashes;
         let looping = crashes >= CRASH_LOOP_THRESHOLD;

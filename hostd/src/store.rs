@@ -194,6 +194,15 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// When the temporary app `name` expires; `None` for a permanent or unknown app.
+    pub fn expires_at(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        let expires: Option<Option<i64>> = self
+            .connection
+            .query_row("SELECT expires_at_ms FROM apps WHERE name = ?1", [name], |r| r.get(0))
+            .optional()?;
+        Ok(expires.flatten().map(|v| v as u64))
+    }
+
     /// Names of temporary apps whose time is up at `now_ms`.
     pub fn expired(&self, now_ms: u64) -> Result<Vec<String>, StoreError> {
         let mut statement =
