@@ -26,10 +26,10 @@ use crate::config::{
 };
 use crate::log::{AppLog, RequestLog};
 use crate::membership::{Membership, MembershipError};
-use crate::process::{AppProcess, StartError};
-use crate::sandbox::Spec;
+use crate::process::{AppProcess, Assignment, StartError};
 use crate::schedule::{self, Schedule};
 use crate::store::{Current, Outcome, Store, StoreError};
+use crate::warm::{SandboxFactory, WarmPool};
 
 /// The latest tick of `schedule` after `last_tick_ms` and at or before `now_ms`, if any.
 fn latest_tick(schedule: &Schedule, last_tick_ms: u64, now_ms: u64) -> Option<u64> {
@@ -44,6 +44,10 @@ fn latest_tick(schedule: &Schedule, last_tick_ms: u64, now_ms: u64) -> Option<u6
     schedule.next_after(now_ms.saturating_sub(CRON_LATE_MS_MAX)).filter(|&t| t <= now_ms).or(Some(tick))
 }
 
+/// Directory (under the data directory) holding one directory per sandbox.
+pub const SANDBOXES_DIR: &str = "sandboxes";
+/// Longest a deploy waits for the old process's in-flight requests before stopping it.
+const DEPLOY_DRAIN_MS_MAX: u64 = 5_000;
 /// Largest data directory copied for a new version's trial.
 const TRIAL_COPY_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Longest a trial request may take.
@@ -175,7 +179,11 @@ struct Slot {
     /// Serialises deploys, rollbacks and deletion of one app.
     deploying: tokio::sync::Mutex<()>,
     waiting: AtomicUsize,
+    /// Requests holding a lease; taken only under `serving`, so a holder of `serving` that
+    /// sees zero knows no request uses the process.
     in_flight: AtomicUsize,
+    /// Notified when `in_flight` drops to zero.
+    drained: tokio::sync::Notify,
     last_active_ms: AtomicU64,
     requests_total: AtomicU64,
     last_start_ms: AtomicU64,
@@ -202,19 +210,20 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.slot.last_active_ms.store(crate::now_ms(), Ordering::Release);
-        self.slot.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.slot.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.slot.drained.notify_waiters();
+        }
     }
 }
 
 /// All apps on this host.
 pub struct Apps {
     config: Config,
-    runner: PathBuf,
     store: Mutex<Store>,
     blobs: BlobStore,
     membership: Membership,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
-    cgroups: Hierarchy,
+    pool: WarmPool,
     /// Signalled when a process starts, so the awake limit is enforced promptly.
     started: tokio::sync::Notify,
 }
@@ -222,18 +231,28 @@ pub struct Apps {
 impl Apps {
     /// Builds the manager; `runner` is the runner script on disk.
     pub fn new(config: Config, runner: PathBuf, store: Store, blobs: BlobStore, membership: Membership) -> Self {
+        assert!(config.data.is_absolute(), "the data directory is canonical after validation");
         // Host ids are unique in a cluster, data directories on a machine: both name the groups.
         let data_hash = xxhash_rust::xxh3::xxh3_64(config.data.as_os_str().as_encoded_bytes());
         let cgroups = Hierarchy::detect(&format!("{}-{:08x}", config.id, data_hash as u32));
         tracing::info!(limits = %cgroups.describe(), "app limits");
+        let factory = SandboxFactory {
+            bwrap: config.bwrap.clone(),
+            bun: config.bun.clone(),
+            runner,
+            root: config.data.join(SANDBOXES_DIR),
+            cgroups,
+            limits: config.app_limits(),
+            boot_timeout_ms: config.start_timeout_ms,
+        };
+        let pool = WarmPool::new(factory, config.warm_sandboxes);
         Self {
             config,
-            runner,
             store: Mutex::new(store),
             blobs,
             membership,
             slots: Mutex::new(HashMap::new()),
-            cgroups,
+            pool,
             started: tokio::sync::Notify::new(),
         }
     }
@@ -300,7 +319,7 @@ impl Apps {
                 .map(|_| slot.last_start_duration_ms.load(Ordering::Acquire)),
             requests_total: slot.requests_total.load(Ordering::Acquire),
             memory_bytes,
-            limits: self.cgroups.describe(),
+            limits: self.pool.cgroups().describe(),
             crashes,
             expires_at_ms,
         }))
@@ -321,6 +340,7 @@ impl Apps {
             deploying: tokio::sync::Mutex::new(()),
             waiting: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
+            drained: tokio::sync::Notify::new(),
             last_active_ms: AtomicU64::new(crate::now_ms()),
             requests_total: AtomicU64::new(0),
             last_start_ms: AtomicU64::new(0),
@@ -337,23 +357,6 @@ impl Apps {
         self.config.data.join("apps").join(name)
     }
 
-    /// The sandbox of `current`; a trial runs on the copy of the data in `trial/`.
-    fn spec(&self, name: &str, current: &Current, trial: bool) -> std::io::Result<Spec> {
-        let suffix = if trial { "-trial" } else { "" };
-        let run = format!("{}-{}{suffix}", current.app_id, current.version);
-        let socket_dir = self.config.data.join("run").join(run);
-        std::fs::create_dir_all(&socket_dir)?;
-        Ok(Spec {
-            bwrap: self.config.bwrap.clone(),
-            bun: self.config.bun.clone(),
-            runner: self.runner.clone(),
-            bundle_dir: self.config.data.join("bundles").join(&current.bundle),
-            data_dir: self.app_dir(name).join(if trial { "trial" } else { "data" }),
-            socket_dir,
-            env: vec![("STEADY_APP".into(), name.into()), ("STEADY_VERSION".into(), current.version.to_string())],
-        })
-    }
-
     async fn start(&self, slot: &Slot, current: &Current) -> Result<AppProcess, StartError> {
         let process = self.start_in(slot, current, false).await?;
         slot.last_start_ms.store(crate::now_ms(), Ordering::Release);
@@ -361,11 +364,27 @@ impl Apps {
         Ok(process)
     }
 
+    /// Hands `current` to a sandbox; a trial runs on the copy of the data in `trial/`.
     async fn start_in(&self, slot: &Slot, current: &Current, trial: bool) -> Result<AppProcess, StartError> {
-        let spec = self.spec(&slot.name, current, trial).map_err(StartError::Spawn)?;
-        let group = self.cgroups.create(&slot.name, self.config.app_limits()).map_err(StartError::Spawn)?;
-        let timeout_ms = self.config.start_timeout_ms;
-        AppProcess::start(&spec, current.version, slot.log.clone(), timeout_ms, group, trial).await
+        let sandbox = self.pool.take().await?;
+        let version = current.version;
+        let assignment = Assignment {
+            bundle_dir: self.config.data.join("bundles").join(&current.bundle),
+            data_dir: self.app_dir(&slot.name).join(if trial { "trial" } else { "data" }),
+            keep_data: !trial,
+            env: vec![("STEADY_APP".into(), slot.name.clone()), ("STEADY_VERSION".into(), version.to_string())],
+            version,
+            log: slot.log.clone(),
+            label: if trial { format!("version {version} (trial)") } else { format!("version {version}") },
+        };
+        let started = sandbox.assign(assignment, self.config.start_timeout_ms).await;
+        self.pool.replenish();
+        started
+    }
+
+    /// Runs forever: keeps the pool of warm sandboxes full.
+    pub async fn keep_warm(self: Arc<Self>) {
+        self.pool.keep_warm().await
     }
 
     /// Runs `target` against a copy of the app's data and asks it for `/`: a version that
@@ -374,7 +393,11 @@ impl Apps {
     async fn trial(&self, slot: &Slot, target: &Current) -> Result<(), String> {
         let version = target.version;
         let app_dir = self.app_dir(&slot.name);
-        let (data, copy) = (app_dir.join("data"), app_dir.join("trial"));
+        let copy = app_dir.join("trial");
+        // The serving process (if any) holds the data while it runs; holding its slot keeps
+        // the data where it is for the copy.
+        let serving = slot.serving.lock().await;
+        let data = serving.as_ref().filter(|p| p.is_alive()).map_or_else(|| app_dir.join("data"), |p| p.data_dir());
         let size = directory_bytes(&data).map_err(|e| format!("measuring the data: {e}"))?;
         if size == 0 {
             return Ok(());
@@ -385,6 +408,7 @@ impl Apps {
         }
         let _ = std::fs::remove_dir_all(&copy);
         copy_directory(&data, &copy).map_err(|e| format!("copying the data: {e}"))?;
+        drop(serving);
         let outcome = match self.start_in(slot, target, true).await {
             Ok(process) => {
                 let checked = check_answers(&process.socket, &slot.name).await;
@@ -417,15 +441,23 @@ impl Apps {
         if started {
             self.started.notify_one();
         }
-        if slot.in_flight.fetch_add(1, Ordering::AcqRel) >= self.config.app_concurrency_max {
-            slot.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Err(WakeError::Busy(name.into()));
-        }
         slot.requests_total.fetch_add(1, Ordering::AcqRel);
         Ok(Lease { socket, slot })
     }
 
-    /// The socket of the slot's live process, and whether this call started it.
+    /// Takes a place among the app's in-flight requests (called holding `serving`).
+    fn enter(&self, slot: &Slot) -> Result<(), WakeError> {
+        if slot.in_flight.fetch_add(1, Ordering::AcqRel) >= self.config.app_concurrency_max {
+            if slot.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+                slot.drained.notify_waiters();
+            }
+            return Err(WakeError::Busy(slot.name.clone()));
+        }
+        Ok(())
+    }
+
+    /// The socket of the slot's live process, and whether this call started it. On success
+    /// the caller holds a place in `in_flight` and must build a [`Lease`] to give it back.
     async fn wake_slot(&self, slot: &Slot, current: &Current) -> Result<(PathBuf, bool), WakeError> {
         let deadline = Duration::from_millis(self.config.start_timeout_ms);
         let mut serving = tokio::time::timeout(deadline, slot.serving.lock())
@@ -433,6 +465,7 @@ impl Apps {
             .map_err(|_| WakeError::Deadline(slot.name.clone()))?;
         if let Some(process) = serving.as_ref() {
             if process.is_alive() {
+                self.enter(slot)?;
                 return Ok((process.socket.clone(), false));
             }
             if process.crashed() {
@@ -447,6 +480,7 @@ impl Apps {
                 tracing::info!(app = %slot.name, version = current.version, start_ms = process.start_ms, "app woke");
                 let socket = process.socket.clone();
                 *serving = Some(process);
+                self.enter(slot)?;
                 Ok((socket, true))
             }
             Err(error) => {
@@ -538,9 +572,11 @@ impl Apps {
         Ok((result, table_version))
     }
 
-    /// Starts `target` beside the serving process, records it with the slicer, makes it
-    /// current and stops the old process. `new_attempt` says whether `target` is a version
-    /// attempt to finish (a deploy) or an existing ready version (a rollback).
+    /// Swaps the serving process for one of `target`: trial on a copy of the data, then (with
+    /// new requests held) drain and stop the old process, start `target` on the data, record it
+    /// with the slicer, make it current. Only one process ever holds an app's data. If `target`
+    /// fails at any step the old version is started again. `new_attempt` says whether `target`
+    /// is a version attempt to finish (a deploy) or an existing ready version (a rollback).
     async fn activate(&self, slot: &Slot, target: &Current, new_attempt: bool) -> Result<u64, DeployError> {
         let version = target.version;
         let fail = |error: DeployError| {
@@ -553,36 +589,81 @@ impl Apps {
             let log = slot.log.tail(FAILED_START_LOG_LINES);
             return fail(DeployError::Trial { version, message, log });
         }
+        let previous = self.store().current(&slot.name)?;
+        let mut serving = slot.serving.lock().await;
+        let was_running = self.retire(slot, &mut serving).await;
+        let previous = previous.filter(|_| was_running);
         let process = match self.start(slot, target).await {
             Ok(process) => process,
             Err(error) => {
                 slot.log.line("steady", &format!("version {version} failed to start: {error}"));
                 let log = slot.log.tail(FAILED_START_LOG_LINES);
+                self.resume(slot, &mut serving, previous).await;
                 return fail(DeployError::Start { version, error, log });
             }
         };
-        if let Err(message) = schedule::parse_all(&process.schedules) {
-            process.stop().await;
-            slot.log.line("steady", &format!("version {version} refused: {message}"));
-            return fail(DeployError::BadSchedule { version, message });
-        }
-        let table_version = match self.membership.app_deployed(&slot.name, version).await {
+        let checked = match schedule::parse_all(&process.schedules) {
+            Ok(_) => self.membership.app_deployed(&slot.name, version).await.map_err(DeployError::from),
+            Err(message) => {
+                slot.log.line("steady", &format!("version {version} refused: {message}"));
+                Err(DeployError::BadSchedule { version, message })
+            }
+        };
+        let table_version = match checked {
             Ok(table_version) => table_version,
             Err(error) => {
                 process.stop().await;
-                return fail(error.into());
+                self.resume(slot, &mut serving, previous).await;
+                return fail(error);
             }
         };
         self.store().finish_version(target.app_id, version, Outcome::Ready)?;
         self.store().set_schedules(&slot.name, &process.schedules, crate::now_ms())?;
         *slot.health.lock().unwrap_or_else(|p| p.into_inner()) = Health::default();
-        let previous = slot.serving.lock().await.replace(process);
-        if let Some(previous) = previous {
-            previous.stop().await;
-        }
+        *serving = Some(process);
+        drop(serving);
         slot.log.line("steady", &format!("version {version} serving"));
         self.started.notify_one();
         Ok(table_version)
+    }
+
+    /// Takes the serving process out of `serving` and stops it once its in-flight requests
+    /// are done (waiting at most [`DEPLOY_DRAIN_MS_MAX`]). Returns whether one was running.
+    /// The caller holds `serving`, so no new request reaches the old process meanwhile.
+    async fn retire(&self, slot: &Slot, serving: &mut Option<AppProcess>) -> bool {
+        {
+            let Some(process) = serving.take().filter(|p| p.is_alive()) else { return false };
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(DEPLOY_DRAIN_MS_MAX);
+            loop {
+                let drained = slot.drained.notified();
+                let in_flight = slot.in_flight.load(Ordering::Acquire);
+                if in_flight == 0 {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                    let line = format!("version {} stopped with {in_flight} requests still in flight", process.version);
+                    slot.log.line("steady", &line);
+                    break;
+                }
+            }
+            process.stop().await;
+            true
+        }
+    }
+
+    /// After a failed swap: starts `previous` again (if it was running) so the app keeps its
+    /// last good version.
+    async fn resume(&self, slot: &Slot, serving: &mut Option<AppProcess>, previous: Option<Current>) {
+        let Some(previous) = previous else { return };
+        match self.start(slot, &previous).await {
+            Ok(process) => {
+                slot.log.line("steady", &format!("version {} serving again", previous.version));
+                *serving = Some(process);
+            }
+            Err(error) => {
+                slot.log.line("steady", &format!("version {} did not start again: {error}", previous.version));
+            }
+        }
     }
 
     /// Stops and forgets `name`: its process, records, data and logs. Returns whether it existed.
@@ -779,6 +860,7 @@ impl Apps {
                 slot.log.line("steady", &format!("version {} stopped: host shutting down", process.version));
             }
         }
-        self.cgroups.remove_all();
+        self.pool.drain().await;
+        self.pool.cgroups().remove_all();
     }
 }

@@ -21,6 +21,8 @@ pub const CRASH_BACKOFF_MS_MAX: u64 = 60_000;
 pub const CRASH_RESET_AFTER_MS: u64 = 10_000;
 /// How often idle apps and expired temporary apps are looked for, at most.
 pub const HOUSEKEEPING_INTERVAL_MS_MAX: u64 = 1_000;
+/// Most sandboxes kept warm.
+pub const WARM_SANDBOXES_MAX: usize = 64;
 /// Unix socket paths are limited to 108 bytes by the kernel; the data directory must leave room.
 pub const SOCKET_PATH_BYTES_MAX: usize = 107;
 
@@ -79,6 +81,9 @@ pub struct Config {
     /// Most processes (and threads) each app may have.
     #[arg(long, default_value_t = 64)]
     pub app_pids_max: u64,
+    /// Sandboxes kept started and waiting for an app, so a wake skips the spawn (0 turns it off).
+    #[arg(long, default_value_t = 2)]
+    pub warm_sandboxes: usize,
     /// CPU limit of each app, in percent of one core.
     #[arg(long, default_value_t = 100)]
     pub app_cpu_max_percent: u64,
@@ -106,8 +111,11 @@ impl Config {
         }
         std::fs::create_dir_all(&self.data).map_err(|e| format!("creating {}: {e}", self.data.display()))?;
         self.data = self.data.canonicalize().map_err(|e| format!("{}: {e}", self.data.display()))?;
-        // Socket paths are <data>/run/<id>-<version>/app.sock: leave 40 bytes for the tail.
-        if self.data.as_os_str().len() + 40 > SOCKET_PATH_BYTES_MAX {
+        if self.warm_sandboxes > WARM_SANDBOXES_MAX {
+            return Err(format!("--warm-sandboxes must be at most {WARM_SANDBOXES_MAX}"));
+        }
+        // Socket paths are <data>/sandboxes/<n>/run/app.sock: leave 48 bytes for the tail.
+        if self.data.as_os_str().len() + 48 > SOCKET_PATH_BYTES_MAX {
             return Err(format!("data directory path {} is too long for Unix socket paths", self.data.display()));
         }
         Ok(self)

@@ -2,7 +2,7 @@
 //!
 //! A host stores bundles content-addressed ([`blob`], [`bundle`]), keeps its apps and their
 //! versions in SQLite ([`store`]), runs each app as Bun inside a bubblewrap sandbox on a Unix
-//! socket ([`sandbox`], [`process`]) under kernel limits ([`cgroup`]), starts apps on demand and swaps versions on deploy
+//! socket ([`sandbox`], [`process`]), started ahead of need ([`warm`]), under kernel limits ([`cgroup`]), starts apps on demand and swaps versions on deploy
 //! ([`apps`]), forwards app traffic from the load balancers to the app's socket ([`ingress`]),
 //! serves its control API ([`api`]) and registers with the slicer ([`membership`]).
 
@@ -19,6 +19,7 @@ pub mod process;
 pub mod sandbox;
 pub mod schedule;
 pub mod store;
+pub mod warm;
 
 /// Milliseconds since the Unix epoch, for records and log lines.
 pub fn now_ms() -> u64 {

@@ -23,8 +23,9 @@ async fn main() -> anyhow::Result<()> {
     let data = config.data.clone();
     let runner = data.join("runner.js");
     std::fs::write(&runner, RUNNER_JS).context("writing the app runner")?;
-    // Sockets of an earlier run are stale: every app process died with that run.
-    let _ = std::fs::remove_dir_all(data.join("run"));
+    // Every sandbox of an earlier run died with it; put back the data they held.
+    steady_hostd::process::recover(&data.join(steady_hostd::apps::SANDBOXES_DIR))
+        .context("recovering app data from the sandboxes of an earlier run")?;
     let store = Store::open(&data.join("hostd.db")).context("opening the host database")?;
     let blobs = BlobStore::open(&data.join("blobs")).context("opening the blob store")?;
     let ingress_listener = bind(config.ingress).await?;
@@ -43,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let apps = Arc::new(Apps::new(config, runner, store, blobs, membership));
     tokio::spawn(apps.clone().housekeeping());
     tokio::spawn(apps.clone().crons());
+    tokio::spawn(apps.clone().keep_warm());
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let ingress_server = serve(ingress_listener, ingress::router(apps.clone(), request_body_max_bytes), stop.clone());
     let api_server = serve(api_listener, api::router(apps.clone(), bundle_size_max_bytes), stop);

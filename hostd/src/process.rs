@@ -1,25 +1,30 @@
-//! One running app process: spawn inside the sandbox, wait for readiness, pump its output into
-//! the app's log, notice its exit, stop it.
+//! One app process: a sandbox spawned ahead of need, handed an app, supervised, stopped.
 //!
-//! Readiness is a notification, not a poll: the runner writes `ready` on fd 3 once its socket
-//! listens. hostd always holds the pid of the sandbox's outer `bwrap`; killing that process
-//! group ends the app too (`--die-with-parent` inside, `PR_SET_PDEATHSIG` outside), so no stop,
-//! crash or hostd death leaves an orphan.
+//! A [`Sandbox`] is bwrap running Bun running the runner, waiting on stdin for an app. It says
+//! `warm` on fd 3 once Bun is up; [`Sandbox::assign`] links the bundle into the sandbox
+//! directory, renames the app's data directory into it, sends the app's environment and waits
+//! for `ready [schedules]` on fd 3 — notifications, never polls. The result is an
+//! [`AppProcess`]. When the process exits (asked to, or not), its data directory is renamed
+//! back before anyone is told it exited, so the next start of the app finds it where it
+//! belongs; the `home` file in the sandbox directory lets a restarted hostd do the same after
+//! a crash ([`recover`]). hostd always holds the pid of the sandbox's outer `bwrap`; killing
+//! that process group ends the app too (`--die-with-parent` inside, `PR_SET_PDEATHSIG`
+//! outside), so no stop, crash or hostd death leaves an orphan.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
 use crate::cgroup::{AppGroup, Events};
 use crate::config::LOG_LINE_BYTES_MAX;
 use crate::log::AppLog;
-use crate::sandbox::{Spec, SOCKET_NAME};
+use crate::sandbox::{Spec, HOST_APP_DIR, HOST_RUN_DIR, RUN_DATA_NAME, SOCKET_NAME};
 
 /// The file descriptor number the runner reports readiness on.
 const READY_FD: i32 = 3;
@@ -27,29 +32,123 @@ const READY_FD: i32 = 3;
 const READY_LINE_BYTES_MAX: u64 = 16 * 1024;
 /// How long a stopped process gets to exit after SIGKILL before we stop waiting.
 const STOP_WAIT_MS: u64 = 5_000;
+/// File in a sandbox directory naming where its data directory goes back to.
+const HOME_FILE: &str = "home";
+/// Most sandbox directories looked at when recovering after a crash.
+const RECOVER_DIRS_MAX: usize = 100_000;
 
 /// Why an app did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("could not spawn the sandbox: {0}")]
     Spawn(std::io::Error),
+    #[error("could not hand the app to its sandbox: {0}")]
+    Assign(std::io::Error),
     #[error("the app exited before it was ready ({0})")]
     Exited(String),
     #[error("the app was not ready within {0} ms")]
     Timeout(u64),
 }
 
+/// Who a sandbox works for, once it has an app: where its output and exit go, and where its
+/// data directory returns when it ends.
+struct Tenant {
+    log: Arc<AppLog>,
+    label: String,
+    /// The data directory's place outside the sandbox; `None` for a throw-away copy.
+    data_home: Option<PathBuf>,
+}
+
+#[derive(Default)]
+struct Occupancy {
+    tenant: Option<Tenant>,
+    /// Set by the exit watcher: nothing may be moved into the sandbox directory any more.
+    ended: bool,
+}
+
+/// What the output pumps and the exit watcher share with the owner of a sandbox.
+struct Shared {
+    dir: PathBuf,
+    pid: i32,
+    occupancy: Mutex<Occupancy>,
+}
+
+impl Shared {
+    fn occupancy(&self) -> std::sync::MutexGuard<'_, Occupancy> {
+        self.occupancy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn log_line(&self, stream: &str, line: &str) {
+        match &self.occupancy().tenant {
+            Some(tenant) => tenant.log.line(stream, line),
+            None => tracing::warn!(pid = self.pid, stream, line = line.trim_end(), "output of an unassigned sandbox"),
+        }
+    }
+
+    /// After the process exited: return the data, drop the directory, say why it ended.
+    fn end(&self, description: &str) {
+        let mut occupancy = self.occupancy();
+        occupancy.ended = true;
+        let data = self.dir.join(HOST_RUN_DIR).join(RUN_DATA_NAME);
+        if let Some(home) = occupancy.tenant.as_ref().and_then(|t| t.data_home.as_ref()) {
+            if let Err(error) = std::fs::rename(&data, home) {
+                tracing::error!(%error, from = %data.display(), to = %home.display(), "returning app data failed");
+            }
+        }
+        if let Err(error) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(%error, dir = %self.dir.display(), "removing a sandbox directory");
+        }
+        match &occupancy.tenant {
+            Some(tenant) => tenant.log.line("steady", &format!("{} exited: {description}", tenant.label)),
+            None => tracing::warn!(pid = self.pid, description, "an unassigned sandbox exited"),
+        }
+    }
+}
+
+/// A sandbox with Bun running, waiting for an app.
+pub struct Sandbox {
+    shared: Arc<Shared>,
+    stdin: tokio::process::ChildStdin,
+    ready: BufReader<tokio::net::unix::pipe::Receiver>,
+    exited: watch::Receiver<Option<String>>,
+    group: Option<Arc<AppGroup>>,
+    /// Milliseconds from spawn until Bun was up and waiting.
+    pub boot_ms: u64,
+    /// Whether the app that gets this sandbox waited for its boot (it was not warm).
+    pub booted_on_demand: bool,
+}
+
+/// What a sandbox needs to become an app.
+pub struct Assignment {
+    /// The unpacked bundle (its files are hard-linked into the sandbox, which sees them
+    /// read-only).
+    pub bundle_dir: PathBuf,
+    /// The data directory, renamed into the sandbox for as long as the process lives.
+    pub data_dir: PathBuf,
+    /// Whether the data directory returns to `data_dir` afterwards (a trial's copy does not).
+    pub keep_data: bool,
+    /// The app's environment, on top of the sandbox's fixed variables.
+    pub env: Vec<(String, String)>,
+    pub version: u64,
+    pub log: Arc<AppLog>,
+    /// How the process is named in the app's log ("version 3", "version 4 (trial)").
+    pub label: String,
+}
+
 /// A live (or just exited) app process.
 pub struct AppProcess {
-    pid: i32,
+    shared: Arc<Shared>,
     /// Host-side path of the app's Unix socket.
     pub socket: PathBuf,
     /// The version this process runs.
     pub version: u64,
     exited: watch::Receiver<Option<String>>,
-    /// Milliseconds from spawn to listening: the sandbox's share of a cold start.
+    /// Milliseconds from asking for a sandbox to listening: the sandbox's share of a cold
+    /// start (its boot counts only when the app waited for it).
     pub start_ms: u64,
-    /// When the process was spawned.
+    /// Milliseconds the sandbox took to boot (zero-cost to the request when it was warm).
+    pub boot_ms: u64,
+    /// When the process was handed its app.
     pub spawned_at: Instant,
     /// Set once hostd decided to stop it, so its exit is not taken for a crash.
     stop_requested: AtomicBool,
@@ -59,24 +158,17 @@ pub struct AppProcess {
     pub schedules: Vec<String>,
 }
 
-impl AppProcess {
-    /// Spawns the sandboxed app and waits until it listens, or fails with the reason.
+impl Sandbox {
+    /// Spawns a sandbox in the (empty) directory `spec.sandbox_dir` and waits until Bun is up.
     /// `group`, when given, holds the kernel limits the process runs under.
-    pub async fn start(
-        spec: &Spec,
-        version: u64,
-        log: Arc<AppLog>,
-        timeout_ms: u64,
-        group: Option<AppGroup>,
-        trial: bool,
-    ) -> Result<Self, StartError> {
-        let label = if trial { format!("version {version} (trial)") } else { format!("version {version}") };
+    pub async fn spawn(spec: &Spec, group: Option<AppGroup>, timeout_ms: u64) -> Result<Self, StartError> {
+        for sub in [HOST_APP_DIR, HOST_RUN_DIR] {
+            std::fs::create_dir_all(spec.sandbox_dir.join(sub)).map_err(StartError::Spawn)?;
+        }
         let group = group.map(Arc::new);
-        let socket = spec.socket_dir.join(SOCKET_NAME);
-        let _ = std::fs::remove_file(&socket);
         let (ready_reader, ready_writer) = std::io::pipe().map_err(StartError::Spawn)?;
         let mut command = tokio::process::Command::new(&spec.bwrap);
-        command.args(spec.args()).env_clear().stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.args(spec.args()).env_clear().stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         command.process_group(0).kill_on_drop(true);
         let writer_fd = ready_writer.as_raw_fd();
         let joining = group.clone();
@@ -99,12 +191,13 @@ impl AppProcess {
         let mut child = command.spawn().map_err(StartError::Spawn)?;
         drop(ready_writer);
         let pid = child.id().map(|p| p as i32).ok_or_else(|| StartError::Exited("no pid".into()))?;
-        log.line("steady", &format!("{label} starting (pid {pid})"));
-        pump(child.stdout.take(), log.clone(), "out");
-        pump(child.stderr.take(), log.clone(), "err");
+        let shared =
+            Arc::new(Shared { dir: spec.sandbox_dir.clone(), pid, occupancy: Mutex::new(Occupancy::default()) });
+        pump(child.stdout.take(), shared.clone(), "out");
+        pump(child.stderr.take(), shared.clone(), "err");
+        let stdin = child.stdin.take().ok_or_else(|| StartError::Exited("no stdin".into()))?;
         let (exit_sender, exited) = watch::channel(None);
-        let exit_log = log.clone();
-        let exit_label = label.clone();
+        let exit_shared = shared.clone();
         let exit_group = group.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
@@ -113,59 +206,157 @@ impl AppProcess {
                 description += &limit_events(group.events());
                 group.remove().await;
             }
-            exit_log.line("steady", &format!("{exit_label} exited: {description}"));
+            exit_shared.end(&description);
             let _ = exit_sender.send(Some(description));
         });
-        let process = Self {
-            pid,
-            socket,
-            version,
-            exited,
-            start_ms: 0,
-            spawned_at: spawned,
-            stop_requested: AtomicBool::new(false),
-            group,
-            schedules: Vec::new(),
-        };
-        let schedules = process.wait_ready(OwnedFd::from(ready_reader), timeout_ms).await?;
-        let start_ms = spawned.elapsed().as_millis() as u64;
-        log.line("steady", &format!("{label} listening after {start_ms} ms"));
-        Ok(Self { start_ms, schedules, ..process })
+        let receiver =
+            tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(ready_reader)).map_err(StartError::Spawn)?;
+        let mut sandbox =
+            Self { shared, stdin, ready: BufReader::new(receiver), exited, group, boot_ms: 0, booted_on_demand: false };
+        let line = sandbox.read_line(timeout_ms).await?;
+        if line.trim_end() != "warm" {
+            sandbox.kill_and_wait().await;
+            return Err(StartError::Exited(format!("unexpected first line from the runner: {line:?}")));
+        }
+        sandbox.boot_ms = spawned.elapsed().as_millis() as u64;
+        Ok(sandbox)
     }
 
-    /// Waits for `ready [<schedules as JSON>]` on the readiness pipe; returns the schedules.
-    async fn wait_ready(&self, reader: OwnedFd, timeout_ms: u64) -> Result<Vec<String>, StartError> {
-        let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(reader).map_err(StartError::Spawn)?;
+    /// Is the sandbox still running?
+    pub fn is_alive(&self) -> bool {
+        self.exited.borrow().is_none()
+    }
+
+    /// The sandbox's process id (and process group id).
+    pub fn pid(&self) -> u32 {
+        self.shared.pid as u32
+    }
+
+    /// Hands the sandbox its app and waits until the app listens.
+    pub async fn assign(mut self, assignment: Assignment, timeout_ms: u64) -> Result<AppProcess, StartError> {
+        let assigned = Instant::now();
+        let Assignment { bundle_dir, data_dir, keep_data, env, version, log, label } = assignment;
+        log.line("steady", &format!("{label} starting (pid {})", self.shared.pid));
+        link_tree(&bundle_dir, &self.shared.dir.join(HOST_APP_DIR)).map_err(StartError::Assign)?;
+        self.move_data_in(
+            Tenant { log: log.clone(), label: label.clone(), data_home: keep_data.then_some(data_dir.clone()) },
+            &data_dir,
+        )?;
+        let mut message = serde_json::to_vec(
+            &serde_json::json!({ "env": env.into_iter().collect::<std::collections::BTreeMap<_, _>>() }),
+        )
+        .expect("a map of strings serialises");
+        message.push(b'\n');
+        let sent = async {
+            self.stdin.write_all(&message).await?;
+            self.stdin.flush().await
+        };
+        if let Err(error) = sent.await {
+            self.kill_and_wait().await;
+            return Err(StartError::Assign(error));
+        }
+        let line = self.read_line(timeout_ms).await?;
+        let Some(schedules) = line.strip_prefix("ready") else {
+            self.kill_and_wait().await;
+            return Err(StartError::Exited(format!("unexpected line from the runner: {line:?}")));
+        };
+        let schedules = match schedules.trim() {
+            "" => Vec::new(),
+            text => match serde_json::from_str(text) {
+                Ok(schedules) => schedules,
+                Err(error) => {
+                    self.kill_and_wait().await;
+                    return Err(StartError::Exited(format!("bad readiness line: {error}")));
+                }
+            },
+        };
+        let mut start_ms = assigned.elapsed().as_millis() as u64;
+        if self.booted_on_demand {
+            start_ms += self.boot_ms;
+        }
+        let how = if self.booted_on_demand { "a sandbox started for it" } else { "a warm sandbox" };
+        log.line("steady", &format!("{label} listening after {start_ms} ms ({how})"));
+        Ok(AppProcess {
+            socket: self.shared.dir.join(HOST_RUN_DIR).join(SOCKET_NAME),
+            shared: self.shared,
+            version,
+            exited: self.exited,
+            start_ms,
+            boot_ms: self.boot_ms,
+            spawned_at: assigned,
+            stop_requested: AtomicBool::new(false),
+            group: self.group,
+            schedules,
+        })
+    }
+
+    /// Records the tenant and renames its data in, unless the process already ended (then the
+    /// exit watcher would never move the data back).
+    fn move_data_in(&self, tenant: Tenant, data_dir: &Path) -> Result<(), StartError> {
+        let mut occupancy = self.shared.occupancy();
+        if occupancy.ended {
+            return Err(StartError::Exited("the sandbox ended before it got its app".into()));
+        }
+        if !data_dir.is_dir() {
+            let missing = std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no data directory at {}", data_dir.display()),
+            );
+            return Err(StartError::Assign(missing));
+        }
+        if let Some(home) = &tenant.data_home {
+            write_synced(&self.shared.dir.join(HOME_FILE), home.as_os_str().as_encoded_bytes())
+                .map_err(StartError::Assign)?;
+        }
+        std::fs::rename(data_dir, self.shared.dir.join(HOST_RUN_DIR).join(RUN_DATA_NAME))
+            .map_err(StartError::Assign)?;
+        occupancy.tenant = Some(tenant);
+        Ok(())
+    }
+
+    /// Reads one line from the readiness pipe within `timeout_ms`; an error if the process
+    /// ended or timed out (and then it is killed).
+    async fn read_line(&mut self, timeout_ms: u64) -> Result<String, StartError> {
         let mut line = String::new();
         // Bounded: the app's own code could write to fd 3 before the runner does.
-        let mut reader = BufReader::new(receiver).take(READY_LINE_BYTES_MAX);
-        let read = reader.read_line(&mut line);
-        let mut exited = self.exited.clone();
+        let mut bounded = (&mut self.ready).take(READY_LINE_BYTES_MAX);
+        let read = bounded.read_line(&mut line);
         let outcome = tokio::time::timeout(Duration::from_millis(timeout_ms), read).await;
+        drop(bounded);
         match outcome {
-            Ok(Ok(_)) if line.starts_with("ready") => {
-                let schedules = line["ready".len()..].trim();
-                if schedules.is_empty() {
-                    return Ok(Vec::new());
-                }
-                serde_json::from_str(schedules).map_err(|e| StartError::Exited(format!("bad readiness line: {e}")))
-            }
+            Ok(Ok(n)) if n > 0 && line.ends_with('\n') => Ok(line),
             Ok(_) => {
-                // The pipe closed without "ready": the process is exiting; wait for its status.
-                let status =
-                    tokio::time::timeout(Duration::from_millis(STOP_WAIT_MS), exited.wait_for(Option::is_some)).await;
-                let reason = match status {
-                    Ok(Ok(value)) => value.clone().unwrap_or_default(),
-                    _ => "closed its readiness pipe".to_owned(),
-                };
-                self.kill();
+                // The pipe closed without a line: the process is exiting; wait for its status.
+                let reason = self.wait_exit().await.unwrap_or_else(|| "closed its readiness pipe".to_owned());
+                self.kill_and_wait().await;
                 Err(StartError::Exited(reason))
             }
             Err(_) => {
-                self.stop().await;
+                self.kill_and_wait().await;
                 Err(StartError::Timeout(timeout_ms))
             }
         }
+    }
+
+    async fn wait_exit(&self) -> Option<String> {
+        let mut exited = self.exited.clone();
+        let waited = tokio::time::timeout(Duration::from_millis(STOP_WAIT_MS), exited.wait_for(Option::is_some)).await;
+        waited.ok().and_then(|r| r.ok()).and_then(|v| v.clone())
+    }
+
+    /// Kills the sandbox and waits (bounded) until it has exited and its data is back.
+    pub async fn kill_and_wait(&self) {
+        kill_group(self.shared.pid);
+        if self.wait_exit().await.is_none() {
+            tracing::error!(pid = self.shared.pid, "sandbox did not exit after SIGKILL");
+        }
+    }
+}
+
+impl AppProcess {
+    /// Where the app's data directory is while this process lives.
+    pub fn data_dir(&self) -> PathBuf {
+        self.shared.dir.join(HOST_RUN_DIR).join(RUN_DATA_NAME)
     }
 
     /// Is the process still running?
@@ -185,32 +376,84 @@ impl AppProcess {
 
     /// The sandbox's process id (and process group id).
     pub fn pid(&self) -> u32 {
-        self.pid as u32
+        self.shared.pid as u32
     }
 
-    fn kill(&self) {
-        // SAFETY: kill(2) on a process group we created; a stale group id fails with ESRCH.
-        unsafe {
-            libc::kill(-self.pid, libc::SIGKILL);
-        }
-    }
-
-    /// Kills the sandbox and waits (bounded) until the process has exited.
+    /// Kills the sandbox and waits (bounded) until the process has exited and its data
+    /// directory is back in place.
     pub async fn stop(&self) {
         self.stop_requested.store(true, Ordering::Release);
-        self.kill();
+        kill_group(self.shared.pid);
         let mut exited = self.exited.clone();
         let waited = tokio::time::timeout(Duration::from_millis(STOP_WAIT_MS), exited.wait_for(Option::is_some)).await;
         if waited.is_err() {
-            tracing::error!(pid = self.pid, "app process did not exit after SIGKILL");
+            tracing::error!(pid = self.shared.pid, "app process did not exit after SIGKILL");
         }
     }
+}
+
+fn kill_group(pid: i32) {
+    assert!(pid > 1, "never signal init or every process");
+    // SAFETY: kill(2) on a process group we created; a stale group id fails with ESRCH.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
+}
+
+/// Writes `bytes` to `path` and flushes them to disk before returning.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Hard-links every file under `from` into `to` (directories are created): instant, and safe
+/// because the sandbox sees `to` read-only.
+fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            link_tree(&entry.path(), &to.join(entry.file_name()))?;
+        } else if kind.is_file() {
+            std::fs::hard_link(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// After a crash of hostd: puts every data directory left in a sandbox directory under
+/// `root` back where it belongs, then removes the sandbox directories. A data directory whose
+/// home is taken (it should never be) is kept beside it with a `.recovered-<n>` suffix.
+pub fn recover(root: &Path) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(root) else { return Ok(()) };
+    for entry in entries.take(RECOVER_DIRS_MAX) {
+        let dir = entry?.path();
+        let data = dir.join(HOST_RUN_DIR).join(RUN_DATA_NAME);
+        if let (Ok(home), true) = (std::fs::read(dir.join(HOME_FILE)), data.is_dir()) {
+            let home = PathBuf::from(std::ffi::OsString::from(String::from_utf8_lossy(&home).into_owned()));
+            let target = if home.exists() {
+                let name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                let aside = PathBuf::from(format!("{}.recovered-{name}", home.display()));
+                tracing::error!(home = %home.display(), aside = %aside.display(), "two copies of app data; keeping both");
+                aside
+            } else {
+                home
+            };
+            std::fs::rename(&data, &target)?;
+            tracing::info!(data = %target.display(), "app data recovered from a sandbox of an earlier run");
+        }
+        std::fs::remove_dir_all(&dir)?;
+    }
+    Ok(())
 }
 
 /// Copies a stream into the log line by line. Lines are bounded by [`LOG_LINE_BYTES_MAX`]:
 /// a longer run without a newline is logged in pieces, so an app cannot make hostd buffer
 /// without end.
-fn pump(stream: Option<impl AsyncRead + Unpin + Send + 'static>, log: Arc<AppLog>, name: &'static str) {
+fn pump(stream: Option<impl AsyncRead + Unpin + Send + 'static>, shared: Arc<Shared>, name: &'static str) {
     let Some(stream) = stream else { return };
     tokio::spawn(async move {
         let mut reader = BufReader::new(stream);
@@ -219,7 +462,7 @@ fn pump(stream: Option<impl AsyncRead + Unpin + Send + 'static>, log: Arc<AppLog
             line.clear();
             match (&mut reader).take(LOG_LINE_BYTES_MAX as u64).read_until(b'\n', &mut line).await {
                 Ok(0) | Err(_) => break,
-                Ok(_) => log.line(name, &String::from_utf8_lossy(&line)),
+                Ok(_) => shared.log_line(name, &String::from_utf8_lossy(&line)),
             }
         }
     });

@@ -1,13 +1,39 @@
-// steady app runner: loads the app's bundled module and serves its default export's
-// fetch(request, env, ctx) on a Unix socket, then tells hostd it is ready on fd 3, naming
-// the cron schedules the app declares (`crons: { "<expression>": handler }` on the export).
+// steady app runner. Starts before it knows its app: once Bun is up it says `warm` on fd 3
+// and waits for one JSON line on stdin, {"env": {...}}, sent when hostd has placed the app's
+// bundle at /app and its data at /data. Then it loads the bundled module, serves its default
+// export's fetch(request, env, ctx) on a Unix socket and says `ready [schedules]` on fd 3,
+// naming the cron schedules the app declares (`crons: { "<expression>": handler }`).
 // hostd triggers a schedule with a request carrying the x-steady-cron header; clients can
 // never send it (the load balancer and the ingress strip every x-steady-* header).
 const fs = require("node:fs");
+// Loaded while warm, so an app's first use of SQLite costs nothing at its cold start.
+require("bun:sqlite");
 
 const entry = process.env.STEADY_ENTRY;
 const socket = process.env.STEADY_SOCKET;
 const CRONS_MAX = 64;
+const ASSIGNMENT_BYTES_MAX = 256 * 1024;
+
+async function readAssignment() {
+  const reader = Bun.stdin.stream().getReader();
+  const decoder = new TextDecoder();
+  let text = "";
+  while (!text.includes("\n")) {
+    const { value, done } = await reader.read();
+    if (done) process.exit(0); // hostd let this sandbox go without an app
+    text += decoder.decode(value, { stream: true });
+    if (text.length > ASSIGNMENT_BYTES_MAX) {
+      console.error(`steady: assignment longer than ${ASSIGNMENT_BYTES_MAX} bytes`);
+      process.exit(78);
+    }
+  }
+  reader.releaseLock();
+  return JSON.parse(text.slice(0, text.indexOf("\n")));
+}
+
+fs.writeSync(3, "warm\n");
+const assignment = await readAssignment();
+for (const [key, value] of Object.entries(assignment.env ?? {})) process.env[key] = String(value);
 let app;
 try {
   app = (await import(entry)).default;

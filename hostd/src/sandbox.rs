@@ -5,6 +5,13 @@
 //! a socket directory at `/run/steady`, a private `/tmp`, and nothing else of the host. It has
 //! its own empty network namespace (no interfaces but a down loopback), its own PID, IPC, UTS
 //! and user namespaces, runs as `nobody` with no capabilities, and dies with its parent.
+//!
+//! A sandbox is started before it knows its app (see [`crate::warm`]): it mounts a *sandbox
+//! directory* of the host, whose `app/` becomes `/app` (read-only) and whose `run/` becomes
+//! `/run/steady`. `/data` is a link to `/run/steady/data`, where hostd renames the app's data
+//! directory when it hands the sandbox an app. Bind mounts are live views of the host's
+//! directories, so files placed there later appear inside; the app's environment arrives with
+//! the assignment on stdin, never on the command line (where `ps` would show it).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -15,8 +22,14 @@ pub const BUN_PATH: &str = "/opt/steady/bun";
 pub const RUNNER_PATH: &str = "/opt/steady/runner.js";
 /// Where the bundle is mounted inside the sandbox.
 pub const APP_DIR: &str = "/app";
-/// Where the app's data directory is mounted inside the sandbox.
+/// Where the app's data directory appears inside the sandbox.
 pub const DATA_DIR: &str = "/data";
+/// Sub-directory of a sandbox directory that is mounted at [`APP_DIR`].
+pub const HOST_APP_DIR: &str = "app";
+/// Sub-directory of a sandbox directory that is mounted at [`SOCKET_DIR`].
+pub const HOST_RUN_DIR: &str = "run";
+/// Name of the app's data directory inside [`HOST_RUN_DIR`] while it runs.
+pub const RUN_DATA_NAME: &str = "data";
 /// Where the socket directory is mounted inside the sandbox.
 pub const SOCKET_DIR: &str = "/run/steady";
 /// Name of the app's socket inside [`SOCKET_DIR`].
@@ -30,11 +43,8 @@ pub struct Spec {
     pub bwrap: PathBuf,
     pub bun: PathBuf,
     pub runner: PathBuf,
-    pub bundle_dir: PathBuf,
-    pub data_dir: PathBuf,
-    pub socket_dir: PathBuf,
-    /// Environment of the app, on top of the fixed `STEADY_*` variables.
-    pub env: Vec<(String, String)>,
+    /// The host directory holding `app/` and `run/` for this sandbox.
+    pub sandbox_dir: PathBuf,
 }
 
 impl Spec {
@@ -56,9 +66,9 @@ impl Spec {
         };
         bind("--ro-bind", &self.bun, BUN_PATH);
         bind("--ro-bind", &self.runner, RUNNER_PATH);
-        bind("--ro-bind", &self.bundle_dir, APP_DIR);
-        bind("--bind", &self.data_dir, DATA_DIR);
-        bind("--bind", &self.socket_dir, SOCKET_DIR);
+        bind("--ro-bind", &self.sandbox_dir.join(HOST_APP_DIR), APP_DIR);
+        bind("--bind", &self.sandbox_dir.join(HOST_RUN_DIR), SOCKET_DIR);
+        push_symlink(&mut args, &format!("{SOCKET_DIR}/{RUN_DATA_NAME}"), DATA_DIR);
         let fixed = [
             ("PATH", "/usr/bin:/bin".to_owned()),
             ("HOME", "/tmp".to_owned()),
@@ -70,14 +80,16 @@ impl Spec {
             ("STEADY_ENTRY", format!("{APP_DIR}/{}", crate::bundle::ENTRY_FILE)),
             ("STEADY_SOCKET", format!("{SOCKET_DIR}/{SOCKET_NAME}")),
         ];
-        for (key, value) in
-            self.env.iter().map(|(k, v)| (k.as_str(), v.clone())).chain(fixed.iter().map(|(k, v)| (*k, v.clone())))
-        {
+        for (key, value) in fixed {
             args.extend([OsString::from("--setenv"), OsString::from(key), OsString::from(value)]);
         }
         args.extend(["--chdir", APP_DIR, BUN_PATH, RUNNER_PATH].map(OsString::from));
         args
     }
+}
+
+fn push_symlink(args: &mut Vec<OsString>, target: &str, link: &str) {
+    args.extend(["--symlink", target, link].map(OsString::from));
 }
 
 #[cfg(test)]
@@ -90,20 +102,18 @@ mod tests {
             bwrap: "/usr/bin/bwrap".into(),
             bun: "/x/bun".into(),
             runner: "/x/runner.js".into(),
-            bundle_dir: "/x/bundles/abc".into(),
-            data_dir: "/x/apps/hello/data".into(),
-            socket_dir: "/x/run/1-1".into(),
-            env: vec![("STEADY_APP".into(), "hello".into())],
+            sandbox_dir: "/x/sandboxes/7".into(),
         };
         let args: Vec<String> = spec.args().into_iter().map(|a| a.into_string().unwrap()).collect();
         let joined = args.join(" ");
         assert!(joined.starts_with("--unshare-all"), "network and every other namespace unshared");
         assert!(joined.contains("--die-with-parent"));
-        assert!(joined.contains("--ro-bind /x/bundles/abc /app"), "bundle read-only");
-        assert!(joined.contains("--bind /x/apps/hello/data /data"), "data read-write");
+        assert!(joined.contains("--ro-bind /x/sandboxes/7/app /app"), "bundle read-only");
+        assert!(joined.contains("--bind /x/sandboxes/7/run /run/steady"), "sockets and data read-write");
+        assert!(joined.contains("--symlink /run/steady/data /data"), "data where apps expect it");
         assert!(!joined.contains("--share-net"));
         let read_write: Vec<&str> = args.windows(3).filter(|w| w[0] == "--bind").map(|w| w[2].as_str()).collect();
-        assert_eq!(read_write, ["/data", "/run/steady"], "nothing else is writable");
+        assert_eq!(read_write, ["/run/steady"], "nothing else is writable");
         assert!(joined.ends_with("/opt/steady/bun /opt/steady/runner.js"));
     }
 }

@@ -48,6 +48,8 @@ fn an_app_cannot_reach_the_network_the_host_or_another_app() {
     cluster.deploy(&app, "probe-b");
     let host_data = &cluster.hosts[0].data;
     let other_data = host_data.join("apps/probe-b/data");
+    // A running app holds its data inside its sandbox; asleep, it is back in its place.
+    cluster.api_post("/v1/apps/probe-b/sleep");
     std::fs::write(other_data.join("secret.txt"), "b's data").unwrap();
     let paths = serde_json::json!([
         host_data,
@@ -83,6 +85,7 @@ fn an_app_cannot_reach_the_network_the_host_or_another_app() {
     assert_eq!(report["dataWrite"], "done", "{report}");
     assert_eq!(report["data"], serde_json::json!(["mine.txt"]), "only its own data is in /data");
 
+    cluster.api_post("/v1/apps/probe-a/sleep");
     let mine = std::fs::read_to_string(host_data.join("apps/probe-a/data/mine.txt")).unwrap();
     assert_eq!(mine, "probe-a", "the write landed in the app's own data directory");
     assert_eq!(std::fs::read_to_string(other_data.join("secret.txt")).unwrap(), "b's data");
