@@ -590,6 +590,7 @@ impl Apps {
             return fail(DeployError::Trial { version, message, log });
         }
         let previous = self.store().current(&slot.name)?;
+        let expires_at_ms = self.store().expires_at(&slot.name)?;
         let mut serving = slot.serving.lock().await;
         let was_running = self.retire(slot, &mut serving).await;
         let previous = previous.filter(|_| was_running);
@@ -603,7 +604,10 @@ impl Apps {
             }
         };
         let checked = match schedule::parse_all(&process.schedules) {
-            Ok(_) => self.membership.app_deployed(&slot.name, version).await.map_err(DeployError::from),
+            Ok(_) => {
+                let recorded = self.membership.app_deployed(&slot.name, version, &target.bundle, expires_at_ms);
+                recorded.await.map_err(DeployError::from)
+            }
             Err(message) => {
                 slot.log.line("steady", &format!("version {version} refused: {message}"));
                 Err(DeployError::BadSchedule { version, message })

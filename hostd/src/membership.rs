@@ -57,9 +57,16 @@ impl Membership {
 
     /// Tells the slicer this host now serves `app` at `version`; returns the table version
     /// that includes it.
-    pub async fn app_deployed(&self, app: &str, version: u64) -> Result<u64, MembershipError> {
+    pub async fn app_deployed(
+        &self,
+        app: &str,
+        version: u64,
+        bundle: &str,
+        expires_at_ms: Option<u64>,
+    ) -> Result<u64, MembershipError> {
         let url = format!("{}/apps/{app}", self.base_url);
-        let body = AppDeployed { host_id: self.host.id.clone(), version };
+        let body =
+            AppDeployed { host_id: self.host.id.clone(), version, bundle: Some(bundle.to_owned()), expires_at_ms };
         let response =
             self.http.put(&url).json(&body).send().await.map_err(|e| MembershipError::Unreachable(url.clone(), e))?;
         table_version(url, response).await

@@ -45,6 +45,13 @@ pub struct AppEntry {
     pub version: u64,
     /// Milliseconds since the Unix epoch of the last deploy.
     pub updated_at_ms: u64,
+    /// Content address (hex SHA-256) of the serving version's bundle in the blob store, so a
+    /// host that lacks the app can fetch it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
+    /// When a temporary app ends, in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
 }
 
 /// The routing table: which host owns each slice, and which apps exist. Versioned: every
@@ -94,6 +101,12 @@ pub struct RegisterHost {
 pub struct AppDeployed {
     pub host_id: String,
     pub version: u64,
+    /// Hex SHA-256 of the version's bundle (see [`AppEntry::bundle`]).
+    #[serde(default)]
+    pub bundle: Option<String>,
+    /// When a temporary app ends.
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
 }
 
 /// Answer of the slicer to [`AppDeployed`]: the table version that includes the app.

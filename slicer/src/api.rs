@@ -140,7 +140,7 @@ async fn app_deployed(
     Json(body): Json<AppDeployed>,
 ) -> Result<Json<TableVersion>, Failure> {
     steady_proto::name::validate(&name).map_err(|e| Failure(StatusCode::BAD_REQUEST, "bad_name", e.to_string()))?;
-    let version = slicer.change(|store| store.app_deployed(&name, &body.host_id, body.version, now_ms()))?;
+    let version = slicer.change(|store| store.app_deployed(&name, &body, now_ms()))?;
     tracing::info!(app = %name, host = %body.host_id, app_version = body.version, version, "app recorded");
     Ok(Json(TableVersion { version }))
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use steady_proto::slice::{slice_of, SLICE_COUNT};
-use steady_proto::wire::{AppEntry, HostEntry, RoutingTable, UNASSIGNED};
+use steady_proto::wire::{AppDeployed, AppEntry, HostEntry, RoutingTable, UNASSIGNED};
 
 use crate::planner;
 
@@ -43,7 +43,9 @@ CREATE TABLE IF NOT EXISTS apps (
     name TEXT PRIMARY KEY,
     host_id TEXT NOT NULL,
     version INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL
+    updated_at_ms INTEGER NOT NULL,
+    bundle TEXT,
+    expires_at_ms INTEGER
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES ('table_version', 0);
 ";
@@ -53,6 +55,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let connection = Connection::open(path)?;
         connection.execute_batch(SCHEMA)?;
+        migrate(&connection)?;
         Ok(Self { connection })
     }
 
@@ -84,7 +87,8 @@ impl Store {
 
     /// Records that `host_id` now serves `name` at `version`. Refused unless the host owns the
     /// app's slice in the current table, so a host with a stale view cannot claim an app.
-    pub fn app_deployed(&mut self, name: &str, host_id: &str, version: u64, now_ms: u64) -> Result<u64, StoreError> {
+    pub fn app_deployed(&mut self, name: &str, deployed: &AppDeployed, now_ms: u64) -> Result<u64, StoreError> {
+        let host_id = deployed.host_id.as_str();
         let tx = self.connection.transaction()?;
         let slice = slice_of(name);
         let owner: Option<String> =
@@ -93,10 +97,19 @@ impl Store {
             return Err(StoreError::NotOwner { app: name.into(), slice, owner, host: host_id.into() });
         }
         tx.execute(
-            "INSERT INTO apps (name, host_id, version, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO apps (name, host_id, version, updated_at_ms, bundle, expires_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(name) DO UPDATE SET host_id = excluded.host_id, version = excluded.version,
-             updated_at_ms = excluded.updated_at_ms",
-            params![name, host_id, version as i64, now_ms as i64],
+             updated_at_ms = excluded.updated_at_ms, bundle = excluded.bundle,
+             expires_at_ms = excluded.expires_at_ms",
+            params![
+                name,
+                host_id,
+                deployed.version as i64,
+                now_ms as i64,
+                deployed.bundle,
+                deployed.expires_at_ms.map(|v| v as i64)
+            ],
         )?;
         let table_version = bump_version(&tx)?;
         tx.commit()?;
@@ -165,14 +178,30 @@ fn hosts(connection: &Connection) -> Result<Vec<HostEntry>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Brings a database made by an earlier release up to [`SCHEMA`].
+fn migrate(connection: &Connection) -> Result<(), StoreError> {
+    let has_bundle: bool =
+        connection
+            .query_row("SELECT COUNT(*) FROM pragma_table_info('apps') WHERE name = 'bundle'", [], |r| r.get(0))?;
+    if !has_bundle {
+        connection.execute_batch(
+            "ALTER TABLE apps ADD COLUMN bundle TEXT; ALTER TABLE apps ADD COLUMN expires_at_ms INTEGER;",
+        )?;
+    }
+    Ok(())
+}
+
 fn apps(connection: &Connection) -> Result<Vec<AppEntry>, StoreError> {
-    let mut statement = connection.prepare("SELECT name, host_id, version, updated_at_ms FROM apps ORDER BY name")?;
+    let mut statement = connection
+        .prepare("SELECT name, host_id, version, updated_at_ms, bundle, expires_at_ms FROM apps ORDER BY name")?;
     let rows = statement.query_map([], |r| {
         Ok(AppEntry {
             name: r.get(0)?,
             host_id: r.get(1)?,
             version: r.get::<_, i64>(2)? as u64,
             updated_at_ms: r.get::<_, i64>(3)? as u64,
+            bundle: r.get(4)?,
+            expires_at_ms: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -205,6 +234,10 @@ fn rebalance(tx: &Transaction) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
+    fn deployed(host_id: &str) -> AppDeployed {
+        AppDeployed { host_id: host_id.into(), version: 1, bundle: Some("ab".repeat(32)), expires_at_ms: None }
+    }
+
     use super::*;
 
     fn host(id: &str) -> HostEntry {
@@ -220,7 +253,7 @@ mod tests {
             store.register_host(&host(id), 1).unwrap();
         }
         let owner = store.table().unwrap().owner_of("hello").unwrap().id.clone();
-        let v = store.app_deployed("hello", &owner, 1, 2).unwrap();
+        let v = store.app_deployed("hello", &deployed(&owner), 2).unwrap();
         drop(store);
 
         let mut store = Store::open(&path).unwrap();
@@ -239,8 +272,8 @@ mod tests {
         store.register_host(&host("h2"), 1).unwrap();
         let owner = store.table().unwrap().owner_of("hello").unwrap().id.clone();
         let other = if owner == "h1" { "h2" } else { "h1" };
-        assert!(matches!(store.app_deployed("hello", other, 1, 1), Err(StoreError::NotOwner { .. })));
-        assert!(store.app_deployed("hello", &owner, 1, 1).is_ok());
+        assert!(matches!(store.app_deployed("hello", &deployed(other), 1), Err(StoreError::NotOwner { .. })));
+        assert!(store.app_deployed("hello", &deployed(&owner), 1).is_ok());
         assert!(matches!(store.app_deleted("hello", other), Err(StoreError::NotOwner { .. })));
         let version = store.app_deleted("hello", &owner).unwrap();
         assert!(store.table().unwrap().apps.is_empty());
