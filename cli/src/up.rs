@@ -42,6 +42,11 @@ pub struct UpArgs {
     /// Deploy these app folders once the platform is ready (repeatable).
     #[arg(long)]
     deploy: Vec<PathBuf>,
+    /// Keep bundles and database replicas in the blob store this YAML file describes (an S3
+    /// bucket: `kind: s3`, `bucket`, `endpoint`, `path_style`, credentials) instead of
+    /// `<data>/storage`.
+    #[arg(long)]
+    storage_config: Option<PathBuf>,
 }
 
 struct Daemon {
@@ -88,6 +93,7 @@ struct Environment {
     path: String,
     bun: PathBuf,
     bwrap: PathBuf,
+    litestream: PathBuf,
 }
 
 impl Environment {
@@ -97,7 +103,8 @@ impl Environment {
         };
         let bun = crate::tools::find("bun").ok_or_else(|| missing("bun"))?;
         let bwrap = crate::tools::find("bwrap").ok_or_else(|| missing("bwrap (bubblewrap)"))?;
-        Ok(Self { path: std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()), bun, bwrap })
+        let litestream = crate::tools::find("litestream").ok_or_else(|| missing("litestream"))?;
+        Ok(Self { path: std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()), bun, bwrap, litestream })
     }
 }
 
@@ -123,6 +130,10 @@ async fn start_all(
         let id = format!("host-{index}");
         let ip = format!("127.0.0.{}", index + 1);
         let ready = data.join(format!("{id}.ready"));
+        let storage = match &args.storage_config {
+            Some(file) => vec!["--storage-config".into(), path(file)],
+            None => vec!["--storage-dir".into(), path(&data.join("storage"))],
+        };
         let host_args = vec![
             "--id".into(),
             id.clone(),
@@ -137,6 +148,7 @@ async fn start_all(
             "--ready-file".into(),
             path(&ready),
         ];
+        let host_args = host_args.into_iter().chain(storage).collect();
         start(daemons, &id, "steady-hostd", host_args, data, env, Some(&ready)).await?;
     }
     let lb_args = vec![
@@ -177,6 +189,7 @@ async fn start(
     let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
     let mut command = tokio::process::Command::new(&program);
     command.args(&args).env_clear().env("PATH", &env.path).env("STEADY_BUN", &env.bun).env("STEADY_BWRAP", &env.bwrap);
+    command.env("STEADY_LITESTREAM", &env.litestream);
     if let Ok(level) = std::env::var("STEADY_LOG") {
         command.env("STEADY_LOG", level);
     }

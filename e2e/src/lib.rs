@@ -5,6 +5,8 @@
 //! Waits are on conditions (a ready file, `/readyz`, an answer), each with a deadline; nothing
 //! waits on a bare sleep. Set `STEADY_KEEP_TEST_DIR=1` to keep the temp dir for debugging.
 
+pub mod s3;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -271,6 +273,20 @@ impl Cluster {
         self.start_host_again(index);
     }
 
+    /// Puts a new machine in place of host `index` (which must be stopped or killed): the same
+    /// host id, an empty data directory and new ports. It adopts the host's apps from the
+    /// routing table and restores their data from the replicas.
+    pub fn replace_host(&mut self, index: usize) {
+        let root = self.dir.path().to_owned();
+        let host = &mut self.hosts[index];
+        assert!(host.daemon.exited(), "replace a host only after it stopped");
+        let generation = std::fs::read_dir(root.join("hosts")).map(|d| d.count()).unwrap_or(0);
+        let data = root.join("hosts").join(format!("{}-{generation}", host.id));
+        let (ingress, api) = (free_addr(&host.ip), free_addr(&host.ip));
+        let (data, daemon) = start_host_in(&root, &data, &host.id, ingress, api, &self.slicer_addr, &self.host_flags);
+        (host.ingress, host.api, host.data, host.daemon) = (ingress, api, data, daemon);
+    }
+
     /// Starts host `index` again (after it was stopped or killed) on the same data and addresses.
     pub fn start_host_again(&mut self, index: usize) {
         let root = self.dir.path().to_owned();
@@ -346,7 +362,19 @@ fn start_host_at(
     slicer: &str,
     flags: &[String],
 ) -> (PathBuf, Daemon) {
-    let data = root.join("hosts").join(id);
+    start_host_in(root, &root.join("hosts").join(id), id, ingress, api, slicer, flags)
+}
+
+fn start_host_in(
+    root: &Path,
+    data: &Path,
+    id: &str,
+    ingress: SocketAddr,
+    api: SocketAddr,
+    slicer: &str,
+    flags: &[String],
+) -> (PathBuf, Daemon) {
+    let data = data.to_owned();
     let ready = root.join(format!("{id}.ready"));
     let _ = std::fs::remove_file(&ready);
     let mut args = strings(&[
@@ -363,6 +391,10 @@ fn start_host_at(
         "--ready-file",
         &path(&ready),
     ]);
+    if !flags.iter().any(|f| f == "--storage-config" || f == "--storage-dir") {
+        // The hosts of one test cluster share one blob store, as on one machine under `steady up`.
+        args.extend(strings(&["--storage-dir", &path(&root.join("storage"))]));
+    }
     args.extend_from_slice(flags);
     let mut daemon = Daemon::start(root, id, "steady-hostd", &args);
     wait_ready_file(&mut daemon, &ready);

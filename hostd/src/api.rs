@@ -136,6 +136,8 @@ fn deploy_failure(name: &str, error: DeployError) -> Response {
         DeployError::NoSuchVersion(_) => failure(StatusCode::NOT_FOUND, "unknown_version", message),
         DeployError::Membership(MembershipError::NotOwner(_)) => failure(StatusCode::CONFLICT, "not_owner", message),
         DeployError::Membership(_) => failure(StatusCode::SERVICE_UNAVAILABLE, "slicer_unavailable", message),
+        DeployError::Storage(_) => failure(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", message),
+        DeployError::Data(_) => failure(StatusCode::SERVICE_UNAVAILABLE, "data_unavailable", message),
         DeployError::Store(_) | DeployError::Io(_) => internal(message),
     }
 }

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use steady_proto::wire::{AppStatus, DeployResult, HEADER_CRON};
 
-use crate::blob::BlobStore;
 use crate::bundle::{self, BundleError, Limits};
 use crate::cgroup::Hierarchy;
 use crate::config::{
@@ -27,6 +26,7 @@ use crate::config::{
 use crate::log::{AppLog, RequestLog};
 use crate::membership::{Membership, MembershipError};
 use crate::process::{AppProcess, Assignment, StartError};
+use crate::replica::Replicator;
 use crate::schedule::{self, Schedule};
 use crate::store::{Current, Outcome, Store, StoreError};
 use crate::warm::{SandboxFactory, WarmPool};
@@ -46,6 +46,8 @@ fn latest_tick(schedule: &Schedule, last_tick_ms: u64, now_ms: u64) -> Option<u6
 
 /// Directory (under the data directory) holding one directory per sandbox.
 pub const SANDBOXES_DIR: &str = "sandboxes";
+/// How often running apps' data directories are searched for new databases to replicate.
+const DATABASE_SCAN_INTERVAL_MS: u64 = 250;
 /// Longest a deploy waits for the old process's in-flight requests before stopping it.
 const DEPLOY_DRAIN_MS_MAX: u64 = 5_000;
 /// Largest data directory copied for a new version's trial.
@@ -162,6 +164,10 @@ pub enum DeployError {
     Store(#[from] StoreError),
     #[error("storing bundle: {0}")]
     Io(#[from] std::io::Error),
+    #[error("blob store: {0}")]
+    Storage(#[from] steady_blob::BlobError),
+    #[error(transparent)]
+    Data(#[from] crate::replica::ReplicaError),
 }
 
 /// Crash bookkeeping of one app.
@@ -220,7 +226,9 @@ impl Drop for Lease {
 pub struct Apps {
     config: Config,
     store: Mutex<Store>,
-    blobs: BlobStore,
+    /// The cluster's blob store: bundles (content-addressed) and replica manifests.
+    storage: Arc<dyn steady_blob::BlobStore>,
+    replicator: Arc<Replicator>,
     membership: Membership,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     pool: WarmPool,
@@ -230,7 +238,14 @@ pub struct Apps {
 
 impl Apps {
     /// Builds the manager; `runner` is the runner script on disk.
-    pub fn new(config: Config, runner: PathBuf, store: Store, blobs: BlobStore, membership: Membership) -> Self {
+    pub fn new(
+        config: Config,
+        runner: PathBuf,
+        store: Store,
+        storage: Arc<dyn steady_blob::BlobStore>,
+        replicator: Arc<Replicator>,
+        membership: Membership,
+    ) -> Self {
         assert!(config.data.is_absolute(), "the data directory is canonical after validation");
         // Host ids are unique in a cluster, data directories on a machine: both name the groups.
         let data_hash = xxhash_rust::xxh3::xxh3_64(config.data.as_os_str().as_encoded_bytes());
@@ -249,7 +264,8 @@ impl Apps {
         Self {
             config,
             store: Mutex::new(store),
-            blobs,
+            storage,
+            replicator,
             membership,
             slots: Mutex::new(HashMap::new()),
             pool,
@@ -331,7 +347,7 @@ impl Apps {
             return Ok(slot.clone());
         }
         let dir = self.app_dir(name);
-        std::fs::create_dir_all(dir.join("data"))?;
+        std::fs::create_dir_all(&dir)?;
         let slot = Arc::new(Slot {
             name: name.to_owned(),
             log: Arc::new(AppLog::open(&dir.join("app.log"))?),
@@ -366,7 +382,19 @@ impl Apps {
 
     /// Hands `current` to a sandbox; a trial runs on the copy of the data in `trial/`.
     async fn start_in(&self, slot: &Slot, current: &Current, trial: bool) -> Result<AppProcess, StartError> {
+        if !trial {
+            self.ensure_data(slot).await?;
+        }
         let sandbox = self.pool.take().await?;
+        let on_exit: Option<crate::process::ExitHook> = (!trial).then(|| {
+            let (replicator, app) = (self.replicator.clone(), slot.name.clone());
+            Box::new(move || {
+                Box::pin(async move {
+                    // Errors are in the app's log; the data stays on this host either way.
+                    let _ = replicator.detach(&app).await;
+                }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+            }) as crate::process::ExitHook
+        });
         let version = current.version;
         let assignment = Assignment {
             bundle_dir: self.config.data.join("bundles").join(&current.bundle),
@@ -376,10 +404,49 @@ impl Apps {
             version,
             log: slot.log.clone(),
             label: if trial { format!("version {version} (trial)") } else { format!("version {version}") },
+            on_exit,
         };
         let started = sandbox.assign(assignment, self.config.start_timeout_ms).await;
         self.pool.replenish();
-        started
+        let process = started?;
+        if !trial {
+            self.replicator.attach(&slot.name, &process.data_dir(), slot.log.clone()).await;
+        }
+        Ok(process)
+    }
+
+    /// Makes sure the app's data directory is in its place before a start (the caller holds
+    /// `serving` and no process of the app runs): a host without it restores it from the
+    /// replica. A failed restore is the start's error — the app never starts on empty data
+    /// when a replica says it had some.
+    async fn ensure_data(&self, slot: &Slot) -> Result<(), StartError> {
+        let data_dir = self.app_dir(&slot.name).join("data");
+        if data_dir.is_dir() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        match self.replicator.restore(&slot.name, &data_dir, None).await {
+            Ok(databases) if databases.is_empty() => Ok(()),
+            Ok(databases) => {
+                let ms = started.elapsed().as_millis();
+                slot.log.line("steady", &format!("restored {} from the replica in {ms} ms", databases.join(", ")));
+                Ok(())
+            }
+            Err(error) => {
+                slot.log.line("steady", &format!("not started: {error}"));
+                tracing::error!(app = %slot.name, %error, "restore failed");
+                Err(StartError::Data(error.to_string()))
+            }
+        }
+    }
+
+    /// Runs forever: registers databases that running apps created since they started.
+    pub async fn replicate_new_databases(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(DATABASE_SCAN_INTERVAL_MS));
+        loop {
+            ticker.tick().await;
+            self.replicator.rescan().await;
+        }
     }
 
     /// Runs forever: keeps the pool of warm sandboxes full.
@@ -397,6 +464,9 @@ impl Apps {
         // The serving process (if any) holds the data while it runs; holding its slot keeps
         // the data where it is for the copy.
         let serving = slot.serving.lock().await;
+        if serving.as_ref().is_none_or(|p| !p.is_alive()) {
+            self.ensure_data(slot).await.map_err(|e| e.to_string())?;
+        }
         let data = serving.as_ref().filter(|p| p.is_alive()).map_or_else(|| app_dir.join("data"), |p| p.data_dir());
         let size = directory_bytes(&data).map_err(|e| format!("measuring the data: {e}"))?;
         if size == 0 {
@@ -484,7 +554,10 @@ impl Apps {
                 Ok((socket, true))
             }
             Err(error) => {
-                self.note_crash(slot, 0);
+                // Missing data is the platform's trouble, not the app's: no crash-loop backoff.
+                if !matches!(error, StartError::Data(_)) {
+                    self.note_crash(slot, 0);
+                }
                 Err(WakeError::Start { app: slot.name.clone(), error })
             }
         }
@@ -525,12 +598,10 @@ impl Apps {
         archive: &[u8],
         expires_at_ms: Option<u64>,
     ) -> Result<(DeployResult, u64), DeployError> {
-        let digest = self.blobs.put(archive)?;
-        let bundle_dir = self.config.data.join("bundles").join(&digest);
-        if !bundle_dir.join(bundle::ENTRY_FILE).is_file() {
-            let limits = Limits { files_max: BUNDLE_FILES_MAX, unpacked_bytes_max: BUNDLE_UNPACKED_BYTES_MAX };
-            bundle::unpack(archive, &bundle_dir, limits)?;
-        }
+        // Validated before anything is stored: a bad bundle leaves no trace in the blob store.
+        let digest = steady_blob::digest(archive);
+        self.unpack(&digest, archive)?;
+        self.storage.put(bytes::Bytes::copy_from_slice(archive)).await?;
         let slot = self.slot(name)?;
         let _one_change_at_a_time = slot.deploying.lock().await;
         let (app_id, version) = self.store().begin_version(name, &digest, crate::now_ms(), expires_at_ms)?;
@@ -544,6 +615,49 @@ impl Apps {
             bundle: format!("sha256:{digest}"),
         };
         Ok((result, table_version))
+    }
+
+    /// Unpacks the bundle `digest` (once) into its read-only directory.
+    fn unpack(&self, digest: &str, archive: &[u8]) -> Result<(), BundleError> {
+        let bundle_dir = self.config.data.join("bundles").join(digest);
+        if !bundle_dir.join(bundle::ENTRY_FILE).is_file() {
+            let limits = Limits { files_max: BUNDLE_FILES_MAX, unpacked_bytes_max: BUNDLE_UNPACKED_BYTES_MAX };
+            bundle::unpack(archive, &bundle_dir, limits)?;
+        }
+        Ok(())
+    }
+
+    /// Takes over the apps the routing table says this host holds but it does not have (its
+    /// disk was replaced, or it is a new machine under this host's id): fetches each bundle
+    /// from the blob store and records the version; the first start restores the data from
+    /// the replica. Returns how many were adopted; failures are logged and skipped.
+    pub async fn adopt(&self, table: &steady_proto::wire::RoutingTable) -> usize {
+        let mut adopted = 0;
+        for entry in table.apps.iter().filter(|a| a.host_id == self.config.id) {
+            let Some(bundle) = &entry.bundle else { continue };
+            match self.adopt_one(entry, bundle).await {
+                Ok(true) => adopted += 1,
+                Ok(false) => {}
+                Err(error) => tracing::error!(app = %entry.name, %error, "adopting an app failed"),
+            }
+        }
+        adopted
+    }
+
+    async fn adopt_one(&self, entry: &steady_proto::wire::AppEntry, bundle: &str) -> Result<bool, DeployError> {
+        if self.store().current(&entry.name)?.is_some() {
+            return Ok(false);
+        }
+        let archive = self.storage.get(bundle).await?;
+        self.unpack(bundle, &archive)?;
+        let now_ms = crate::now_ms();
+        let adopted = self.store().adopt(&entry.name, entry.version, bundle, entry.expires_at_ms, now_ms)?;
+        if adopted {
+            let slot = self.slot(&entry.name)?;
+            slot.log.line("steady", &format!("version {} adopted on host {}", entry.version, self.config.id));
+            tracing::info!(app = %entry.name, version = entry.version, "app adopted");
+        }
+        Ok(adopted)
     }
 
     /// Makes an earlier ready version current again (the one before the current by default).
@@ -684,6 +798,10 @@ impl Apps {
         self.store().delete(name)?;
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         std::fs::remove_dir_all(self.app_dir(name))?;
+        let replicas = self.storage.list(&format!("replicas/{name}/")).await?;
+        for key in &replicas {
+            self.storage.delete_key(key).await?;
+        }
         tracing::info!(app = %name, "deleted");
         Ok(true)
     }

@@ -51,6 +51,17 @@ pub struct Config {
     /// The bubblewrap binary that sandboxes apps.
     #[arg(long, default_value = "bwrap", env = "STEADY_BWRAP")]
     pub bwrap: PathBuf,
+    /// The Litestream binary that replicates app databases.
+    #[arg(long, default_value = "litestream", env = "STEADY_LITESTREAM")]
+    pub litestream: PathBuf,
+    /// Directory of the cluster's blob store (bundles and database replicas), shared by the
+    /// hosts of one machine; default `<data>/storage`. Ignored with `--storage-config`.
+    #[arg(long)]
+    pub storage_dir: Option<PathBuf>,
+    /// YAML file describing the blob store (`kind: local` with `path`, or `kind: s3` with
+    /// `bucket`, `prefix`, `region`, `endpoint`, `path_style`, credentials).
+    #[arg(long)]
+    pub storage_config: Option<PathBuf>,
     /// Once registered and listening, write the bound addresses as JSON to this file.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
@@ -94,6 +105,7 @@ impl Config {
     pub fn validate(mut self) -> Result<Self, String> {
         self.bun = resolve_binary(&self.bun)?;
         self.bwrap = resolve_binary(&self.bwrap)?;
+        self.litestream = resolve_binary(&self.litestream)?;
         if self.app_memory_max_mib < 32 || self.app_pids_max < 8 || self.app_cpu_max_percent == 0 {
             return Err("app limits too small: memory at least 32 MiB, at least 8 processes, CPU above 0 %".into());
         }
@@ -136,6 +148,22 @@ pub fn resolve_binary(name: &std::path::Path) -> Result<PathBuf, String> {
 }
 
 impl Config {
+    /// The blob store: `--storage-config`, else a local directory (`--storage-dir` or
+    /// `<data>/storage`). Checked here so a bad file is a configuration error at start.
+    pub fn storage(&self) -> Result<steady_blob::BlobConfig, String> {
+        let Some(path) = &self.storage_config else {
+            let dir = self.storage_dir.clone().unwrap_or_else(|| self.data.join("storage"));
+            std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            let dir = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
+            return Ok(steady_blob::BlobConfig::Local(steady_blob::LocalConfig { path: dir }));
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let config: steady_blob::BlobConfig =
+            serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        config.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(config)
+    }
+
     /// The per-app limits from the flags.
     pub fn app_limits(&self) -> crate::cgroup::Limits {
         crate::cgroup::Limits {

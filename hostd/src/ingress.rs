@@ -165,6 +165,9 @@ fn wake_failure(error: WakeError) -> Response {
             response.headers_mut().insert("retry-after", HeaderValue::from(RETRY_AFTER_SECONDS));
             response
         }
+        WakeError::Start { error: crate::process::StartError::Data(_), .. } => {
+            unavailable("data_unavailable", RETRY_AFTER_SECONDS)
+        }
         WakeError::Deadline(_) | WakeError::Start { .. } => unavailable("app_unavailable", RETRY_AFTER_SECONDS),
         WakeError::Store(_) | WakeError::Io(_) => failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
     }

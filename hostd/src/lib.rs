@@ -1,6 +1,6 @@
 //! The host daemon: runs steady apps on one machine.
 //!
-//! A host stores bundles content-addressed ([`blob`], [`bundle`]), keeps its apps and their
+//! A host stores bundles content-addressed in the cluster's blob store and unpacks them ([`bundle`]), replicates app databases with Litestream ([`replica`]), keeps its apps and their
 //! versions in SQLite ([`store`]), runs each app as Bun inside a bubblewrap sandbox on a Unix
 //! socket ([`sandbox`], [`process`]), started ahead of need ([`warm`]), under kernel limits ([`cgroup`]), starts apps on demand and swaps versions on deploy
 //! ([`apps`]), forwards app traffic from the load balancers to the app's socket ([`ingress`]),
@@ -8,7 +8,6 @@
 
 pub mod api;
 pub mod apps;
-pub mod blob;
 pub mod bundle;
 pub mod cgroup;
 pub mod config;
@@ -16,6 +15,7 @@ pub mod ingress;
 pub mod log;
 pub mod membership;
 pub mod process;
+pub mod replica;
 pub mod sandbox;
 pub mod schedule;
 pub mod store;

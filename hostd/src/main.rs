@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use steady_hostd::{api, apps::Apps, blob::BlobStore, config::Config, ingress, membership::Membership, store::Store};
+use steady_hostd::replica::{ReplicaTarget, Replicator};
+use steady_hostd::{api, apps::Apps, config::Config, ingress, membership::Membership, store::Store};
 use steady_proto::wire::HostEntry;
 
 const RUNNER_JS: &str = include_str!("runner.js");
@@ -13,8 +14,8 @@ const RUNNER_JS: &str = include_str!("runner.js");
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     steady_daemon::init_tracing();
-    let config = match Config::parse().validate() {
-        Ok(config) => config,
+    let (config, storage) = match Config::parse().validate().and_then(|c| c.storage().map(|s| (c, s))) {
+        Ok(both) => both,
         Err(message) => {
             eprintln!("steady-hostd: {message}");
             std::process::exit(2);
@@ -27,7 +28,11 @@ async fn main() -> anyhow::Result<()> {
     steady_hostd::process::recover(&data.join(steady_hostd::apps::SANDBOXES_DIR))
         .context("recovering app data from the sandboxes of an earlier run")?;
     let store = Store::open(&data.join("hostd.db")).context("opening the host database")?;
-    let blobs = BlobStore::open(&data.join("blobs")).context("opening the blob store")?;
+    let blobs = steady_blob::open(&storage).await.context("opening the blob store")?;
+    let target = ReplicaTarget::from_config(&storage);
+    let replicator =
+        Arc::new(Replicator::new(config.litestream.clone(), data.join("litestream"), target, blobs.clone()));
+    replicator.start().await.context("starting litestream")?;
     let ingress_listener = bind(config.ingress).await?;
     let api_listener = bind(config.api).await?;
     let host = HostEntry {
@@ -41,7 +46,12 @@ async fn main() -> anyhow::Result<()> {
     let bundle_size_max_bytes = config.bundle_size_max_bytes;
     let request_body_max_bytes = config.request_body_max_bytes;
     let ready_file = config.ready_file.clone();
-    let apps = Arc::new(Apps::new(config, runner, store, blobs, membership));
+    let apps = Arc::new(Apps::new(config, runner, store, blobs, replicator.clone(), membership));
+    tokio::spawn(apps.clone().replicate_new_databases());
+    let adopted = apps.adopt(&table).await;
+    if adopted > 0 {
+        tracing::info!(adopted, "apps adopted from the routing table");
+    }
     tokio::spawn(apps.clone().housekeeping());
     tokio::spawn(apps.clone().crons());
     tokio::spawn(apps.clone().keep_warm());
@@ -56,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("host stopping");
     let _ = stop_sender.send(true);
     apps.stop_all().await;
+    replicator.stop();
     let _ = tokio::join!(ingress_server, api_server);
     tracing::info!("host stopped");
     Ok(())

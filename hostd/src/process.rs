@@ -30,8 +30,9 @@ use crate::sandbox::{Spec, HOST_APP_DIR, HOST_RUN_DIR, RUN_DATA_NAME, SOCKET_NAM
 const READY_FD: i32 = 3;
 /// Longest readiness line: `ready` and the app's schedules as JSON.
 const READY_LINE_BYTES_MAX: u64 = 16 * 1024;
-/// How long a stopped process gets to exit after SIGKILL before we stop waiting.
-const STOP_WAIT_MS: u64 = 5_000;
+/// How long a stopped process gets to exit after SIGKILL (and its exit hook, a final sync, to
+/// finish) before we stop waiting.
+const STOP_WAIT_MS: u64 = 30_000;
 /// File in a sandbox directory naming where its data directory goes back to.
 const HOME_FILE: &str = "home";
 /// Most sandbox directories looked at when recovering after a crash.
@@ -48,7 +49,13 @@ pub enum StartError {
     Exited(String),
     #[error("the app was not ready within {0} ms")]
     Timeout(u64),
+    #[error("the app's data is not available: {0}")]
+    Data(String),
 }
+
+/// Work to finish after the process exited and before its data directory moves (a final
+/// replication sync).
+pub type ExitHook = Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>;
 
 /// Who a sandbox works for, once it has an app: where its output and exit go, and where its
 /// data directory returns when it ends.
@@ -57,6 +64,7 @@ struct Tenant {
     label: String,
     /// The data directory's place outside the sandbox; `None` for a throw-away copy.
     data_home: Option<PathBuf>,
+    on_exit: Option<ExitHook>,
 }
 
 #[derive(Default)]
@@ -133,6 +141,8 @@ pub struct Assignment {
     pub log: Arc<AppLog>,
     /// How the process is named in the app's log ("version 3", "version 4 (trial)").
     pub label: String,
+    /// Runs after the process exits, before the data directory moves back.
+    pub on_exit: Option<ExitHook>,
 }
 
 /// A live (or just exited) app process.
@@ -206,6 +216,10 @@ impl Sandbox {
                 description += &limit_events(group.events());
                 group.remove().await;
             }
+            let hook = exit_shared.occupancy().tenant.as_mut().and_then(|t| t.on_exit.take());
+            if let Some(hook) = hook {
+                hook().await;
+            }
             exit_shared.end(&description);
             let _ = exit_sender.send(Some(description));
         });
@@ -235,11 +249,16 @@ impl Sandbox {
     /// Hands the sandbox its app and waits until the app listens.
     pub async fn assign(mut self, assignment: Assignment, timeout_ms: u64) -> Result<AppProcess, StartError> {
         let assigned = Instant::now();
-        let Assignment { bundle_dir, data_dir, keep_data, env, version, log, label } = assignment;
+        let Assignment { bundle_dir, data_dir, keep_data, env, version, log, label, on_exit } = assignment;
         log.line("steady", &format!("{label} starting (pid {})", self.shared.pid));
         link_tree(&bundle_dir, &self.shared.dir.join(HOST_APP_DIR)).map_err(StartError::Assign)?;
         self.move_data_in(
-            Tenant { log: log.clone(), label: label.clone(), data_home: keep_data.then_some(data_dir.clone()) },
+            Tenant {
+                log: log.clone(),
+                label: label.clone(),
+                data_home: keep_data.then_some(data_dir.clone()),
+                on_exit,
+            },
             &data_dir,
         )?;
         let mut message = serde_json::to_vec(

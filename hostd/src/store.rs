@@ -109,6 +109,35 @@ impl Store {
         Ok((app_id, version))
     }
 
+    /// Records `name` as serving `version` (bundle `bundle`), as the cluster knows it: how a
+    /// host that lacks the app (a new disk, a new owner) takes it over. A no-op if the app is
+    /// already here.
+    pub fn adopt(
+        &mut self,
+        name: &str,
+        version: u64,
+        bundle: &str,
+        expires_at_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        assert!(version > 0);
+        let tx = self.connection.transaction()?;
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO apps (name, current_version, created_at_ms, expires_at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![name, version as i64, now_ms as i64, expires_at_ms.map(|v| v as i64)],
+        )?;
+        if inserted == 0 {
+            return Ok(false);
+        }
+        let app_id: i64 = tx.query_row("SELECT id FROM apps WHERE name = ?1", [name], |r| r.get(0))?;
+        tx.execute(
+            "INSERT INTO versions (app_id, version, bundle, status, created_at_ms) VALUES (?1, ?2, ?3, 'ready', ?4)",
+            params![app_id, version as i64, bundle, now_ms as i64],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
     /// Records how a version attempt ended; a ready version becomes the app's current one.
     pub fn finish_version(&mut self, app_id: i64, version: u64, outcome: Outcome) -> Result<(), StoreError> {
         let tx = self.connection.transaction()?;

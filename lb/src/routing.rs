@@ -111,7 +111,14 @@ mod tests {
                 api_addr: "127.0.0.2:10".into(),
             }],
             slices: vec![0; SLICE_COUNT as usize],
-            apps: vec![AppEntry { name: "hello".into(), host_id: "h1".into(), version: 1, updated_at_ms: 0 }],
+            apps: vec![AppEntry {
+                name: "hello".into(),
+                host_id: "h1".into(),
+                version: 1,
+                updated_at_ms: 0,
+                bundle: None,
+                expires_at_ms: None,
+            }],
         }
     }
 

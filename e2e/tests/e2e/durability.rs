@@ -1,0 +1,155 @@
+//! Durability: an app's SQLite is replicated by Litestream, and a host that lost its disk gets
+//! every acknowledged write back — from the embedded file replica and from a real S3 server.
+
+use std::time::Duration;
+
+use steady_e2e::s3::S3Server;
+use steady_e2e::{descendants, eventually, write_app, Cluster};
+
+/// An app that inserts `?write=<n>` and lists every row otherwise.
+const LEDGER: &str = r#"
+import { Database } from "bun:sqlite";
+const db = new Database(`${process.env.STEADY_DATA_DIR}/ledger.db`, { create: true });
+db.run("PRAGMA journal_mode = WAL");
+db.run("PRAGMA busy_timeout = 5000");
+db.run("CREATE TABLE IF NOT EXISTS entries (n INTEGER PRIMARY KEY)");
+export default {
+  fetch(request) {
+    const n = new URL(request.url).searchParams.get("write");
+    if (n !== null) {
+      db.run("INSERT INTO entries (n) VALUES (?)", [Number(n)]);
+      return new Response("ok");
+    }
+    return Response.json(db.query("SELECT n FROM entries ORDER BY n").all().map((row) => row.n));
+  },
+};
+"#;
+
+/// Litestream ships a database registered over its control socket about once a second.
+const SYNC_INTERVAL: Duration = Duration::from_millis(1_000);
+
+fn write_rows(cluster: &Cluster, app: &str, rows: std::ops::RangeInclusive<u64>) {
+    for n in rows {
+        let answer = cluster.get(app, &format!("/?write={n}"));
+        assert_eq!((answer.status, answer.body.as_str()), (200, "ok"), "write {n}");
+    }
+}
+
+/// Kills hostd and everything it started with SIGKILL — no final sync, no cleanup — and
+/// throws its disk away.
+fn lose_host(cluster: &mut Cluster) {
+    let tree = descendants(cluster.hosts[0].daemon.pid());
+    assert!(tree.len() >= 3, "hostd, litestream and the app's sandbox: {tree:?}");
+    cluster.hosts[0].daemon.stop_with(libc::SIGKILL);
+    for pid in tree {
+        // SAFETY: signalling processes this test's cluster started (already dying with hostd).
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    std::fs::remove_dir_all(&cluster.hosts[0].data).expect("delete the host's data directory");
+}
+
+fn rows(cluster: &Cluster, app: &str) -> Vec<u64> {
+    let answer = eventually("the app to answer on the new host", || {
+        let answer = cluster.get(app, "/");
+        (answer.status == 200).then_some(answer)
+    });
+    serde_json::from_str(&answer.body).expect("rows as JSON")
+}
+
+fn survives_losing_the_host(mut cluster: Cluster) {
+    let app = write_app(cluster.dir.path(), "ledger", LEDGER);
+    cluster.deploy(&app, "ledger");
+    write_rows(&cluster, "ledger", 1..=40);
+    // The property under test is time-based: writes acknowledged more than one sync interval
+    // before the loss must survive it. Writes after this point may or may not.
+    std::thread::sleep(SYNC_INTERVAL * 3);
+    write_rows(&cluster, "ledger", 41..=45);
+    lose_host(&mut cluster);
+
+    cluster.replace_host(0);
+    let rows = rows(&cluster, "ledger");
+    assert!((1..=40).all(|n| rows.contains(&n)), "rows acknowledged long before the loss: {rows:?}");
+    let log = cluster.app_log("ledger");
+    assert!(log.contains("restored ledger.db from the replica"), "{log}");
+}
+
+#[test]
+fn a_lost_host_loses_no_write_older_than_the_sync_interval_with_the_file_replica() {
+    survives_losing_the_host(Cluster::start(1));
+}
+
+#[test]
+fn a_lost_host_loses_no_write_older_than_the_sync_interval_with_s3() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s3 = S3Server::start(dir.path());
+    s3.create_bucket("steady");
+    let config = s3.storage_config("steady", None);
+    let cluster = Cluster::start_with(1, &["--storage-config", config.to_str().unwrap()]);
+    survives_losing_the_host(cluster);
+    let objects = walk(&s3.data().join("steady/cluster"));
+    assert!(objects.iter().any(|p| p.contains("replicas/ledger/ledger.db/")), "replica in the bucket: {objects:?}");
+    assert!(objects.iter().any(|p| p.contains("sha256/")), "bundle in the bucket: {objects:?}");
+}
+
+#[test]
+fn a_planned_stop_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "ledger", LEDGER);
+    cluster.deploy(&app, "ledger");
+    write_rows(&cluster, "ledger", 1..=30);
+    // Straight from the last acknowledged write to sleep: the final sync must carry all of it.
+    assert_eq!(cluster.api_post("/v1/apps/ledger/sleep")["stopped"], true);
+    lose_host(&mut cluster);
+
+    cluster.replace_host(0);
+    assert_eq!(rows(&cluster, "ledger"), (1..=30).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_corrupt_or_missing_replica_is_an_error_and_nothing_is_deleted() {
+    let mut cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "ledger", LEDGER);
+    cluster.deploy(&app, "ledger");
+    write_rows(&cluster, "ledger", 1..=10);
+    assert_eq!(cluster.api_post("/v1/apps/ledger/sleep")["stopped"], true);
+    lose_host(&mut cluster);
+    let replica = cluster.dir.path().join("storage/replicas/ledger/ledger.db");
+    let files = walk(&replica);
+    assert!(!files.is_empty(), "the replica has files");
+    for file in &files {
+        std::fs::write(file, b"not an ltx file").expect("corrupt the replica");
+    }
+
+    cluster.replace_host(0);
+    let answer = cluster.get("ledger", "/");
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(answer.body.contains("data is not available"), "{}", answer.body);
+    let log = cluster.app_log("ledger");
+    assert!(log.contains("not started: restoring \"ledger.db\""), "{log}");
+    assert_eq!(walk(&replica), files, "the replica is left as it was");
+    assert!(!cluster.hosts[0].data.join("apps/ledger/data").exists(), "no empty database was made");
+
+    std::fs::remove_dir_all(&replica).expect("delete the replica");
+    let answer = cluster.get("ledger", "/");
+    assert_eq!(answer.status, 503, "a manifest without its replica: {}", answer.body);
+    assert!(cluster.app_log("ledger").contains("no matching backup files"), "{}", cluster.app_log("ledger"));
+}
+
+/// Every file under `dir`, sorted.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(entry.path());
+            } else {
+                found.push(entry.path().display().to_string());
+            }
+        }
+    }
+    found.sort();
+    found
+}
