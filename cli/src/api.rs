@@ -15,6 +15,9 @@ const REQUEST_TIMEOUT_MS: u64 = 120_000;
 const CONNECT_TIMEOUT_MS: u64 = 5_000;
 
 /// An API client.
+/// Backups and restores move whole databases: they get longer than other calls.
+const LONG_OPERATION_TIMEOUT: Duration = Duration::from_secs(900);
+
 pub struct Client {
     base: String,
     http: reqwest::Client,
@@ -85,6 +88,23 @@ impl Client {
         let request = self.http.post(self.app_url(name, "/rollback")).json(&Rollback { version });
         let response = request.send().await.map_err(|e| self.unreachable(e))?;
         self.deployed(response).await
+    }
+
+    /// Ships every committed write of `name`'s databases to the replica now.
+    pub async fn backup(&self, name: &str) -> anyhow::Result<serde_json::Value> {
+        let request = self.http.post(self.app_url(name, "/backup")).timeout(LONG_OPERATION_TIMEOUT);
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        self.decode(response).await
+    }
+
+    /// Replaces `name`'s data with its replica as of `at` (RFC 3339), or the latest state.
+    pub async fn restore(&self, name: &str, at: Option<&str>) -> anyhow::Result<serde_json::Value> {
+        // An RFC 3339 time holds ':' and maybe '+', which a query must escape.
+        let query = at.map(|at| format!("?at={}", at.replace(':', "%3A").replace('+', "%2B"))).unwrap_or_default();
+        let url = self.app_url(name, &format!("/restore{query}"));
+        let request = self.http.post(url).timeout(LONG_OPERATION_TIMEOUT);
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        self.decode(response).await
     }
 
     /// Every version attempt of `name`, newest first.

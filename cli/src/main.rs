@@ -92,6 +92,18 @@ or a package.json naming its entry. Dependencies in package.json must be install
     /// Serve an earlier version again (the one before the current by default). The database is
     /// left as it is.
     Rollback { name: String, version: Option<u64> },
+    /// Ship every committed write of an app's databases to its replica now.
+    Backup { name: String },
+    /// Replace an app's data with its replica, as of a time or the latest state. The app is
+    /// stopped first and its current data is kept beside the restored one, never deleted.
+    ///
+    /// Example: steady restore ledger --at 2026-11-23T09:30:00Z
+    Restore {
+        name: String,
+        /// RFC 3339 time to restore to (point in time); the latest replicated state if absent.
+        #[arg(long)]
+        at: Option<String>,
+    },
     /// Delete an app with its data and logs.
     Delete {
         name: String,
@@ -129,6 +141,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_deployed(&deployed, cli.json, "rolled back to")?;
             if !cli.json {
                 eprintln!("the database was left as it is");
+            }
+            Ok(())
+        }
+        Command::Backup { name } => {
+            let answer = client.backup(&name).await?;
+            if cli.json {
+                println!("{answer}");
+            } else if answer["running"] == true {
+                eprintln!("{name}: {} databases synced to the replica", answer["synced"]);
+            } else {
+                eprintln!("{name} is asleep: its replica was completed when it stopped");
+            }
+            Ok(())
+        }
+        Command::Restore { name, at } => {
+            eprintln!("restoring {name} (the app is stopped while its data is replaced)…");
+            let answer = client.restore(&name, at.as_deref()).await?;
+            if cli.json {
+                println!("{answer}");
+            } else {
+                let databases: Vec<&str> =
+                    answer["databases"].as_array().into_iter().flatten().filter_map(|d| d.as_str()).collect();
+                let when = at.as_deref().unwrap_or("the latest replicated state");
+                eprintln!("restored {name} ({}) as of {when}", databases.join(", "));
+                if let Some(kept) = answer["kept"].as_str() {
+                    eprintln!("its earlier data is kept on the host as {kept}");
+                }
             }
             Ok(())
         }

@@ -41,6 +41,8 @@ pub fn router(apps: Arc<Apps>, bundle_size_max_bytes: usize) -> Router {
         .route("/v1/apps/{name}/deploy", post(deploy))
         .route("/v1/apps/{name}/rollback", post(rollback))
         .route("/v1/apps/{name}/sleep", post(sleep))
+        .route("/v1/apps/{name}/backup", post(backup))
+        .route("/v1/apps/{name}/restore", post(restore))
         .route("/v1/apps/{name}/versions", get(versions))
         .route("/v1/apps/{name}/logs", get(logs))
         .route("/v1/apps/{name}/requests", get(requests))
@@ -162,6 +164,40 @@ async fn sleep(State(api): State<Api>, Path(name): Path<String>) -> Response {
         Ok(Some(stopped)) => Json(serde_json::json!({ "stopped": stopped })).into_response(),
         Ok(None) => unknown(&name),
         Err(error) => internal(error),
+    }
+}
+
+async fn backup(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    if let Err(response) = check_name(&name) {
+        return response;
+    }
+    match api.apps.backup(&name).await {
+        Ok(Some(answer)) => Json(answer).into_response(),
+        Ok(None) => unknown(&name),
+        Err(error) => deploy_failure(&name, error),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RestoreQuery {
+    /// RFC 3339 time to restore to; the latest replicated state when absent.
+    at: Option<String>,
+}
+
+async fn restore(State(api): State<Api>, Path(name): Path<String>, Query(query): Query<RestoreQuery>) -> Response {
+    if let Err(response) = check_name(&name) {
+        return response;
+    }
+    if let Some(at) = &query.at {
+        if chrono::DateTime::parse_from_rfc3339(at).is_err() {
+            let message = format!("{at:?} is not an RFC 3339 time such as 2026-11-23T09:30:00Z");
+            return failure(StatusCode::BAD_REQUEST, "bad_time", message);
+        }
+    }
+    match api.apps.restore(&name, query.at.as_deref()).await {
+        Ok(Some(answer)) => Json(answer).into_response(),
+        Ok(None) => unknown(&name),
+        Err(error) => deploy_failure(&name, error),
     }
 }
 

@@ -410,7 +410,8 @@ impl Apps {
         self.pool.replenish();
         let process = started?;
         if !trial {
-            self.replicator.attach(&slot.name, &process.data_dir(), slot.log.clone()).await;
+            // Off the request's path: the app answers while its databases are registered.
+            self.replicator.attach_soon(&slot.name, &process.data_dir(), slot.log.clone());
         }
         Ok(process)
     }
@@ -780,6 +781,60 @@ impl Apps {
             }
             Err(error) => {
                 slot.log.line("steady", &format!("version {} did not start again: {error}", previous.version));
+            }
+        }
+    }
+
+    /// Ships every committed transaction of `name`'s databases to the replica now. Returns
+    /// `None` if the app is not here; an asleep app's replica was completed when it stopped.
+    pub async fn backup(&self, name: &str) -> Result<Option<serde_json::Value>, DeployError> {
+        let Some(slot) = self.existing_slot(name).map_err(|e| DeployError::Io(std::io::Error::other(e)))? else {
+            return Ok(None);
+        };
+        let serving = slot.serving.lock().await;
+        let running = serving.as_ref().is_some_and(|p| p.is_alive());
+        let synced = if running { self.replicator.sync_now(name).await? } else { 0 };
+        drop(serving);
+        let databases = self.replicator.manifest(name).await?.unwrap_or_default();
+        slot.log.line("steady", &format!("backup: {synced} databases synced to the replica now"));
+        Ok(Some(serde_json::json!({ "name": name, "running": running, "synced": synced, "databases": databases })))
+    }
+
+    /// Replaces `name`'s data with the replica as of `at` (RFC 3339; the latest when `None`).
+    /// The app is stopped first; its current data is kept beside the new one
+    /// (`data.before-restore-<ms>`), never deleted, and put back if the restore fails. The next
+    /// request starts the app on the restored data.
+    pub async fn restore(&self, name: &str, at: Option<&str>) -> Result<Option<serde_json::Value>, DeployError> {
+        let Some(slot) = self.existing_slot(name).map_err(|e| DeployError::Io(std::io::Error::other(e)))? else {
+            return Ok(None);
+        };
+        let _one_change_at_a_time = slot.deploying.lock().await;
+        let mut serving = slot.serving.lock().await;
+        self.retire(slot.as_ref(), &mut serving).await;
+        let data = self.app_dir(name).join("data");
+        let kept = format!("data.before-restore-{}", crate::now_ms());
+        let aside = self.app_dir(name).join(&kept);
+        let had_data = data.is_dir();
+        if had_data {
+            std::fs::rename(&data, &aside)?;
+        }
+        match self.replicator.restore(name, &data, at).await {
+            Ok(databases) => {
+                let when = at.unwrap_or("the latest replicated state");
+                slot.log.line(
+                    "steady",
+                    &format!("restored {} as of {when}; earlier data kept in {kept}", databases.join(", ")),
+                );
+                Ok(Some(
+                    serde_json::json!({ "name": name, "databases": databases, "at": at, "kept": had_data.then_some(kept) }),
+                ))
+            }
+            Err(error) => {
+                if had_data {
+                    std::fs::rename(&aside, &data)?;
+                }
+                slot.log.line("steady", &format!("restore failed, data unchanged: {error}"));
+                Err(error.into())
             }
         }
     }

@@ -152,6 +152,8 @@ pub struct Replicator {
     target: ReplicaTarget,
     manifests: Arc<dyn steady_blob::BlobStore>,
     attached: tokio::sync::Mutex<HashMap<String, Attached>>,
+    /// Attachments under way, by app.
+    attaching: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     /// Output routing: data directory → the app's log (read by the output pump).
     logs: Arc<Mutex<Vec<(PathBuf, Arc<AppLog>)>>>,
     daemon_pid: AtomicI32,
@@ -171,6 +173,7 @@ impl Replicator {
             target,
             manifests,
             attached: tokio::sync::Mutex::new(HashMap::new()),
+            attaching: Mutex::new(HashMap::new()),
             logs: Arc::new(Mutex::new(Vec::new())),
             daemon_pid: AtomicI32::new(0),
         }
@@ -291,6 +294,14 @@ impl Replicator {
 }
 
 impl Replicator {
+    /// [`Replicator::attach`] in the background; [`Replicator::detach`] waits for it, so a
+    /// process that ends at once is never left registered.
+    pub fn attach_soon(self: &Arc<Self>, app: &str, data_dir: &Path, log: Arc<AppLog>) {
+        let (this, app_name, data_dir) = (self.clone(), app.to_owned(), data_dir.to_owned());
+        let task = tokio::spawn(async move { this.attach(&app_name, &data_dir, log).await });
+        self.attaching.lock().unwrap_or_else(|p| p.into_inner()).insert(app.to_owned(), task);
+    }
+
     /// Starts replicating the databases of `app`, whose data directory is now at `data_dir`.
     /// Errors are in the app's log; the app runs either way (its data is on the local disk).
     pub async fn attach(&self, app: &str, data_dir: &Path, log: Arc<AppLog>) {
@@ -351,6 +362,10 @@ impl Replicator {
     /// Ends replication of `app` before its data directory moves: a final sync of every
     /// database (all committed transactions reach the replica), then unregistering them.
     pub async fn detach(&self, app: &str) -> Result<(), ReplicaError> {
+        let attaching = self.attaching.lock().unwrap_or_else(|p| p.into_inner()).remove(app);
+        if let Some(task) = attaching {
+            let _ = task.await;
+        }
         let Some(entry) = self.attached.lock().await.remove(app) else { return Ok(()) };
         self.logs.lock().unwrap_or_else(|p| p.into_inner()).retain(|(dir, _)| *dir != entry.data_dir);
         let mut first_error = None;
