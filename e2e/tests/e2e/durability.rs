@@ -153,3 +153,60 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     found.sort();
     found
 }
+
+/// The current time as RFC 3339 with milliseconds (UTC), from the system's `date`.
+fn now_rfc3339() -> String {
+    let output = std::process::Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%S.%3NZ"]).output().expect("date");
+    String::from_utf8(output.stdout).expect("date prints text").trim().to_owned()
+}
+
+#[test]
+fn backup_and_point_in_time_restore_through_the_cli() {
+    let cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "ledger", LEDGER);
+    cluster.deploy(&app, "ledger");
+    write_rows(&cluster, "ledger", 1..=10);
+    let backup = cluster.steady(&["backup", "ledger", "--json"]);
+    assert!(backup.status.success(), "{}", steady_e2e::describe(&backup));
+    let backup: serde_json::Value = serde_json::from_slice(&backup.stdout).expect("backup JSON");
+    assert_eq!((backup["running"].clone(), backup["synced"].clone()), (true.into(), 1.into()), "{backup}");
+    // Litestream restores to a time by its files' timestamps: leave a clear gap on each side.
+    std::thread::sleep(SYNC_INTERVAL + Duration::from_millis(200));
+    let between = now_rfc3339();
+    std::thread::sleep(SYNC_INTERVAL + Duration::from_millis(200));
+    write_rows(&cluster, "ledger", 11..=20);
+    assert!(cluster.steady(&["backup", "ledger"]).status.success());
+
+    let restored = cluster.steady(&["restore", "ledger", "--at", &between, "--json"]);
+    assert!(restored.status.success(), "{}", steady_e2e::describe(&restored));
+    let restored: serde_json::Value = serde_json::from_slice(&restored.stdout).expect("restore JSON");
+    assert_eq!(rows(&cluster, "ledger"), (1..=10).collect::<Vec<u64>>(), "the state as of {between}");
+    let kept = restored["kept"].as_str().expect("earlier data kept");
+    assert!(cluster.hosts[0].data.join("apps/ledger").join(kept).join("ledger.db").is_file(), "{restored}");
+
+    let latest = cluster.steady(&["restore", "ledger"]);
+    assert!(latest.status.success(), "{}", steady_e2e::describe(&latest));
+    assert_eq!(rows(&cluster, "ledger"), (1..=10).collect::<Vec<u64>>(), "the replica continues from the restore");
+
+    let bad = cluster.steady(&["restore", "ledger", "--at", "yesterday"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", steady_e2e::describe(&bad));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not an RFC 3339 time"), "{}", steady_e2e::describe(&bad));
+    let early = cluster.steady(&["restore", "ledger", "--at", "2001-01-01T00:00:00Z"]);
+    assert!(!early.status.success(), "a time before any backup: {}", steady_e2e::describe(&early));
+    assert_eq!(rows(&cluster, "ledger"), (1..=10).collect::<Vec<u64>>(), "a failed restore changes nothing");
+}
+
+#[test]
+fn wrong_s3_credentials_fail_the_deploy_clearly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s3 = S3Server::start(dir.path());
+    s3.create_bucket("steady");
+    let config = s3.storage_config("steady", Some("not-the-secret"));
+    let cluster = Cluster::start_with(1, &["--storage-config", config.to_str().unwrap()]);
+    let app = write_app(cluster.dir.path(), "ledger", LEDGER);
+    let output = cluster.steady(&["deploy", app.to_str().unwrap(), "--name", "ledger"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("access denied"), "{stderr}");
+    assert_eq!(cluster.get("ledger", "/").status, 404, "nothing was deployed");
+}
