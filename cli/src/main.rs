@@ -240,6 +240,12 @@ async fn status(client: &api::Client, name: &str, json: bool) -> anyhow::Result<
     if let Some(at) = status.expires_at_ms {
         println!("expires:    {} (temporary)", time(at));
     }
+    if let Some(replica) = &status.replica {
+        println!("replica:    {replica}");
+    }
+    if let Some(error) = &status.data_error {
+        println!("DATA:       not available — {error}");
+    }
     Ok(())
 }
 

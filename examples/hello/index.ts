@@ -4,6 +4,7 @@ import { Database } from "bun:sqlite";
 
 const db = new Database(`${process.env.STEADY_DATA_DIR ?? "."}/hello.db`, { create: true });
 db.run("PRAGMA journal_mode = WAL");
+db.run("PRAGMA busy_timeout = 5000"); // Litestream checkpoints the WAL beside the app
 db.run("CREATE TABLE IF NOT EXISTS visits (at INTEGER NOT NULL)");
 
 export default {

@@ -195,6 +195,8 @@ struct Slot {
     last_start_ms: AtomicU64,
     last_start_duration_ms: AtomicU64,
     health: Mutex<Health>,
+    /// The last failure to make the app's data ready, cleared by the next success.
+    data_error: Mutex<Option<String>>,
     /// Schedules whose handler runs right now (a tick is skipped rather than overlapped).
     crons_running: Mutex<HashSet<String>>,
 }
@@ -323,6 +325,7 @@ impl Apps {
                 None => ("asleep", None, None),
             },
         };
+        let data_error = slot.data_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let nonzero = |v: u64| (v > 0).then_some(v);
         Ok(Some(AppStatus {
             name: name.into(),
@@ -338,6 +341,8 @@ impl Apps {
             limits: self.pool.cgroups().describe(),
             crashes,
             expires_at_ms,
+            replica: Some(self.replicator.location(name)),
+            data_error,
         }))
     }
 
@@ -362,6 +367,7 @@ impl Apps {
             last_start_ms: AtomicU64::new(0),
             last_start_duration_ms: AtomicU64::new(0),
             health: Mutex::new(Health::default()),
+            data_error: Mutex::new(None),
             crons_running: Mutex::new(HashSet::new()),
         });
         slots.insert(name.to_owned(), slot.clone());
@@ -426,7 +432,9 @@ impl Apps {
             return Ok(());
         }
         let started = Instant::now();
-        match self.replicator.restore(&slot.name, &data_dir, None).await {
+        let restored = self.replicator.restore(&slot.name, &data_dir, None).await;
+        *slot.data_error.lock().unwrap_or_else(|p| p.into_inner()) = restored.as_ref().err().map(|e| e.to_string());
+        match restored {
             Ok(databases) if databases.is_empty() => Ok(()),
             Ok(databases) => {
                 let ms = started.elapsed().as_millis();

@@ -346,6 +346,12 @@ impl Replicator {
         }
     }
 
+    /// Where the replicas of `app` live (for status): the replica URL without its settings.
+    pub fn location(&self, app: &str) -> String {
+        let url = self.target.url(app, "");
+        url.split('?').next().unwrap_or(&url).trim_end_matches('/').to_owned()
+    }
+
     fn target_label(&self, app: &str, database: &str) -> String {
         let url = self.target.url(app, database);
         url.split('?').next().unwrap_or(&url).to_owned()

@@ -188,6 +188,12 @@ pub struct AppStatus {
     /// Unexpected exits in a row (reset by a deploy, a rollback or a long-lived process).
     pub crashes: u32,
     pub expires_at_ms: Option<u64>,
+    /// Where the app's databases are replicated (the replica URL without its settings).
+    #[serde(default)]
+    pub replica: Option<String>,
+    /// Why the app's data could not be made ready (a failed restore), until it can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_error: Option<String>,
 }
 
 /// Every API error has this JSON shape, with a message meant for a person.

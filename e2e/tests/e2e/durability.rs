@@ -130,6 +130,9 @@ fn a_corrupt_or_missing_replica_is_an_error_and_nothing_is_deleted() {
     assert!(log.contains("not started: restoring \"ledger.db\""), "{log}");
     assert_eq!(walk(&replica), files, "the replica is left as it was");
     assert!(!cluster.hosts[0].data.join("apps/ledger/data").exists(), "no empty database was made");
+    let status = cluster.steady(&["status", "ledger"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("DATA:       not available"), "steady status says why: {status}");
 
     std::fs::remove_dir_all(&replica).expect("delete the replica");
     let answer = cluster.get("ledger", "/");
