@@ -213,3 +213,18 @@ fn wrong_s3_credentials_fail_the_deploy_clearly() {
     assert!(stderr.contains("access denied"), "{stderr}");
     assert_eq!(cluster.get("ledger", "/").status, 404, "nothing was deployed");
 }
+
+#[test]
+fn an_unreachable_s3_fails_the_deploy_clearly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s3 = S3Server::start(dir.path());
+    let config = s3.storage_config("steady", None);
+    drop(s3);
+    let cluster = Cluster::start_with(1, &["--storage-config", config.to_str().unwrap()]);
+    let app = write_app(cluster.dir.path(), "ledger", LEDGER);
+    let output = cluster.steady(&["deploy", app.to_str().unwrap(), "--name", "ledger"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+    assert_eq!(cluster.get("ledger", "/").status, 404, "nothing was deployed");
+}
