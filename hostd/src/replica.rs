@@ -144,6 +144,9 @@ struct Attached {
     databases: BTreeSet<String>,
 }
 
+/// Which app's log a daemon output line goes to: by the data directory it names.
+type LogRoutes = Arc<Mutex<Vec<(PathBuf, Arc<AppLog>)>>>;
+
 /// The host's Litestream daemon and the apps it replicates.
 pub struct Replicator {
     litestream: PathBuf,
@@ -155,7 +158,7 @@ pub struct Replicator {
     /// Attachments under way, by app.
     attaching: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     /// Output routing: data directory → the app's log (read by the output pump).
-    logs: Arc<Mutex<Vec<(PathBuf, Arc<AppLog>)>>>,
+    logs: LogRoutes,
     daemon_pid: AtomicI32,
 }
 

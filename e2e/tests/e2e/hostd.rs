@@ -59,7 +59,7 @@ fn an_overflowing_start_queue_answers_503_with_retry_after() {
     let served = answers.iter().filter(|a| a.status == 200).count();
     let refused: Vec<_> = answers.iter().filter(|a| a.status == 503).collect();
     assert_eq!(served + refused.len(), 20, "only 200 or 503: {answers:?}");
-    assert!(served >= 1 && served <= 4, "at most the queue bound is served: {served}");
+    assert!((1..=4).contains(&served), "at most the queue bound is served: {served}");
     assert!(!refused.is_empty());
     for answer in refused {
         assert_eq!(answer.retry_after.as_deref(), Some("1"), "{answer:?}");
