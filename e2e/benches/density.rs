@@ -91,6 +91,11 @@ fn main() {
     println!("awake among the {awake}: {running}");
     for host in &cluster.hosts {
         println!("hostd {}: RSS {:.1} MiB", host.id, rss_kib(host.daemon.pid()) as f64 / 1024.0);
+        let is_litestream =
+            |pid: &u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "litestream");
+        for pid in steady_e2e::descendants(host.daemon.pid()).iter().filter(|p| is_litestream(p)) {
+            println!("  its litestream (replicating every awake app): RSS {:.1} MiB", rss_kib(*pid) as f64 / 1024.0);
+        }
     }
     println!(
         "slicer RSS {:.1} MiB, lb RSS {:.1} MiB",
