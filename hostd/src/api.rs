@@ -36,6 +36,8 @@ struct Api {
 pub fn router(apps: Arc<Apps>, bundle_size_max_bytes: usize) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/metrics", get(metrics))
         .route("/v1/apps", get(list))
         .route("/v1/apps/{name}", get(status).delete(delete))
         .route("/v1/apps/{name}/deploy", post(deploy))
@@ -118,6 +120,11 @@ fn changed(name: &str, outcome: Result<(DeployResult, u64), DeployError>, status
         }
         Err(error) => deploy_failure(name, error),
     }
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    let text = api.apps.render_metrics();
+    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
 
 fn deploy_failure(name: &str, error: DeployError) -> Response {

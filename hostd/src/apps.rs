@@ -234,6 +234,8 @@ pub struct Apps {
     membership: Membership,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     pool: WarmPool,
+    /// Prometheus metrics of this host.
+    pub metrics: crate::metrics::Metrics,
     /// Signalled when a process starts, so the awake limit is enforced promptly.
     started: tokio::sync::Notify,
 }
@@ -271,6 +273,7 @@ impl Apps {
             membership,
             slots: Mutex::new(HashMap::new()),
             pool,
+            metrics: crate::metrics::Metrics::default(),
             started: tokio::sync::Notify::new(),
         }
     }
@@ -557,6 +560,8 @@ impl Apps {
         match self.start(slot, current).await {
             Ok(process) => {
                 tracing::info!(app = %slot.name, version = current.version, start_ms = process.start_ms, "app woke");
+                self.metrics.cold_starts.inc();
+                self.metrics.cold_start_seconds.observe(process.start_ms as f64 / 1000.0);
                 let socket = process.socket.clone();
                 *serving = Some(process);
                 self.enter(slot)?;
@@ -574,6 +579,7 @@ impl Apps {
 
     /// Counts an unexpected exit; at the threshold, pauses starts with a doubling backoff.
     fn note_crash(&self, slot: &Slot, lived_ms: u64) {
+        self.metrics.crashes.inc();
         let mut health = slot.health.lock().unwrap_or_else(|p| p.into_inner());
         health.crashes = if lived_ms >= CRASH_RESET_AFTER_MS { 1 } else { health.crashes + 1 };
         if health.crashes < CRASH_LOOP_THRESHOLD {
@@ -624,6 +630,25 @@ impl Apps {
             bundle: format!("sha256:{digest}"),
         };
         Ok((result, table_version))
+    }
+
+    /// Sets the gauges that describe the present (apps by state, the start queue, warm
+    /// sandboxes) and returns the metrics in the text exposition format.
+    pub fn render_metrics(&self) -> String {
+        use crate::metrics::{AppState, StateLabels};
+        let slots: Vec<Arc<Slot>> = self.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let (mut running, mut waiting) = (0i64, 0i64);
+        for slot in &slots {
+            let alive = slot.serving.try_lock().map_or(true, |s| s.as_ref().is_some_and(|p| p.is_alive()));
+            running += i64::from(alive);
+            waiting += slot.waiting.load(Ordering::Acquire) as i64;
+        }
+        let known = self.store().list().map(|apps| apps.len() as i64).unwrap_or(slots.len() as i64);
+        self.metrics.apps.get_or_create(&StateLabels { state: AppState::Running }).set(running);
+        self.metrics.apps.get_or_create(&StateLabels { state: AppState::Asleep }).set((known - running).max(0));
+        self.metrics.start_queue_depth.set(waiting);
+        self.metrics.warm_sandboxes.set(self.pool.warm_count() as i64);
+        self.metrics.encode()
     }
 
     /// Unpacks the bundle `digest` (once) into its read-only directory.
@@ -703,6 +728,7 @@ impl Apps {
     async fn activate(&self, slot: &Slot, target: &Current, new_attempt: bool) -> Result<u64, DeployError> {
         let version = target.version;
         let fail = |error: DeployError| {
+            self.metrics.deployed(crate::metrics::Outcome::Failed);
             if new_attempt {
                 self.store().finish_version(target.app_id, version, Outcome::Failed)?;
             }
@@ -745,6 +771,7 @@ impl Apps {
             }
         };
         self.store().finish_version(target.app_id, version, Outcome::Ready)?;
+        self.metrics.deployed(crate::metrics::Outcome::Serving);
         self.store().set_schedules(&slot.name, &process.schedules, crate::now_ms())?;
         *slot.health.lock().unwrap_or_else(|p| p.into_inner()) = Health::default();
         *serving = Some(process);

@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use steady_proto::wire::{ApiError, RequestRecord, HEADER_APP, INTERNAL_HEADER_PREFIX};
 
 use crate::apps::{Apps, Lease, WakeError};
+use crate::metrics::DropReason;
 
 /// Seconds a client is told to wait after a 503 for an app that could not be woken.
 const RETRY_AFTER_SECONDS: u64 = 1;
@@ -50,7 +51,12 @@ async fn forward_to_app(apps: &Apps, mut request: Request) -> Response {
     strip_internal_headers(&mut request);
     let lease = match apps.wake(&app).await {
         Ok(lease) => lease,
-        Err(error) => return wake_failure(error),
+        Err(error) => {
+            if let Some(reason) = drop_reason(&error) {
+                apps.metrics.drop_request(reason);
+            }
+            return wake_failure(error);
+        }
     };
     let mut completion = Completion::new(lease, &request);
     match send(&completion.lease.socket, request).await {
@@ -147,6 +153,19 @@ pub(crate) async fn send(
     });
     let response = sender.send_request(request).await?;
     Ok(response.map(Body::new))
+}
+
+/// The metric label of a request hostd answers itself (`None` for an unknown app or a fault).
+fn drop_reason(error: &WakeError) -> Option<DropReason> {
+    Some(match error {
+        WakeError::QueueFull(_) => DropReason::QueueFull,
+        WakeError::CrashLoop { .. } => DropReason::CrashLoop,
+        WakeError::Busy(_) => DropReason::Busy,
+        WakeError::Deadline(_) => DropReason::Deadline,
+        WakeError::Start { error: crate::process::StartError::Data(_), .. } => DropReason::DataUnavailable,
+        WakeError::Start { .. } => DropReason::StartFailed,
+        WakeError::Unknown(_) | WakeError::Store(_) | WakeError::Io(_) => return None,
+    })
 }
 
 fn wake_failure(error: WakeError) -> Response {

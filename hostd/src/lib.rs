@@ -14,6 +14,7 @@ pub mod config;
 pub mod ingress;
 pub mod log;
 pub mod membership;
+pub mod metrics;
 pub mod process;
 pub mod replica;
 pub mod sandbox;

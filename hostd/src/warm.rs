@@ -92,7 +92,8 @@ impl WarmPool {
         Sandbox::spawn(&spec, group, factory.boot_timeout_ms).await
     }
 
-    fn warm_count(&self) -> usize {
+    /// Sandboxes waiting for an app right now.
+    pub fn warm_count(&self) -> usize {
         self.ready.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 

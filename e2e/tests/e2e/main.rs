@@ -4,6 +4,7 @@
 mod durability;
 mod hostd;
 mod limits;
+mod metrics;
 mod request_path;
 mod sandbox;
 mod up;

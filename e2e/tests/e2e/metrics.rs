@@ -1,0 +1,44 @@
+//! Prometheus metrics: each one is scraped from a live host daemon and seen to move when the
+//! thing it counts happens.
+
+use steady_e2e::{eventually, workspace, write_app, Cluster};
+
+/// The value of the sample `name` (with its labels, exactly as exposed) on host 0, or 0.
+fn sample(cluster: &Cluster, name: &str) -> f64 {
+    let url = format!("http://{}/metrics", cluster.hosts[0].api);
+    let text = reqwest::blocking::get(url).and_then(|r| r.text()).expect("scrape /metrics");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|value| value.trim().parse().expect("a number"))
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn host_metrics_move_with_what_they_count() {
+    let cluster = Cluster::start(1);
+    assert_eq!(sample(&cluster, "steady_hostd_deploys_total{outcome=\"serving\"}"), 0.0);
+    cluster.deploy(&workspace().join("examples/hello"), "counted");
+    assert_eq!(sample(&cluster, "steady_hostd_deploys_total{outcome=\"serving\"}"), 1.0);
+    assert_eq!(sample(&cluster, "steady_hostd_apps{state=\"running\"}"), 1.0);
+    eventually("the warm pool to refill", || (sample(&cluster, "steady_hostd_warm_sandboxes") >= 1.0).then_some(()));
+
+    let cold_before = sample(&cluster, "steady_hostd_cold_starts_total");
+    assert_eq!(cluster.api_post("/v1/apps/counted/sleep")["stopped"], true);
+    assert_eq!(sample(&cluster, "steady_hostd_apps{state=\"asleep\"}"), 1.0);
+    assert_eq!(cluster.get("counted", "/").status, 200);
+    assert_eq!(sample(&cluster, "steady_hostd_cold_starts_total"), cold_before + 1.0);
+    assert!(sample(&cluster, "steady_hostd_cold_start_duration_seconds_count") >= 1.0);
+
+    let crasher = write_app(cluster.dir.path(), "crasher", "export default { fetch() { process.exit(3); } };\n");
+    cluster.deploy(&crasher, "crasher");
+    eventually("the crash loop to be declared", || {
+        let answer = cluster.get("crasher", "/");
+        (answer.status == 503 && answer.body.contains("crash_loop")).then_some(())
+    });
+    assert!(sample(&cluster, "steady_hostd_app_crashes_total") >= 3.0);
+    assert!(sample(&cluster, "steady_hostd_requests_dropped_total{reason=\"crash_loop\"}") >= 1.0);
+
+    let broken = write_app(cluster.dir.path(), "broken", "export default { fetch() { return 1 } }; throw 1;\n");
+    assert!(!cluster.steady(&["deploy", broken.to_str().unwrap(), "--name", "counted"]).status.success());
+    assert_eq!(sample(&cluster, "steady_hostd_deploys_total{outcome=\"failed\"}"), 1.0);
+}
