@@ -7,6 +7,7 @@
 //! updates, and while the slicer is down, the LB keeps routing on its last table.
 
 pub mod config;
+pub mod metrics;
 pub mod pages;
 pub mod private;
 pub mod public;

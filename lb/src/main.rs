@@ -38,16 +38,17 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();
     let routes = Routes::new();
+    let metrics = std::sync::Arc::new(steady_lb::metrics::Metrics::default());
 
     let mut public = pingora::proxy::http_proxy_service(
         &server.configuration,
-        PublicProxy::new(routes.clone(), config.domains.clone()),
+        PublicProxy::new(routes.clone(), config.domains.clone(), metrics.clone()),
     );
     public.add_tcp(&config.public.to_string());
     public.threads = Some(config.threads);
     let mut private = pingora::proxy::http_proxy_service(
         &server.configuration,
-        PrivateProxy::new(routes.clone(), config.slicer, &config.domains[0], config.public),
+        PrivateProxy::new(routes.clone(), metrics, config.slicer, &config.domains[0], config.public),
     );
     private.add_tcp(&config.private.to_string());
     private.threads = Some(1);

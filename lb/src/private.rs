@@ -26,6 +26,7 @@ pub struct ApiCtx {
 /// The private API proxy.
 pub struct PrivateProxy {
     routes: Arc<Routes>,
+    metrics: Arc<crate::metrics::Metrics>,
     slicer: SocketAddr,
     /// Public base of app URLs: `http://{app}.<domain>[:port]` is built from these.
     url_domain: String,
@@ -35,9 +36,15 @@ pub struct PrivateProxy {
 impl PrivateProxy {
     /// A proxy that sends app calls by `routes` and the rest to `slicer`. App URLs it reports
     /// are under `domain` on the public listener `public`.
-    pub fn new(routes: Arc<Routes>, slicer: SocketAddr, domain: &str, public: SocketAddr) -> Self {
+    pub fn new(
+        routes: Arc<Routes>,
+        metrics: Arc<crate::metrics::Metrics>,
+        slicer: SocketAddr,
+        domain: &str,
+        public: SocketAddr,
+    ) -> Self {
         let url_port_suffix = if public.port() == 80 { String::new() } else { format!(":{}", public.port()) };
-        Self { routes, slicer, url_domain: domain.to_owned(), url_port_suffix }
+        Self { routes, metrics, slicer, url_domain: domain.to_owned(), url_port_suffix }
     }
 }
 
@@ -58,6 +65,12 @@ impl ProxyHttp for PrivateProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut ApiCtx) -> pingora::Result<bool> {
         let path = session.req_header().uri.path().to_owned();
+        if path == "/metrics" {
+            self.metrics.table_version.set(self.routes.current().version as i64);
+            let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+            pages::respond(session, 200, content_type, self.metrics.encode()).await?;
+            return Ok(true);
+        }
         if path == "/readyz" {
             let version = self.routes.current().version;
             let (status, body) = if version > 0 {

@@ -9,6 +9,7 @@ use pingora::upstreams::peer::HttpPeer;
 use steady_proto::name::{app_from_host, is_apex};
 use steady_proto::wire::HEADER_APP;
 
+use crate::metrics::{Metrics, RequestLabels};
 use crate::pages;
 use crate::routing::Routes;
 use crate::upstream;
@@ -18,19 +19,21 @@ use crate::upstream;
 pub struct RequestCtx {
     app: String,
     ingress: Option<std::net::SocketAddr>,
+    started: Option<std::time::Instant>,
 }
 
 /// The public proxy.
 pub struct PublicProxy {
     routes: Arc<Routes>,
     domains: Vec<String>,
+    metrics: Arc<Metrics>,
 }
 
 impl PublicProxy {
     /// A proxy for apps under `domains`, routed by `routes`.
-    pub fn new(routes: Arc<Routes>, domains: Vec<String>) -> Self {
+    pub fn new(routes: Arc<Routes>, domains: Vec<String>, metrics: Arc<Metrics>) -> Self {
         assert!(!domains.is_empty(), "the LB serves at least one domain");
-        Self { routes, domains }
+        Self { routes, domains, metrics }
     }
 }
 
@@ -52,6 +55,8 @@ impl ProxyHttp for PublicProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+        ctx.started = Some(std::time::Instant::now());
+        self.metrics.in_flight.inc();
         let host = host_of(session.req_header()).to_ascii_lowercase();
         if self.domains.iter().any(|d| is_apex(&host, d)) {
             pages::respond(session, 200, "text/html; charset=utf-8", pages::apex()).await?;
@@ -85,5 +90,17 @@ impl ProxyHttp for PublicProxy {
         request.insert_header(HEADER_APP, ctx.app.as_str())?;
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
         upstream::set_forwarded(request, client)
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+        let Some(started) = ctx.started else { return };
+        self.metrics.in_flight.dec();
+        self.metrics.duration_seconds.observe(started.elapsed().as_secs_f64());
+        let status = Metrics::status_class(session.response_written().map(|r| r.status.as_u16()));
+        let app = if ctx.app.is_empty() { "-".to_owned() } else { std::mem::take(&mut ctx.app) };
+        self.metrics.requests.get_or_create(&RequestLabels { app, status }).inc();
+        if error.is_some() {
+            self.metrics.upstream_errors.inc();
+        }
     }
 }

@@ -5,8 +5,12 @@ use steady_e2e::{eventually, workspace, write_app, Cluster};
 
 /// The value of the sample `name` (with its labels, exactly as exposed) on host 0, or 0.
 fn sample(cluster: &Cluster, name: &str) -> f64 {
-    let url = format!("http://{}/metrics", cluster.hosts[0].api);
-    let text = reqwest::blocking::get(url).and_then(|r| r.text()).expect("scrape /metrics");
+    scrape(&cluster.hosts[0].api.to_string(), name)
+}
+
+/// The value of the sample `name` at `http://<addr>/metrics`, or 0 when it is not exposed.
+fn scrape(addr: &str, name: &str) -> f64 {
+    let text = reqwest::blocking::get(format!("http://{addr}/metrics")).and_then(|r| r.text()).expect("scrape");
     text.lines()
         .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
         .map(|value| value.trim().parse().expect("a number"))
@@ -41,4 +45,27 @@ fn host_metrics_move_with_what_they_count() {
     let broken = write_app(cluster.dir.path(), "broken", "export default { fetch() { return 1 } }; throw 1;\n");
     assert!(!cluster.steady(&["deploy", broken.to_str().unwrap(), "--name", "counted"]).status.success());
     assert_eq!(sample(&cluster, "steady_hostd_deploys_total{outcome=\"failed\"}"), 1.0);
+}
+
+#[test]
+fn load_balancer_metrics_move_with_what_they_count() {
+    let mut cluster = Cluster::start(1);
+    let lb = cluster.private.to_string();
+    assert!(scrape(&lb, "steady_lb_routing_table_version") >= 1.0);
+    cluster.deploy(&workspace().join("examples/hello"), "counted");
+    let ok = "steady_lb_requests_total{app=\"counted\",status=\"2xx\"}";
+    let before = scrape(&lb, ok);
+    for _ in 0..3 {
+        assert_eq!(cluster.get("counted", "/").status, 200);
+    }
+    assert_eq!(scrape(&lb, ok), before + 3.0);
+    assert!(scrape(&lb, "steady_lb_request_duration_seconds_count") >= 3.0);
+    assert_eq!(scrape(&lb, "steady_lb_requests_in_flight"), 0.0);
+    assert_eq!(cluster.get("nobody-here", "/").status, 404);
+    assert!(scrape(&lb, "steady_lb_requests_total{app=\"-\",status=\"4xx\"}") >= 1.0);
+
+    let errors = scrape(&lb, "steady_lb_upstream_errors_total");
+    cluster.hosts[0].daemon.stop_with(libc::SIGKILL);
+    assert!(cluster.get("counted", "/").status >= 500);
+    assert!(scrape(&lb, "steady_lb_upstream_errors_total") > errors);
 }

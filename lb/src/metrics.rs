@@ -1,0 +1,89 @@
+//! The load balancer's Prometheus metrics, served at `/metrics` on the private listener:
+//! requests by app and status class, their duration, requests in flight, upstream errors and
+//! the routing table version.
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Request duration buckets, in seconds: 0.5 ms to 10 s.
+const DURATION_BUCKETS_S: [f64; 14] =
+    [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Labels of a finished request. `app` is `-` for requests that named no app (the apex page,
+/// unknown hosts); the set of apps is bounded by the routing table.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub app: String,
+    /// `2xx`, `3xx`, `4xx`, `5xx`, or `none` when no response was written.
+    pub status: &'static str,
+}
+
+/// Every metric of one load balancer.
+pub struct Metrics {
+    registry: Registry,
+    /// Finished requests on the public listener.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Their duration, from the request filter to the end of the response.
+    pub duration_seconds: Histogram,
+    /// Requests on the public listener not finished yet.
+    pub in_flight: Gauge,
+    /// Requests that failed on the way to or from a host.
+    pub upstream_errors: Counter,
+    /// Version of the routing table in use (set at scrape time).
+    pub table_version: Gauge<i64, AtomicI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let metrics = Self {
+            registry: Registry::default(),
+            requests: Family::default(),
+            duration_seconds: Histogram::new(DURATION_BUCKETS_S),
+            in_flight: Gauge::default(),
+            upstream_errors: Counter::<u64, AtomicU64>::default(),
+            table_version: Gauge::default(),
+        };
+        let mut registry = Registry::with_prefix("steady_lb");
+        registry.register("requests", "Finished public requests by app and status class", metrics.requests.clone());
+        registry.register("request_duration_seconds", "Public request duration", metrics.duration_seconds.clone());
+        registry.register("requests_in_flight", "Public requests not finished yet", metrics.in_flight.clone());
+        registry.register(
+            "upstream_errors",
+            "Requests that failed on the way to a host",
+            metrics.upstream_errors.clone(),
+        );
+        registry.register(
+            "routing_table_version",
+            "Version of the routing table in use",
+            metrics.table_version.clone(),
+        );
+        Self { registry, ..metrics }
+    }
+}
+
+impl Metrics {
+    /// The status class label of `status` (`None`: nothing was written).
+    pub fn status_class(status: Option<u16>) -> &'static str {
+        match status {
+            Some(200..=299) => "2xx",
+            Some(300..=399) => "3xx",
+            Some(400..=499) => "4xx",
+            Some(500..=599) => "5xx",
+            Some(_) => "1xx",
+            None => "none",
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(4096);
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String");
+        text
+    }
+}
