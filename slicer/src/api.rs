@@ -49,6 +49,8 @@ impl Slicer {
 pub fn router(slicer: Arc<Slicer>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/metrics", get(metrics))
         .route("/v1/hosts/register", post(register_host))
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/table", get(watch_table))
@@ -92,6 +94,11 @@ async fn register_host(
     let version = slicer.change(|store| store.register_host(&body.host, now_ms()))?;
     tracing::info!(host = %body.host.id, ingress = %body.host.ingress_addr, version, "host registered");
     Ok(Json(slicer.table.borrow().as_ref().clone()))
+}
+
+async fn metrics(State(slicer): State<Arc<Slicer>>) -> impl IntoResponse {
+    let table = slicer.table.borrow().clone();
+    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], crate::metrics::render(&table))
 }
 
 async fn list_hosts(State(slicer): State<Arc<Slicer>>) -> Json<serde_json::Value> {

@@ -69,3 +69,17 @@ fn load_balancer_metrics_move_with_what_they_count() {
     assert!(cluster.get("counted", "/").status >= 500);
     assert!(scrape(&lb, "steady_lb_upstream_errors_total") > errors);
 }
+
+#[test]
+fn slicer_metrics_follow_the_table() {
+    let cluster = Cluster::start(2);
+    let slicer = cluster.slicer_addr.clone();
+    assert_eq!(scrape(&slicer, "steady_slicer_hosts"), 2.0);
+    let slices = scrape(&slicer, "steady_slicer_slices{host=\"host-1\"}")
+        + scrape(&slicer, "steady_slicer_slices{host=\"host-2\"}");
+    assert_eq!(slices, 1024.0, "every slice has an owner");
+    let version = scrape(&slicer, "steady_slicer_assignment_version");
+    cluster.deploy(&workspace().join("examples/hello"), "counted");
+    assert_eq!(scrape(&slicer, "steady_slicer_apps"), 1.0);
+    assert!(scrape(&slicer, "steady_slicer_assignment_version") > version);
+}
