@@ -207,7 +207,18 @@ fn apps(connection: &Connection) -> Result<Vec<AppEntry>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Runs the planner over all registered hosts and writes the new slice owners.
+/// How many recorded apps fall in each slice: the weights the planner balances.
+fn app_counts_per_slice(connection: &Connection) -> Result<Vec<u64>, StoreError> {
+    let mut weights = vec![0u64; SLICE_COUNT as usize];
+    let mut statement = connection.prepare("SELECT name FROM apps")?;
+    for name in statement.query_map([], |r| r.get::<_, String>(0))? {
+        weights[slice_of(&name?) as usize] += 1;
+    }
+    Ok(weights)
+}
+
+/// Runs the planner over all registered hosts, balancing them by app count, and writes the
+/// new slice owners.
 fn rebalance(tx: &Transaction) -> Result<(), StoreError> {
     let hosts = hosts(tx)?;
     let mut current = vec![None; SLICE_COUNT as usize];
@@ -221,7 +232,7 @@ fn rebalance(tx: &Transaction) -> Result<(), StoreError> {
             }
         }
     }
-    let next = planner::rebalance(&current, hosts.len());
+    let next = planner::rebalance_weighted(&current, &app_counts_per_slice(tx)?, hosts.len());
     let mut update = tx.prepare("INSERT OR REPLACE INTO slices (slice, host_id) VALUES (?1, ?2)")?;
     for (slice, (before, after)) in current.iter().zip(&next).enumerate() {
         if before != after {
@@ -278,5 +289,27 @@ mod tests {
         let version = store.app_deleted("hello", &owner).unwrap();
         assert!(store.table().unwrap().apps.is_empty());
         assert_eq!(store.app_deleted("hello", &owner).unwrap(), version, "deleting twice is harmless");
+    }
+
+    #[test]
+    fn a_new_host_gets_its_share_of_the_apps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        store.register_host(&host("h1"), 1).unwrap();
+        store.register_host(&host("h2"), 1).unwrap();
+        let names: Vec<String> = (0..1000).map(|i| format!("app-{i}")).collect();
+        for name in &names {
+            let owner = store.table().unwrap().owner_of(name).unwrap().id.clone();
+            store.app_deployed(name, &deployed(&owner), 2).unwrap();
+        }
+        store.register_host(&host("h3"), 3).unwrap();
+        let table = store.table().unwrap();
+        let mut per_host = std::collections::BTreeMap::<String, usize>::new();
+        for name in &names {
+            *per_host.entry(table.owner_of(name).unwrap().id.clone()).or_default() += 1;
+        }
+        let max = per_host.values().max().copied().unwrap_or(0);
+        assert_eq!(per_host.len(), 3, "apps per host {per_host:?}");
+        assert!(max * 3 * 100 <= names.len() * 110, "apps per host {per_host:?}");
     }
 }
