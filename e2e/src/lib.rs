@@ -190,6 +190,11 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra flags for every host daemon.
     pub fn start_with(host_count: usize, host_flags: &[&str]) -> Self {
+        Self::start_full(host_count, host_flags, &[])
+    }
+
+    /// Like [`Cluster::start_with`], with extra flags for the slicer too.
+    pub fn start_full(host_count: usize, host_flags: &[&str], slicer_flags: &[&str]) -> Self {
         assert!((1..=30).contains(&host_count));
         let dir = tempfile::Builder::new().prefix("steady-e2e-").tempdir().expect("temp dir");
         let root = dir.path().to_owned();
@@ -198,14 +203,18 @@ impl Cluster {
             &root,
             "slicer",
             "steady-slicer",
-            &strings(&[
-                "--listen",
-                "127.0.0.1:0",
-                "--data",
-                &path(&root.join("slicer")),
-                "--ready-file",
-                &path(&ready),
-            ]),
+            &[
+                strings(&[
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--data",
+                    &path(&root.join("slicer")),
+                    "--ready-file",
+                    &path(&ready),
+                ]),
+                strings(slicer_flags),
+            ]
+            .concat(),
         );
         let slicer_addr = wait_ready_file(&mut slicer, &ready)["api"].as_str().expect("slicer api").to_owned();
         let host_flags = strings(host_flags);

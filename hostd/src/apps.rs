@@ -46,6 +46,10 @@ fn latest_tick(schedule: &Schedule, last_tick_ms: u64, now_ms: u64) -> Option<u6
 
 /// Directory (under the data directory) holding one directory per sandbox.
 pub const SANDBOXES_DIR: &str = "sandboxes";
+/// Longest one routing-table watch waits at the slicer.
+const TABLE_WAIT_MS: u64 = 20_000;
+/// Pause after a failed table watch.
+const TABLE_RETRY_MS: u64 = 1_000;
 /// How often running apps' data directories are searched for new databases to replicate.
 const DATABASE_SCAN_INTERVAL_MS: u64 = 250;
 /// Longest a deploy waits for the old process's in-flight requests before stopping it.
@@ -665,17 +669,104 @@ impl Apps {
     /// disk was replaced, or it is a new machine under this host's id): fetches each bundle
     /// from the blob store and records the version; the first start restores the data from
     /// the replica. Returns how many were adopted; failures are logged and skipped.
+    /// Also takes over the apps of hosts the slicer declared dead whose slices it now owns,
+    /// and records itself as their holder.
     pub async fn adopt(&self, table: &steady_proto::wire::RoutingTable) -> usize {
+        let me = self.config.id.as_str();
+        let live: HashSet<&str> = table.hosts.iter().map(|h| h.id.as_str()).collect();
+        let mine = |a: &&steady_proto::wire::AppEntry| {
+            let owned = table.owner_of(&a.name).is_some_and(|o| o.id == me);
+            a.host_id == me || (owned && !live.contains(a.host_id.as_str()))
+        };
         let mut adopted = 0;
-        for entry in table.apps.iter().filter(|a| a.host_id == self.config.id) {
+        for entry in table.apps.iter().filter(mine) {
             let Some(bundle) = &entry.bundle else { continue };
             match self.adopt_one(entry, bundle).await {
                 Ok(true) => adopted += 1,
-                Ok(false) => {}
-                Err(error) => tracing::error!(app = %entry.name, %error, "adopting an app failed"),
+                Ok(false) => continue,
+                Err(error) => {
+                    tracing::error!(app = %entry.name, %error, "adopting an app failed");
+                    continue;
+                }
+            }
+            if entry.host_id != me {
+                let claimed = self.membership.app_deployed(&entry.name, entry.version, bundle, entry.expires_at_ms);
+                if let Err(error) = claimed.await {
+                    tracing::error!(app = %entry.name, %error, "recording an adopted app failed");
+                }
             }
         }
         adopted
+    }
+
+    /// Lets go of apps the table says another live host holds now (this host was declared
+    /// dead and came back): stops them and forgets them here, keeping their data directory
+    /// aside (`data.released-<ms>`) — never serving a stale copy, never deleting.
+    pub async fn release_stale(&self, table: &steady_proto::wire::RoutingTable) {
+        let me = self.config.id.as_str();
+        let live: HashSet<&str> = table.hosts.iter().map(|h| h.id.as_str()).collect();
+        let local = self.store().list().unwrap_or_default();
+        for app in local {
+            let Some(entry) = table.apps.iter().find(|a| a.name == app.name) else { continue };
+            if entry.host_id == me || !live.contains(entry.host_id.as_str()) {
+                continue;
+            }
+            if let Err(error) = self.release(&app.name, &entry.host_id).await {
+                tracing::error!(app = %app.name, %error, "releasing an app another host holds failed");
+            }
+        }
+    }
+
+    async fn release(&self, name: &str, holder: &str) -> Result<(), DeployError> {
+        let slot = self.slot(name)?;
+        let _one_change_at_a_time = slot.deploying.lock().await;
+        if let Some(process) = slot.serving.lock().await.take() {
+            process.stop().await;
+        }
+        let data = self.app_dir(name).join("data");
+        if data.exists() {
+            std::fs::rename(&data, self.app_dir(name).join(format!("data.released-{}", crate::now_ms())))?;
+        }
+        self.store().delete(name)?;
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        slot.log.line("steady", &format!("released: host {holder} holds this app now; local data kept aside"));
+        tracing::warn!(app = %name, holder, "app released to another host");
+        Ok(())
+    }
+
+    /// Runs forever: heartbeats to the slicer (registering again when it no longer knows this
+    /// host) and follows the routing table, adopting and releasing apps as it changes.
+    pub async fn follow_cluster(self: Arc<Self>, mut version: u64) {
+        let heartbeat = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_millis(heartbeat.config.heartbeat_ms));
+            loop {
+                ticker.tick().await;
+                match heartbeat.membership.heartbeat().await {
+                    Ok(true) => {}
+                    Ok(false) => match heartbeat.membership.register().await {
+                        Ok(table) => tracing::warn!(version = table.version, "registered again with the slicer"),
+                        Err(error) => tracing::error!(%error, "registering again failed"),
+                    },
+                    Err(error) => tracing::warn!(%error, "heartbeat failed"),
+                }
+            }
+        });
+        loop {
+            match self.membership.next_table(version, TABLE_WAIT_MS).await {
+                Ok(Some(table)) => {
+                    version = table.version;
+                    self.release_stale(&table).await;
+                    let adopted = self.adopt(&table).await;
+                    tracing::info!(version, adopted, "routing table followed");
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "watching the routing table failed");
+                    tokio::time::sleep(Duration::from_millis(TABLE_RETRY_MS)).await;
+                }
+            }
+        }
     }
 
     async fn adopt_one(&self, entry: &steady_proto::wire::AppEntry, bundle: &str) -> Result<bool, DeployError> {

@@ -62,6 +62,10 @@ pub struct Config {
     /// `bucket`, `prefix`, `region`, `endpoint`, `path_style`, credentials).
     #[arg(long)]
     pub storage_config: Option<PathBuf>,
+    /// How often this host tells the slicer it is alive (the slicer's `--host-timeout-ms`
+    /// should be several of these).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub heartbeat_ms: u64,
     /// Once registered and listening, write the bound addresses as JSON to this file.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,

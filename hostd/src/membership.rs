@@ -55,6 +55,29 @@ impl Membership {
         }
     }
 
+    /// Tells the slicer this host is alive. `Ok(false)` means the slicer does not know it
+    /// (declared dead, or a slicer with fresh data): register again.
+    pub async fn heartbeat(&self) -> Result<bool, MembershipError> {
+        let url = format!("{}/hosts/{}/heartbeat", self.base_url, self.host.id);
+        let response = self.http.post(&url).send().await.map_err(|e| MembershipError::Unreachable(url.clone(), e))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        table_version(url, response).await.map(|_| true)
+    }
+
+    /// Waits (at most `wait_ms`) for a routing table newer than `after`; `None` if none came.
+    pub async fn next_table(&self, after: u64, wait_ms: u64) -> Result<Option<RoutingTable>, MembershipError> {
+        let url = format!("{}/table?after={after}&wait_ms={wait_ms}", self.base_url);
+        let request = self.http.get(&url).timeout(Duration::from_millis(wait_ms + SLICER_TIMEOUT_MS));
+        let response = request.send().await.map_err(|e| MembershipError::Unreachable(url.clone(), e))?;
+        if !response.status().is_success() {
+            return Err(MembershipError::Refused(refusal(response).await));
+        }
+        let table: RoutingTable = response.json().await.map_err(|e| MembershipError::Unreachable(url, e))?;
+        Ok((table.version > after).then_some(table))
+    }
+
     /// Tells the slicer this host now serves `app` at `version`; returns the table version
     /// that includes it.
     pub async fn app_deployed(

@@ -1,7 +1,8 @@
 //! The slicer's HTTP API (`/v1/...`): host registration, app records and the table watch.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -19,6 +20,10 @@ use crate::store::{Store, StoreError};
 pub struct Slicer {
     store: Mutex<Store>,
     table: watch::Sender<Arc<RoutingTable>>,
+    /// When each host was last heard from (registration or heartbeat); in memory, so a
+    /// restarted slicer gives every host a full timeout before declaring it dead.
+    heartbeats: Mutex<HashMap<String, Instant>>,
+    started: Instant,
 }
 
 impl Slicer {
@@ -26,7 +31,38 @@ impl Slicer {
     pub fn new(store: Store) -> Result<Arc<Self>, StoreError> {
         let table = Arc::new(store.table()?);
         let (sender, _) = watch::channel(table);
-        Ok(Arc::new(Self { store: Mutex::new(store), table: sender }))
+        let (heartbeats, started) = (Mutex::new(HashMap::new()), Instant::now());
+        Ok(Arc::new(Self { store: Mutex::new(store), table: sender, heartbeats, started }))
+    }
+
+    fn heard_from(&self, host_id: &str) {
+        self.heartbeats.lock().unwrap_or_else(|p| p.into_inner()).insert(host_id.to_owned(), Instant::now());
+    }
+
+    /// Runs forever: declares hosts silent for longer than `timeout_ms` dead and removes
+    /// them (never the last one).
+    pub async fn expire_hosts(self: Arc<Self>, timeout_ms: u64) {
+        let timeout = Duration::from_millis(timeout_ms);
+        let mut ticker = tokio::time::interval(timeout / 4);
+        loop {
+            ticker.tick().await;
+            let table = self.table.borrow().clone();
+            let silent: Vec<String> = {
+                let heartbeats = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+                let last = |id: &str| heartbeats.get(id).copied().unwrap_or(self.started);
+                table.hosts.iter().filter(|h| last(&h.id).elapsed() > timeout).map(|h| h.id.clone()).collect()
+            };
+            for (index, host_id) in silent.iter().enumerate() {
+                if table.hosts.len() - index <= 1 {
+                    tracing::error!(host = %host_id, "the last host is silent; keeping it");
+                    break;
+                }
+                match self.change(|store| store.remove_host(host_id)) {
+                    Ok(version) => tracing::warn!(host = %host_id, ?version, timeout_ms, "host declared dead"),
+                    Err(error) => tracing::error!(host = %host_id, %error, "removing a dead host failed"),
+                }
+            }
+        }
     }
 
     /// Applies `change` to the store and republishes the table.
@@ -53,6 +89,7 @@ pub fn router(slicer: Arc<Slicer>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/hosts/register", post(register_host))
         .route("/v1/hosts", get(list_hosts))
+        .route("/v1/hosts/{id}/heartbeat", post(heartbeat))
         .route("/v1/table", get(watch_table))
         .route("/v1/apps", get(list_apps))
         .route("/v1/apps/{name}", put(app_deployed).delete(app_deleted))
@@ -92,8 +129,19 @@ async fn register_host(
         return Err(Failure(StatusCode::BAD_REQUEST, "bad_host", "host id must be 1-64 characters".into()));
     }
     let version = slicer.change(|store| store.register_host(&body.host, now_ms()))?;
+    slicer.heard_from(&body.host.id);
     tracing::info!(host = %body.host.id, ingress = %body.host.ingress_addr, version, "host registered");
     Ok(Json(slicer.table.borrow().as_ref().clone()))
+}
+
+async fn heartbeat(State(slicer): State<Arc<Slicer>>, Path(id): Path<String>) -> Result<Json<TableVersion>, Failure> {
+    let table = slicer.table.borrow().clone();
+    if !table.hosts.iter().any(|h| h.id == id) {
+        let message = format!("host {id:?} is not registered (declared dead?); register again");
+        return Err(Failure(StatusCode::NOT_FOUND, "unknown_host", message));
+    }
+    slicer.heard_from(&id);
+    Ok(Json(TableVersion { version: table.version }))
 }
 
 async fn metrics(State(slicer): State<Arc<Slicer>>) -> impl IntoResponse {

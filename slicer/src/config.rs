@@ -19,4 +19,8 @@ pub struct Config {
     /// Once listening, write `{"api": "<addr>"}` to this file (atomically), for supervisors.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// A host that has not sent a heartbeat for this long is declared dead and its slices go
+    /// to the others (its apps restore from their replicas there). The last host never is.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(200..=3_600_000))]
+    pub host_timeout_ms: u64,
 }

@@ -11,6 +11,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data).with_context(|| format!("creating {}", config.data.display()))?;
     let store = Store::open(&config.data.join("slicer.db")).context("opening the slicer database")?;
     let slicer = api::Slicer::new(store)?;
+    tokio::spawn(slicer.clone().expire_hosts(config.host_timeout_ms));
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;

@@ -85,6 +85,22 @@ impl Store {
         Ok(version)
     }
 
+    /// Removes a dead host: its slices go to the remaining hosts (balanced by apps). The app
+    /// records keep naming it, so new owners know whose apps they are taking over. Returns the
+    /// new table version, or `None` if the host is unknown.
+    pub fn remove_host(&mut self, host_id: &str) -> Result<Option<u64>, StoreError> {
+        let tx = self.connection.transaction()?;
+        if tx.execute("DELETE FROM hosts WHERE id = ?1", [host_id])? == 0 {
+            return Ok(None);
+        }
+        assert!(!hosts(&tx)?.is_empty(), "the last host is never removed");
+        tx.execute("DELETE FROM slices WHERE host_id = ?1", [host_id])?;
+        rebalance(&tx)?;
+        let version = bump_version(&tx)?;
+        tx.commit()?;
+        Ok(Some(version))
+    }
+
     /// Records that `host_id` now serves `name` at `version`. Refused unless the host owns the
     /// app's slice in the current table, so a host with a stale view cannot claim an app.
     pub fn app_deployed(&mut self, name: &str, deployed: &AppDeployed, now_ms: u64) -> Result<u64, StoreError> {

@@ -228,3 +228,34 @@ fn an_unreachable_s3_fails_the_deploy_clearly() {
     assert!(stderr.contains("cannot reach"), "{stderr}");
     assert_eq!(cluster.get("ledger", "/").status, 404, "nothing was deployed");
 }
+
+#[test]
+fn a_dead_hosts_apps_move_to_a_live_host_with_their_data() {
+    let host_flags = ["--heartbeat-ms", "100"];
+    let mut cluster = Cluster::start_full(2, &host_flags, &["--host-timeout-ms", "1000"]);
+    let app = write_app(cluster.dir.path(), "ledger", LEDGER);
+    let deployed = cluster.deploy(&app, "ledger");
+    let holder = cluster.hosts.iter().position(|h| deployed["host_id"] == h.id.as_str()).expect("holder");
+    let survivor = cluster.hosts[1 - holder].id.clone();
+    write_rows(&cluster, "ledger", 1..=25);
+    std::thread::sleep(SYNC_INTERVAL * 3);
+
+    let tree = descendants(cluster.hosts[holder].daemon.pid());
+    cluster.hosts[holder].daemon.stop_with(libc::SIGKILL);
+    for pid in tree {
+        // SAFETY: signalling processes this test's cluster started (already dying with hostd).
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    std::fs::remove_dir_all(&cluster.hosts[holder].data).expect("delete the dead host's data");
+    eventually("the slicer to give the app to the live host", || {
+        let table = cluster.table();
+        let entry = table.apps.iter().find(|a| a.name == "ledger")?;
+        (table.hosts.len() == 1 && entry.host_id == survivor).then_some(())
+    });
+    let rows = rows(&cluster, "ledger");
+    assert!((1..=25).all(|n| rows.contains(&n)), "rows on the new host: {rows:?}");
+    assert_eq!(cluster.status("ledger")["host_id"], survivor.as_str());
+    assert!(cluster.app_log("ledger").contains("restored ledger.db from the replica"), "{}", cluster.app_log("ledger"));
+}
