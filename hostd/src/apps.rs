@@ -238,6 +238,8 @@ pub struct Apps {
     membership: Membership,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     pool: WarmPool,
+    /// The newest routing table this host has seen.
+    table: Mutex<Option<Arc<steady_proto::wire::RoutingTable>>>,
     /// Prometheus metrics of this host.
     pub metrics: crate::metrics::Metrics,
     /// Signalled when a process starts, so the awake limit is enforced promptly.
@@ -278,6 +280,7 @@ impl Apps {
             slots: Mutex::new(HashMap::new()),
             pool,
             metrics: crate::metrics::Metrics::default(),
+            table: Mutex::new(None),
             started: tokio::sync::Notify::new(),
         }
     }
@@ -717,6 +720,52 @@ impl Apps {
         }
     }
 
+    /// Hands over the apps this host holds whose slice another host owns now (a host joined or
+    /// came back): stop (the exit hook's final sync puts every write in the replica), tell
+    /// the slicer the app is released, then forget it here (data kept aside). The new owner
+    /// adopts it and restores it; until then it answers 503 with Retry-After.
+    pub async fn hand_off(&self, table: &steady_proto::wire::RoutingTable) {
+        let me = self.config.id.as_str();
+        for entry in table.apps.iter().filter(|a| a.host_id == me) {
+            let Some(owner) = table.owner_of(&entry.name) else { continue };
+            if owner.id == me || self.store().current(&entry.name).ok().flatten().is_none() {
+                continue;
+            }
+            let Ok(slot) = self.slot(&entry.name) else { continue };
+            if let Some(process) = slot.serving.lock().await.take() {
+                process.stop().await;
+            }
+            match self.membership.app_released(&entry.name).await {
+                Ok(_) => {
+                    if let Err(error) = self.release(&entry.name, &owner.id).await {
+                        tracing::error!(app = %entry.name, %error, "forgetting a handed-off app failed");
+                    }
+                }
+                Err(error) => tracing::error!(app = %entry.name, %error, "handing an app off failed; will retry"),
+            }
+        }
+    }
+
+    /// Whether `name` is on its way to this host: the table gives its slice to this host but
+    /// it is not here yet (handed off by its old holder, or about to be adopted).
+    pub fn arriving(&self, name: &str) -> bool {
+        let table = self.table.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        table.is_some_and(|t| {
+            t.apps.iter().any(|a| a.name == name) && t.owner_of(name).is_some_and(|o| o.id == self.config.id)
+        })
+    }
+
+    /// Acts on a routing table: hand off, let go of and adopt apps as it says.
+    pub async fn follow(&self, table: steady_proto::wire::RoutingTable) {
+        *self.table.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(table.clone()));
+        self.hand_off(&table).await;
+        self.release_stale(&table).await;
+        let adopted = self.adopt(&table).await;
+        if adopted > 0 {
+            tracing::info!(version = table.version, adopted, "apps adopted from the routing table");
+        }
+    }
+
     async fn release(&self, name: &str, holder: &str) -> Result<(), DeployError> {
         let slot = self.slot(name)?;
         let _one_change_at_a_time = slot.deploying.lock().await;
@@ -756,9 +805,7 @@ impl Apps {
             match self.membership.next_table(version, TABLE_WAIT_MS).await {
                 Ok(Some(table)) => {
                     version = table.version;
-                    self.release_stale(&table).await;
-                    let adopted = self.adopt(&table).await;
-                    tracing::info!(version, adopted, "routing table followed");
+                    self.follow(table).await;
                 }
                 Ok(None) => {}
                 Err(error) => {

@@ -51,6 +51,12 @@ async fn forward_to_app(apps: &Apps, mut request: Request) -> Response {
     strip_internal_headers(&mut request);
     let lease = match apps.wake(&app).await {
         Ok(lease) => lease,
+        Err(WakeError::Unknown(_)) if apps.arriving(&app) => {
+            let message = format!("{app:?} is moving to this host; try again in a moment");
+            let mut response = failure(StatusCode::SERVICE_UNAVAILABLE, "moving", message);
+            response.headers_mut().insert("retry-after", HeaderValue::from(RETRY_AFTER_SECONDS));
+            return response;
+        }
         Err(error) => {
             if let Some(reason) = drop_reason(&error) {
                 apps.metrics.drop_request(reason);

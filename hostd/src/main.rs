@@ -48,12 +48,9 @@ async fn main() -> anyhow::Result<()> {
     let ready_file = config.ready_file.clone();
     let apps = Arc::new(Apps::new(config, runner, store, blobs, replicator.clone(), membership));
     tokio::spawn(apps.clone().replicate_new_databases());
-    apps.release_stale(&table).await;
-    let adopted = apps.adopt(&table).await;
-    if adopted > 0 {
-        tracing::info!(adopted, "apps adopted from the routing table");
-    }
-    tokio::spawn(apps.clone().follow_cluster(table.version));
+    let version = table.version;
+    apps.follow(table).await;
+    tokio::spawn(apps.clone().follow_cluster(version));
     tokio::spawn(apps.clone().housekeeping());
     tokio::spawn(apps.clone().crons());
     tokio::spawn(apps.clone().keep_warm());

@@ -97,6 +97,13 @@ impl Membership {
 }
 
 impl Membership {
+    /// Tells the slicer this host let `app` go to its slice's new owner (after a final sync).
+    pub async fn app_released(&self, app: &str) -> Result<u64, MembershipError> {
+        let url = format!("{}/apps/{app}/release?host_id={}", self.base_url, self.host.id);
+        let response = self.http.post(&url).send().await.map_err(|e| MembershipError::Unreachable(url.clone(), e))?;
+        table_version(url, response).await
+    }
+
     /// Tells the slicer this host no longer serves `app`; the app leaves the routing table.
     pub async fn app_deleted(&self, app: &str) -> Result<u64, MembershipError> {
         let url = format!("{}/apps/{app}?host_id={}", self.base_url, self.host.id);

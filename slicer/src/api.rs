@@ -93,6 +93,7 @@ pub fn router(slicer: Arc<Slicer>) -> Router {
         .route("/v1/table", get(watch_table))
         .route("/v1/apps", get(list_apps))
         .route("/v1/apps/{name}", put(app_deployed).delete(app_deleted))
+        .route("/v1/apps/{name}/release", post(app_released))
         .with_state(slicer)
 }
 
@@ -203,6 +204,16 @@ async fn app_deployed(
 #[derive(Deserialize)]
 struct DeleteQuery {
     host_id: String,
+}
+
+async fn app_released(
+    State(slicer): State<Arc<Slicer>>,
+    Path(name): Path<String>,
+    Query(query): Query<DeleteQuery>,
+) -> Result<Json<TableVersion>, Failure> {
+    let version = slicer.change(|store| store.app_released(&name, &query.host_id))?;
+    tracing::info!(app = %name, host = %query.host_id, version, "app released for its new owner");
+    Ok(Json(TableVersion { version }))
 }
 
 async fn app_deleted(

@@ -156,6 +156,24 @@ impl Store {
         Ok(version)
     }
 
+    /// Records that `host_id` let `name` go (its slice has another owner now): the record stays,
+    /// with no holder, so the slice's owner adopts it. Only the holder may release an app.
+    pub fn app_released(&mut self, name: &str, host_id: &str) -> Result<u64, StoreError> {
+        let tx = self.connection.transaction()?;
+        let changed = tx.execute("UPDATE apps SET host_id = '' WHERE name = ?1 AND host_id = ?2", [name, host_id])?;
+        if changed == 0 {
+            return Err(StoreError::NotOwner {
+                app: name.into(),
+                slice: slice_of(name),
+                owner: None,
+                host: host_id.into(),
+            });
+        }
+        let version = bump_version(&tx)?;
+        tx.commit()?;
+        Ok(version)
+    }
+
     /// Reads the whole routing table as it is now.
     pub fn table(&self) -> Result<RoutingTable, StoreError> {
         let version = table_version(&self.connection)?;

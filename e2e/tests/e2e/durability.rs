@@ -259,3 +259,33 @@ fn a_dead_hosts_apps_move_to_a_live_host_with_their_data() {
     assert_eq!(cluster.status("ledger")["host_id"], survivor.as_str());
     assert!(cluster.app_log("ledger").contains("restored ledger.db from the replica"), "{}", cluster.app_log("ledger"));
 }
+
+#[test]
+fn when_a_dead_host_returns_every_app_still_answers_with_its_data() {
+    let host_flags = ["--heartbeat-ms", "100"];
+    let mut cluster = Cluster::start_full(2, &host_flags, &["--host-timeout-ms", "1000"]);
+    let app = write_app(cluster.dir.path(), "ledger", LEDGER);
+    let names: Vec<String> = (1..=6).map(|i| format!("ledger-{i}")).collect();
+    for name in &names {
+        cluster.deploy(&app, name);
+        write_rows(&cluster, name, 1..=5);
+    }
+    std::thread::sleep(SYNC_INTERVAL * 3);
+    cluster.hosts[0].daemon.stop_with(libc::SIGKILL);
+    eventually("the slicer to declare host-1 dead", || (cluster.table().hosts.len() == 1).then_some(()));
+    for name in &names {
+        assert_eq!(rows(&cluster, name), (1..=5).collect::<Vec<u64>>(), "{name} on the survivor");
+    }
+
+    cluster.start_host_again(0);
+    eventually("host-1 to take slices again", || {
+        let table = cluster.table();
+        (table.hosts.len() == 2 && names.iter().any(|n| table.owner_of(n).is_some_and(|o| o.id == "host-1")))
+            .then_some(())
+    });
+    for name in &names {
+        assert_eq!(rows(&cluster, name), (1..=5).collect::<Vec<u64>>(), "{name} after host-1 came back");
+        let owner = cluster.table().owner_of(name).expect("owner").id.clone();
+        assert_eq!(cluster.status(name)["host_id"], owner.as_str(), "{name} runs on its slice's owner");
+    }
+}
