@@ -231,7 +231,22 @@ fn an_unreachable_s3_fails_the_deploy_clearly() {
 
 #[test]
 fn a_dead_hosts_apps_move_to_a_live_host_with_their_data() {
-    let host_flags = ["--heartbeat-ms", "100"];
+    moves_off_a_dead_host(&[]);
+}
+
+#[test]
+fn a_dead_hosts_apps_move_to_a_live_host_with_their_data_from_s3() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s3 = S3Server::start(dir.path());
+    s3.create_bucket("steady");
+    let config = s3.storage_config("steady", None);
+    moves_off_a_dead_host(&["--storage-config", config.to_str().unwrap()]);
+}
+
+/// Kills the app's host with its tree and disk; the other host must serve it with its data.
+fn moves_off_a_dead_host(storage_flags: &[&str]) {
+    let host_flags: Vec<&str> =
+        ["--heartbeat-ms", "100"].iter().copied().chain(storage_flags.iter().copied()).collect();
     let mut cluster = Cluster::start_full(2, &host_flags, &["--host-timeout-ms", "1000"]);
     let app = write_app(cluster.dir.path(), "ledger", LEDGER);
     let deployed = cluster.deploy(&app, "ledger");
