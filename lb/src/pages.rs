@@ -40,15 +40,6 @@ fn escape(text: &str) -> String {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn names_are_escaped() {
-        assert!(super::unknown_app("<script>").contains("&lt;script&gt;"));
-        assert!(!super::unknown_app("<script>").contains("<script>"));
-    }
-}
-
 /// Writes a complete response from the LB itself, keeping the client connection usable.
 pub async fn respond(
     session: &mut pingora::proxy::Session,
@@ -63,4 +54,13 @@ pub async fn respond(
     header.insert_header("cache-control", "no-store")?;
     session.write_response_header(Box::new(header), false).await?;
     session.write_response_body(Some(body), true).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_are_escaped() {
+        assert!(super::unknown_app("<script>").contains("&lt;script&gt;"));
+        assert!(!super::unknown_app("<script>").contains("<script>"));
+    }
 }
