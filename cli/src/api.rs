@@ -160,6 +160,13 @@ impl Client {
     }
 
     /// All apps.
+    /// The cluster's hosts with their slices and apps, as the slicer sees them.
+    pub async fn hosts(&self) -> anyhow::Result<serde_json::Value> {
+        let response =
+            self.http.get(format!("{}/v1/hosts", self.base)).send().await.map_err(|e| self.unreachable(e))?;
+        self.decode(response).await
+    }
+
     pub async fn apps(&self) -> anyhow::Result<Vec<AppEntry>> {
         let response = self.http.get(format!("{}/v1/apps", self.base)).send().await.map_err(|e| self.unreachable(e))?;
         let list: AppList = self.decode(response).await?;

@@ -92,6 +92,8 @@ or a package.json naming its entry. Dependencies in package.json must be install
     /// Serve an earlier version again (the one before the current by default). The database is
     /// left as it is.
     Rollback { name: String, version: Option<u64> },
+    /// List the hosts: id, addresses, slices owned and apps held (a dead host is gone from it).
+    Hosts,
     /// Ship every committed write of an app's databases to its replica now.
     Backup { name: String },
     /// Replace an app's data with its replica, as of a time or the latest state. The app is
@@ -131,6 +133,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::run(args, &cli.api).await,
         Command::Deploy { path, name } => deploy(&client, &path, name.as_deref(), cli.json).await,
         Command::Apps => apps(&client, cli.json).await,
+        Command::Hosts => {
+            let answer = client.hosts().await?;
+            if cli.json {
+                println!("{answer}");
+                return Ok(());
+            }
+            println!("{:<16} {:<22} {:<22} {:>6} {:>6}", "HOST", "INGRESS", "API", "SLICES", "APPS");
+            for host in answer["hosts"].as_array().into_iter().flatten() {
+                let text = |key: &str| host[key].as_str().unwrap_or("-").to_owned();
+                println!(
+                    "{:<16} {:<22} {:<22} {:>6} {:>6}",
+                    text("id"),
+                    text("ingress_addr"),
+                    text("api_addr"),
+                    host["slices"],
+                    host["apps"]
+                );
+            }
+            Ok(())
+        }
         Command::Run { path, ttl, name } => run_temporary(&client, &path, ttl, name, cli.json).await,
         Command::Status { name } => status(&client, &name, cli.json).await,
         Command::Logs { name, follow, tail } => client.logs(&name, tail, follow, &mut std::io::stdout()).await,

@@ -288,6 +288,10 @@ fn when_a_dead_host_returns_every_app_still_answers_with_its_data() {
     std::thread::sleep(SYNC_INTERVAL * 3);
     cluster.hosts[0].daemon.stop_with(libc::SIGKILL);
     eventually("the slicer to declare host-1 dead", || (cluster.table().hosts.len() == 1).then_some(()));
+    let hosts = cluster.steady(&["hosts", "--json"]);
+    let hosts: serde_json::Value = serde_json::from_slice(&hosts.stdout).expect("hosts JSON");
+    assert_eq!(hosts["hosts"].as_array().map(Vec::len), Some(1), "steady hosts: {hosts}");
+    assert_eq!(hosts["hosts"][0]["slices"], 1024, "{hosts}");
     for name in &names {
         assert_eq!(rows(&cluster, name), (1..=5).collect::<Vec<u64>>(), "{name} on the survivor");
     }
