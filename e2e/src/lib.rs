@@ -300,7 +300,9 @@ impl Cluster {
     pub fn start_host_again(&mut self, index: usize) {
         let root = self.dir.path().to_owned();
         let host = &mut self.hosts[index];
-        host.daemon = start_host_at(&root, &host.id, host.ingress, host.api, &self.slicer_addr, &self.host_flags).1;
+        let data = host.data.clone();
+        host.daemon =
+            start_host_in(&root, &data, &host.id, host.ingress, host.api, &self.slicer_addr, &self.host_flags).1;
     }
 
     /// GET an API path on the private listener, as JSON.
@@ -359,19 +361,8 @@ fn start_host(root: &Path, index: usize, slicer: &str, flags: &[String]) -> Host
     let id = format!("host-{index}");
     let ip = format!("127.0.0.{}", index + 1);
     let (ingress, api) = (free_addr(&ip), free_addr(&ip));
-    let (data, daemon) = start_host_at(root, &id, ingress, api, slicer, flags);
+    let (data, daemon) = start_host_in(root, &root.join("hosts").join(&id), &id, ingress, api, slicer, flags);
     Host { id, ip, ingress, api, data, daemon }
-}
-
-fn start_host_at(
-    root: &Path,
-    id: &str,
-    ingress: SocketAddr,
-    api: SocketAddr,
-    slicer: &str,
-    flags: &[String],
-) -> (PathBuf, Daemon) {
-    start_host_in(root, &root.join("hosts").join(id), id, ingress, api, slicer, flags)
 }
 
 fn start_host_in(

@@ -101,17 +101,7 @@ fn directory_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
 
 /// Copies the regular files and directories under `from` to `to` (links are not followed).
 fn copy_directory(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            copy_directory(&entry.path(), &to.join(entry.file_name()))?;
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
-        }
-    }
-    Ok(())
+    crate::process::mirror_tree(from, to, &|from, to| std::fs::copy(from, to).map(drop))
 }
 
 /// How often schedules are checked.

@@ -430,14 +430,24 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Hard-links every file under `from` into `to` (directories are created): instant, and safe
 /// because the sandbox sees `to` read-only.
 fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    mirror_tree(from, to, &|from, to| std::fs::hard_link(from, to))
+}
+
+/// Recreates the directories under `from` in `to` and calls `place` for each regular file
+/// (links and other kinds are skipped, never followed).
+pub(crate) fn mirror_tree(
+    from: &Path,
+    to: &Path,
+    place: &dyn Fn(&Path, &Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let kind = entry.file_type()?;
         if kind.is_dir() {
-            link_tree(&entry.path(), &to.join(entry.file_name()))?;
+            mirror_tree(&entry.path(), &to.join(entry.file_name()), place)?;
         } else if kind.is_file() {
-            std::fs::hard_link(entry.path(), to.join(entry.file_name()))?;
+            place(&entry.path(), &to.join(entry.file_name()))?;
         }
     }
     Ok(())
