@@ -667,9 +667,10 @@ impl Apps {
     pub async fn adopt(&self, table: &steady_proto::wire::RoutingTable) -> usize {
         let me = self.config.id.as_str();
         let live: HashSet<&str> = table.hosts.iter().map(|h| h.id.as_str()).collect();
+        let local = self.local_names();
         let mine = |a: &&steady_proto::wire::AppEntry| {
             let owned = table.owner_of(&a.name).is_some_and(|o| o.id == me);
-            a.host_id == me || (owned && !live.contains(a.host_id.as_str()))
+            !local.contains(&a.name) && (a.host_id == me || (owned && !live.contains(a.host_id.as_str())))
         };
         let mut adopted = 0;
         for entry in table.apps.iter().filter(mine) {
@@ -698,16 +699,21 @@ impl Apps {
     pub async fn release_stale(&self, table: &steady_proto::wire::RoutingTable) {
         let me = self.config.id.as_str();
         let live: HashSet<&str> = table.hosts.iter().map(|h| h.id.as_str()).collect();
-        let local = self.store().list().unwrap_or_default();
-        for app in local {
-            let Some(entry) = table.apps.iter().find(|a| a.name == app.name) else { continue };
-            if entry.host_id == me || !live.contains(entry.host_id.as_str()) {
-                continue;
-            }
-            if let Err(error) = self.release(&app.name, &entry.host_id).await {
-                tracing::error!(app = %app.name, %error, "releasing an app another host holds failed");
+        let local = self.local_names();
+        let held_elsewhere = table
+            .apps
+            .iter()
+            .filter(|a| a.host_id != me && live.contains(a.host_id.as_str()) && local.contains(&a.name));
+        for entry in held_elsewhere {
+            if let Err(error) = self.release(&entry.name, &entry.host_id).await {
+                tracing::error!(app = %entry.name, %error, "releasing an app another host holds failed");
             }
         }
+    }
+
+    /// The apps this host has, in one read of its database (a table change touches them all).
+    fn local_names(&self) -> HashSet<String> {
+        self.store().list().unwrap_or_default().into_iter().map(|app| app.name).collect()
     }
 
     /// Hands over the apps this host holds whose slice another host owns now (a host joined or
