@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
 use serde::Deserialize;
-use steady_proto::wire::{DeployResult, Rollback, HEADER_TABLE_VERSION};
+use steady_proto::wire::{AppEntry, DeployResult, HostEntry, Rollback, HEADER_TABLE_VERSION};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
@@ -48,6 +48,9 @@ pub fn router(apps: Arc<Apps>, bundle_size_max_bytes: usize) -> Router {
         .route("/v1/apps/{name}/versions", get(versions))
         .route("/v1/apps/{name}/logs", get(logs))
         .route("/v1/apps/{name}/requests", get(requests))
+        .route("/v1/moves/{name}/arrive", post(move_arrive))
+        .route("/v1/moves/{name}/depart", post(move_depart))
+        .route("/v1/moves/{name}/start", post(move_start))
         .layer(DefaultBodyLimit::disable())
         .with_state(Api { apps, bundle_size_max_bytes })
 }
@@ -291,4 +294,45 @@ async fn requests(State(api): State<Api>, Path(name): Path<String>, Query(query)
         Ok(None) => unknown(&name),
         Err(error) => internal(error),
     }
+}
+
+/// The step answer of a move: 204, or why the step failed (the slicer retries it).
+fn step_answer(name: &str, step: &str, outcome: Result<(), DeployError>) -> Response {
+    match outcome {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => {
+            tracing::warn!(app = %name, step, %error, "move step failed");
+            failure(StatusCode::SERVICE_UNAVAILABLE, "move_step_failed", error.to_string())
+        }
+    }
+}
+
+/// Move step: this host is the app's new host; fetch its bundle and hold its requests.
+async fn move_arrive(State(api): State<Api>, Path(name): Path<String>, Json(entry): Json<AppEntry>) -> Response {
+    if let Err(response) = check_name(&name) {
+        return response;
+    }
+    if entry.name != name {
+        return failure(StatusCode::BAD_REQUEST, "bad_move", "the body names another app".into());
+    }
+    step_answer(&name, "arrive", api.apps.arrive(&entry).await)
+}
+
+/// Move step: this host is the app's old host; hand it over to `to`.
+async fn move_depart(State(api): State<Api>, Path(name): Path<String>, Json(to): Json<HostEntry>) -> Response {
+    if let Err(response) = check_name(&name) {
+        return response;
+    }
+    step_answer(&name, "depart", api.apps.depart(&name, &to).await)
+}
+
+/// Move step: start the arrived app here and serve what was held.
+async fn move_start(State(api): State<Api>, Path(name): Path<String>, Json(entry): Json<AppEntry>) -> Response {
+    if let Err(response) = check_name(&name) {
+        return response;
+    }
+    if entry.name != name {
+        return failure(StatusCode::BAD_REQUEST, "bad_move", "the body names another app".into());
+    }
+    step_answer(&name, "start", api.apps.start_arrived(&entry).await)
 }

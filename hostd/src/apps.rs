@@ -28,6 +28,10 @@ use crate::membership::{Membership, MembershipError};
 use crate::process::{AppProcess, Assignment, StartError};
 use crate::replica::Replicator;
 use crate::schedule::{self, Schedule};
+mod moves;
+
+pub use moves::{Elsewhere, HELD_REQUESTS_MAX};
+
 use crate::store::{Current, Outcome, Store, StoreError};
 use crate::warm::{SandboxFactory, WarmPool};
 
@@ -121,6 +125,8 @@ const FAILED_START_LOG_LINES: usize = 30;
 pub enum WakeError {
     #[error("no app named {0:?} on this host")]
     Unknown(String),
+    #[error("{0:?} has left this host")]
+    Departed(String),
     #[error("too many requests are waiting for {0:?} to start")]
     QueueFull(String),
     #[error("{0:?} is already handling as many requests as it may at once")]
@@ -234,6 +240,8 @@ pub struct Apps {
     pub metrics: crate::metrics::Metrics,
     /// Signalled when a process starts, so the awake limit is enforced promptly.
     started: tokio::sync::Notify,
+    /// Apps on their way here or gone from here in a live move.
+    moves: moves::MoveState,
 }
 
 impl Apps {
@@ -272,6 +280,7 @@ impl Apps {
             metrics: crate::metrics::Metrics::default(),
             table: Mutex::new(None),
             started: tokio::sync::Notify::new(),
+            moves: moves::MoveState::default(),
         }
     }
 
@@ -508,6 +517,9 @@ impl Apps {
 
     /// Gives a request a running `name`, starting it first if needed.
     pub async fn wake(&self, name: &str) -> Result<Lease, WakeError> {
+        if self.moves.departed_to(name).is_some() {
+            return Err(WakeError::Departed(name.into()));
+        }
         let current = self.store().current(name)?.ok_or_else(|| WakeError::Unknown(name.into()))?;
         let slot = self.slot(name)?;
         if slot.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.start_queue_max {
@@ -542,6 +554,10 @@ impl Apps {
         let mut serving = tokio::time::timeout(deadline, slot.serving.lock())
             .await
             .map_err(|_| WakeError::Deadline(slot.name.clone()))?;
+        // The app may have left while this request waited for the lock (a move's drain).
+        if self.moves.departed_to(&slot.name).is_some() {
+            return Err(WakeError::Departed(slot.name.clone()));
+        }
         if let Some(process) = serving.as_ref() {
             if process.is_alive() {
                 self.enter(slot)?;
@@ -644,6 +660,7 @@ impl Apps {
         self.metrics.apps.get_or_create(&StateLabels { state: AppState::Running }).set(running);
         self.metrics.apps.get_or_create(&StateLabels { state: AppState::Asleep }).set((known - running).max(0));
         self.metrics.start_queue_depth.set(waiting);
+        self.metrics.held_requests.set(self.held_requests() as i64);
         self.metrics.warm_sandboxes.set(self.pool.warm_count() as i64);
         self.metrics.encode()
     }
@@ -670,7 +687,14 @@ impl Apps {
         let local = self.local_names();
         let mine = |a: &&steady_proto::wire::AppEntry| {
             let owned = table.owner_of(&a.name).is_some_and(|o| o.id == me);
-            !local.contains(&a.name) && (a.host_id == me || (owned && !live.contains(a.host_id.as_str())))
+            let held_alive = live.contains(a.host_id.as_str());
+            // A move under way between live hosts is the mover's, and an app that left this
+            // host is not taken back from the table that still names this host.
+            let moving = moves::in_move(a) && held_alive;
+            !local.contains(&a.name)
+                && !moving
+                && self.moves.departed_to(&a.name).is_none()
+                && (a.host_id == me || (owned && !held_alive))
         };
         let mut adopted = 0;
         for entry in table.apps.iter().filter(mine) {
@@ -700,10 +724,12 @@ impl Apps {
         let me = self.config.id.as_str();
         let live: HashSet<&str> = table.hosts.iter().map(|h| h.id.as_str()).collect();
         let local = self.local_names();
-        let held_elsewhere = table
-            .apps
-            .iter()
-            .filter(|a| a.host_id != me && live.contains(a.host_id.as_str()) && local.contains(&a.name));
+        let held_elsewhere = table.apps.iter().filter(|a| {
+            a.host_id != me
+                && a.moving_to.as_deref() != Some(me)
+                && live.contains(a.host_id.as_str())
+                && local.contains(&a.name)
+        });
         for entry in held_elsewhere {
             if let Err(error) = self.release(&entry.name, &entry.host_id).await {
                 tracing::error!(app = %entry.name, %error, "releasing an app another host holds failed");
@@ -716,49 +742,16 @@ impl Apps {
         self.store().list().unwrap_or_default().into_iter().map(|app| app.name).collect()
     }
 
-    /// Hands over the apps this host holds whose slice another host owns now (a host joined or
-    /// came back): stop (the exit hook's final sync puts every write in the replica), tell
-    /// the slicer the app is released, then forget it here (data kept aside). The new owner
-    /// adopts it and restores it; until then it answers 503 with Retry-After.
-    pub async fn hand_off(&self, table: &steady_proto::wire::RoutingTable) {
-        let me = self.config.id.as_str();
-        for entry in table.apps.iter().filter(|a| a.host_id == me) {
-            let Some(owner) = table.owner_of(&entry.name) else { continue };
-            if owner.id == me || self.store().current(&entry.name).ok().flatten().is_none() {
-                continue;
-            }
-            let Ok(slot) = self.slot(&entry.name) else { continue };
-            if let Some(process) = slot.serving.lock().await.take() {
-                process.stop().await;
-            }
-            match self.membership.app_released(&entry.name).await {
-                Ok(_) => {
-                    if let Err(error) = self.release(&entry.name, &owner.id).await {
-                        tracing::error!(app = %entry.name, %error, "forgetting a handed-off app failed");
-                    }
-                }
-                Err(error) => tracing::error!(app = %entry.name, %error, "handing an app off failed; will retry"),
-            }
-        }
-    }
-
-    /// Whether `name` is on its way to this host: the table gives its slice to this host but
-    /// it is not here yet (handed off by its old holder, or about to be adopted).
-    pub fn arriving(&self, name: &str) -> bool {
-        let table = self.table.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        table.is_some_and(|t| {
-            t.apps.iter().any(|a| a.name == name) && t.owner_of(name).is_some_and(|o| o.id == self.config.id)
-        })
-    }
-
     /// Acts on a routing table: hand off, let go of and adopt apps as it says.
+    /// Moves between live hosts are the slicer's to drive (see [`moves`]).
     pub async fn follow(&self, table: steady_proto::wire::RoutingTable) {
         *self.table.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(table.clone()));
-        self.hand_off(&table).await;
+        self.moves.arrivals.notify_waiters();
         self.release_stale(&table).await;
         let adopted = self.adopt(&table).await;
         if adopted > 0 {
             tracing::info!(version = table.version, adopted, "apps adopted from the routing table");
+            self.moves.arrivals.notify_waiters();
         }
     }
 

@@ -78,6 +78,10 @@ pub struct Config {
     /// Most requests that may wait for one app to start; more get 503 with Retry-After.
     #[arg(long, default_value_t = 256)]
     pub start_queue_max: usize,
+    /// How long a request for an app on its way to this host (a live move, or the adoption of
+    /// a dead host's app) is held before it gets 503 with Retry-After.
+    #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..=120_000))]
+    pub move_hold_ms: u64,
     /// An app with no request for this long is stopped; its next request starts it again.
     #[arg(long, default_value_t = 300_000)]
     pub idle_timeout_ms: u64,

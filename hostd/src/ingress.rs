@@ -10,13 +10,17 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use hyper_util::rt::TokioIo;
-use steady_proto::wire::{ApiError, RequestRecord, HEADER_APP, INTERNAL_HEADER_PREFIX};
+use steady_proto::wire::{
+    ApiError, RequestRecord, HEADER_APP, HEADER_FORWARDED_BY, HEADER_PROBE, INTERNAL_HEADER_PREFIX,
+};
 
-use crate::apps::{Apps, Lease, WakeError};
+use crate::apps::{Apps, Elsewhere, Lease, WakeError};
 use crate::metrics::DropReason;
 
 /// Seconds a client is told to wait after a 503 for an app that could not be woken.
 const RETRY_AFTER_SECONDS: u64 = 1;
+/// Bound on connecting to another host's ingress when forwarding.
+const FORWARD_CONNECT_TIMEOUT_MS: u64 = 2_000;
 /// Longest path kept in the request log.
 const LOGGED_PATH_BYTES_MAX: usize = 512;
 
@@ -48,21 +52,17 @@ async fn forward_to_app(apps: &Apps, mut request: Request) -> Response {
         return failure(StatusCode::BAD_REQUEST, "no_app", "request carries no app header".into());
     };
     let app = app.to_str().unwrap_or_default().to_owned();
+    if request.headers().contains_key(HEADER_PROBE) {
+        let status = if apps.serves_here(&app) { StatusCode::OK } else { StatusCode::NOT_FOUND };
+        return status.into_response();
+    }
+    let forwarded = request.headers().contains_key(HEADER_FORWARDED_BY);
     strip_internal_headers(&mut request);
-    let lease = match apps.wake(&app).await {
+    let lease = match wake_or_redirect(apps, &app).await {
         Ok(lease) => lease,
-        Err(WakeError::Unknown(_)) if apps.arriving(&app) => {
-            let message = format!("{app:?} is moving to this host; try again in a moment");
-            let mut response = failure(StatusCode::SERVICE_UNAVAILABLE, "moving", message);
-            response.headers_mut().insert("retry-after", HeaderValue::from(RETRY_AFTER_SECONDS));
-            return response;
-        }
-        Err(error) => {
-            if let Some(reason) = drop_reason(&error) {
-                apps.metrics.drop_request(reason);
-            }
-            return wake_failure(error);
-        }
+        Err(Redirect::Forward(to)) if !forwarded => return forward_to_host(apps, &app, to, request).await,
+        Err(Redirect::Forward(_)) => return moving(&app),
+        Err(Redirect::Answer(response)) => return response,
     };
     let mut completion = Completion::new(lease, &request);
     match send(&completion.lease.socket, request).await {
@@ -86,6 +86,102 @@ async fn forward_to_app(apps: &Apps, mut request: Request) -> Response {
             failure(StatusCode::BAD_GATEWAY, "app_unreachable", format!("app {app:?} did not answer: {error}"))
         }
     }
+}
+
+enum Redirect {
+    /// Another host has the app.
+    Forward(std::net::SocketAddr),
+    /// This host answers itself (an error).
+    Answer(Response),
+}
+
+/// A lease on the running app, waking it if needed. An app that is on its way here (a move,
+/// an adoption) is waited for, within `--move-hold-ms` and a bound on held requests; an app
+/// another host has is a [`Redirect::Forward`].
+async fn wake_or_redirect(apps: &Apps, app: &str) -> Result<Lease, Redirect> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(apps.move_hold_ms());
+    let mut place = None;
+    loop {
+        let arrivals = apps.arrivals();
+        tokio::pin!(arrivals);
+        arrivals.as_mut().enable();
+        let error = match apps.wake(app).await {
+            Ok(lease) => return Ok(lease),
+            Err(error @ (WakeError::Unknown(_) | WakeError::Departed(_))) => error,
+            Err(error) => {
+                if let Some(reason) = drop_reason(&error) {
+                    apps.metrics.drop_request(reason);
+                }
+                return Err(Redirect::Answer(wake_failure(error)));
+            }
+        };
+        match apps.elsewhere(app) {
+            Elsewhere::Forward(to) => return Err(Redirect::Forward(to)),
+            Elsewhere::Unknown => return Err(Redirect::Answer(wake_failure(error))),
+            Elsewhere::Hold if tokio::time::Instant::now() >= deadline => {
+                apps.metrics.drop_request(DropReason::Moving);
+                return Err(Redirect::Answer(moving(app)));
+            }
+            Elsewhere::Hold => {
+                if place.is_none() {
+                    place = Some(apps.hold_place().ok_or_else(|| {
+                        apps.metrics.drop_request(DropReason::QueueFull);
+                        let message = format!("too many requests are held for apps moving to this host ({app:?})");
+                        Redirect::Answer(unavailable("queue_full", message))
+                    })?);
+                }
+                apps.wait_for_arrivals(arrivals, deadline).await;
+            }
+        }
+    }
+}
+
+/// Sends a request for an app that another host has to that host's ingress, marked so it is
+/// not forwarded again.
+async fn forward_to_host(apps: &Apps, app: &str, to: std::net::SocketAddr, mut request: Request) -> Response {
+    let headers = request.headers_mut();
+    headers.insert(HEADER_APP, HeaderValue::from_str(app).expect("app names are valid header values"));
+    let me = HeaderValue::from_str(apps.host_id()).unwrap_or(HeaderValue::from_static("host"));
+    headers.insert(HEADER_FORWARDED_BY, me);
+    apps.metrics.forwarded.inc();
+    match send_tcp(to, request).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::warn!(%app, %to, %error, "forwarding to the app's new host failed");
+            failure(StatusCode::BAD_GATEWAY, "host_unreachable", format!("the host of {app:?} did not answer: {error}"))
+        }
+    }
+}
+
+/// Sends `request` to another host's ingress (HTTP/1.1, one connection: forwarding happens
+/// only while tables converge during a move).
+async fn send_tcp(
+    to: std::net::SocketAddr,
+    request: Request,
+) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
+    let stream = tokio::time::timeout(
+        std::time::Duration::from_millis(FORWARD_CONNECT_TIMEOUT_MS),
+        tokio::net::TcpStream::connect(to),
+    )
+    .await??;
+    stream.set_nodelay(true)?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "forwarding connection ended with an error");
+        }
+    });
+    Ok(sender.send_request(request).await?.map(Body::new))
+}
+
+fn unavailable(code: &str, message: String) -> Response {
+    let mut response = failure(StatusCode::SERVICE_UNAVAILABLE, code, message);
+    response.headers_mut().insert("retry-after", HeaderValue::from(RETRY_AFTER_SECONDS));
+    response
+}
+
+fn moving(app: &str) -> Response {
+    unavailable("moving", format!("{app:?} is moving between hosts; try again in a moment"))
 }
 
 /// Follows one request to the end of its response body; on drop it releases the app's lease
@@ -170,7 +266,7 @@ fn drop_reason(error: &WakeError) -> Option<DropReason> {
         WakeError::Deadline(_) => DropReason::Deadline,
         WakeError::Start { error: crate::process::StartError::Data(_), .. } => DropReason::DataUnavailable,
         WakeError::Start { .. } => DropReason::StartFailed,
-        WakeError::Unknown(_) | WakeError::Store(_) | WakeError::Io(_) => return None,
+        WakeError::Unknown(_) | WakeError::Departed(_) | WakeError::Store(_) | WakeError::Io(_) => return None,
     })
 }
 
@@ -183,6 +279,7 @@ fn wake_failure(error: WakeError) -> Response {
     };
     match error {
         WakeError::Unknown(_) => failure(StatusCode::NOT_FOUND, "unknown_app", message),
+        WakeError::Departed(_) => unavailable("moving", RETRY_AFTER_SECONDS),
         WakeError::CrashLoop { retry_after_s, .. } => unavailable("crash_loop", retry_after_s),
         WakeError::QueueFull(_) => unavailable("queue_full", RETRY_AFTER_SECONDS),
         WakeError::Busy(_) => {

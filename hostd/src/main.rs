@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
         id: config.id.clone(),
         ingress_addr: ingress_listener.local_addr()?.to_string(),
         api_addr: api_listener.local_addr()?.to_string(),
+        draining: false,
     };
     let membership = Membership::new(&config.slicer, host.clone());
     let table = membership.register().await.context("registering with the slicer")?;

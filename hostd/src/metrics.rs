@@ -24,6 +24,8 @@ pub enum DropReason {
     Deadline,
     StartFailed,
     DataUnavailable,
+    /// Held for an app on its way here longer than `--move-hold-ms`.
+    Moving,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -75,6 +77,7 @@ snake_case_labels! {
         Deadline => "deadline",
         StartFailed => "start_failed",
         DataUnavailable => "data_unavailable",
+        Moving => "moving",
     }
     AppState { Running => "running", Asleep => "asleep" }
     Outcome { Serving => "serving", Failed => "failed" }
@@ -99,6 +102,10 @@ pub struct Metrics {
     pub start_queue_depth: Gauge,
     /// Sandboxes started and waiting for an app (set at scrape time).
     pub warm_sandboxes: Gauge,
+    /// Requests sent on to another host (the app moved, or the LB's table was stale).
+    pub forwarded: Counter,
+    /// Requests held for apps on their way to this host (set at scrape time).
+    pub held_requests: Gauge,
 }
 
 impl Default for Metrics {
@@ -113,6 +120,8 @@ impl Default for Metrics {
             apps: Family::default(),
             start_queue_depth: Gauge::default(),
             warm_sandboxes: Gauge::default(),
+            forwarded: Counter::default(),
+            held_requests: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("cold_starts", "Wakes that had to start the app", metrics.cold_starts.clone());
@@ -131,6 +140,8 @@ impl Default for Metrics {
             metrics.start_queue_depth.clone(),
         );
         registry.register("warm_sandboxes", "Sandboxes waiting for an app", metrics.warm_sandboxes.clone());
+        registry.register("requests_forwarded", "Requests sent on to the host that has the app", metrics.forwarded.clone());
+        registry.register("held_requests", "Requests held for apps moving here", metrics.held_requests.clone());
         Self { registry, ..metrics }
     }
 }

@@ -399,6 +399,35 @@ impl Replicator {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Makes sure the replica of `app` holds every committed transaction of the databases in
+    /// `data_dir`, where no process of the app runs: registers each database, syncs it and
+    /// unregisters it. Unlike [`Replicator::attach`] every failure is an error, because a move
+    /// must not go on while the replica is behind. Returns the databases sealed.
+    pub async fn seal(&self, app: &str, data_dir: &Path, log: Arc<AppLog>) -> Result<Vec<String>, ReplicaError> {
+        self.detach(app).await?;
+        if !data_dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let found = databases_in(data_dir)?;
+        let mut entry = Attached { data_dir: data_dir.to_owned(), log, databases: BTreeSet::new() };
+        let mut registered = Ok(());
+        for database in found.iter().take(DATABASES_PER_APP_MAX) {
+            registered = self.register(app, &mut entry, database).await;
+            if registered.is_err() {
+                break;
+            }
+        }
+        let manifest = match &registered {
+            Ok(()) => self.write_manifest(app, &entry.databases).await,
+            Err(_) => Ok(()),
+        };
+        let databases: Vec<String> = entry.databases.iter().cloned().collect();
+        self.attached.lock().await.insert(app.to_owned(), entry);
+        let detached = self.detach(app).await;
+        registered.and(manifest).and(detached)?;
+        Ok(databases)
+    }
+
     /// Forces a sync of every database of a running `app` now; returns how many were synced.
     pub async fn sync_now(&self, app: &str) -> Result<usize, ReplicaError> {
         let attached = self.attached.lock().await;

@@ -1,7 +1,8 @@
 //! The steady load balancer, built on pingora.
 //!
 //! Two listeners share one routing table ([`routing`]): the public one sends
-//! `Host: <app>.<domain>` to the host that owns the app and answers unknown apps with its own
+//! `Host: <app>.<domain>` to the host that holds the app (probing the old host of an app
+//! in the middle of a move, [`probe`]) and answers unknown apps with its own
 //! 404 page ([`public`]); the private one carries the API to the owning host or the slicer
 //! ([`private`]). The table is fed by a long-poll watch of the slicer ([`watch`]); between
 //! updates, and while the slicer is down, the LB keeps routing on its last table.
@@ -10,6 +11,7 @@ pub mod config;
 pub mod metrics;
 pub mod pages;
 pub mod private;
+pub mod probe;
 pub mod public;
 pub mod routing;
 pub mod upstream;

@@ -1,10 +1,10 @@
 //! The load balancer's Prometheus metrics, served at `/metrics` on the private listener:
 //! requests by app and status class, their duration, requests in flight, upstream errors and
-//! the routing table version.
+//! the routing table version, and the outcomes of move probes.
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -24,6 +24,34 @@ pub struct RequestLabels {
     pub status: &'static str,
 }
 
+/// What a probe of a moving app's old host found.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// The old host still serves the app.
+    Live,
+    /// It does not (the request goes to the new host).
+    Gone,
+    /// No answer in time (the request goes to the new host).
+    Failed,
+}
+
+impl EncodeLabelValue for ProbeOutcome {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let text = match self {
+            ProbeOutcome::Live => "live",
+            ProbeOutcome::Gone => "gone",
+            ProbeOutcome::Failed => "failed",
+        };
+        EncodeLabelValue::encode(&text, encoder)
+    }
+}
+
+/// Labels of a probe.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub outcome: ProbeOutcome,
+}
+
 /// Every metric of one load balancer.
 pub struct Metrics {
     registry: Registry,
@@ -37,6 +65,8 @@ pub struct Metrics {
     pub upstream_errors: Counter,
     /// Version of the routing table in use (set at scrape time).
     pub table_version: Gauge<i64, AtomicI64>,
+    /// Probes of moving apps' old hosts, by outcome.
+    pub probes: Family<ProbeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -48,6 +78,7 @@ impl Default for Metrics {
             in_flight: Gauge::default(),
             upstream_errors: Counter::<u64, AtomicU64>::default(),
             table_version: Gauge::default(),
+            probes: Family::default(),
         };
         let mut registry = Registry::with_prefix("steady_lb");
         registry.register("requests", "Finished public requests by app and status class", metrics.requests.clone());
@@ -63,6 +94,7 @@ impl Default for Metrics {
             "Version of the routing table in use",
             metrics.table_version.clone(),
         );
+        registry.register("move_probes", "Probes of a moving app's old host, by outcome", metrics.probes.clone());
         Self { registry, ..metrics }
     }
 }

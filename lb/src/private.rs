@@ -1,5 +1,5 @@
-//! The private listener: the API. `/v1/apps/<name>[/<action>]` goes to the host that owns the
-//! app; everything else under `/v1` goes to the slicer. `/readyz` is answered by the LB.
+//! The private listener: the API. `/v1/apps/<name>[/<action>]` goes to the host that holds the
+//! app (or, for a new app, the owner of its slice); everything else under `/v1` goes to the slicer. `/readyz` is answered by the LB.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -90,7 +90,7 @@ impl ProxyHttp for PrivateProxy {
             pages::respond(session, 400, "application/json", body).await?;
             return Ok(true);
         }
-        match self.routes.current().owner(app) {
+        match self.routes.current().api_host(app) {
             Some(owner) => {
                 ctx.upstream = Some(owner.api);
                 ctx.app = Some(app.to_owned());

@@ -11,7 +11,8 @@ use steady_proto::wire::HEADER_APP;
 
 use crate::metrics::{Metrics, RequestLabels};
 use crate::pages;
-use crate::routing::Routes;
+use crate::probe::Prober;
+use crate::routing::{Route, Routes};
 use crate::upstream;
 
 /// Per-request state: where the request goes.
@@ -27,13 +28,14 @@ pub struct PublicProxy {
     routes: Arc<Routes>,
     domains: Vec<String>,
     metrics: Arc<Metrics>,
+    prober: Prober,
 }
 
 impl PublicProxy {
     /// A proxy for apps under `domains`, routed by `routes`.
     pub fn new(routes: Arc<Routes>, domains: Vec<String>, metrics: Arc<Metrics>) -> Self {
         assert!(!domains.is_empty(), "the LB serves at least one domain");
-        Self { routes, domains, metrics }
+        Self { routes, domains, metrics, prober: Prober::default() }
     }
 }
 
@@ -66,12 +68,22 @@ impl ProxyHttp for PublicProxy {
             pages::respond(session, 404, "text/html; charset=utf-8", pages::unknown_host()).await?;
             return Ok(true);
         };
-        let Some(owner) = self.routes.current().route(app) else {
+        let Some(route) = self.routes.current().route(app) else {
             pages::respond(session, 404, "text/html; charset=utf-8", pages::unknown_app(app)).await?;
             return Ok(true);
         };
+        let host = match route {
+            Route::Host(host) => host,
+            Route::Moving { from, to } => {
+                if self.prober.serves(from.ingress, app, &self.metrics).await {
+                    from
+                } else {
+                    to
+                }
+            }
+        };
         ctx.app = app.to_owned();
-        ctx.ingress = Some(owner.ingress);
+        ctx.ingress = Some(host.ingress);
         Ok(false)
     }
 

@@ -3,7 +3,7 @@
 //! [`Routes`] is the seam between where tables come from (the slicer watch, or a test) and
 //! the proxies that read them.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -19,13 +19,32 @@ pub struct HostAddrs {
     pub api: SocketAddr,
 }
 
-/// A routing table in the form the hot path wants: parsed addresses and a set of app names.
+/// Where one app's requests go, as indices into the table's hosts.
+#[derive(Debug, Clone, Copy, Default)]
+struct AppRoute {
+    /// The live host holding the app; `None` while nobody holds it (the slice owner adopts it).
+    holder: Option<u16>,
+    /// The host a move under way takes it to.
+    moving_to: Option<u16>,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Straight to this host.
+    Host(HostAddrs),
+    /// The app is moving: ask `from` whether it still serves it (a `HEAD` probe); if not, the
+    /// request goes to `to`, which holds it until the app is up there.
+    Moving { from: HostAddrs, to: HostAddrs },
+}
+
+/// A routing table in the form the hot path wants: parsed addresses and the apps by name.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     pub version: u64,
     hosts: Vec<HostAddrs>,
     slices: Vec<u16>,
-    apps: HashSet<String>,
+    apps: HashMap<String, AppRoute>,
 }
 
 impl RouteTable {
@@ -42,7 +61,12 @@ impl RouteTable {
                 Ok(HostAddrs { ingress, api })
             })
             .collect::<Result<_, String>>()?;
-        let apps = table.apps.iter().map(|a| a.name.clone()).collect();
+        let index = |id: &str| table.hosts.iter().position(|h| h.id == id).and_then(|i| u16::try_from(i).ok());
+        let apps = table
+            .apps
+            .iter()
+            .map(|a| (a.name.clone(), AppRoute { holder: index(&a.host_id), moving_to: a.moving_to.as_deref().and_then(index) }))
+            .collect();
         Ok(Self { version: table.version, hosts, slices: table.slices.clone(), apps })
     }
 
@@ -52,12 +76,22 @@ impl RouteTable {
         self.hosts.get(usize::from(index)).copied()
     }
 
-    /// The host serving `app`, if the app exists.
-    pub fn route(&self, app: &str) -> Option<HostAddrs> {
-        if !self.apps.contains(app) {
-            return None;
+    /// Where `app`'s requests go, if the app exists.
+    pub fn route(&self, app: &str) -> Option<Route> {
+        let route = self.apps.get(app)?;
+        let host = |index: u16| self.hosts.get(usize::from(index)).copied();
+        match (route.holder.and_then(host), route.moving_to.and_then(host)) {
+            (Some(from), Some(to)) if from != to => Some(Route::Moving { from, to }),
+            (Some(holder), _) => Some(Route::Host(holder)),
+            (None, _) => self.owner(app).map(Route::Host),
         }
-        self.owner(app)
+    }
+
+    /// The host that answers `app`'s API calls: its live holder (also during a move, until it
+    /// completes), else the slice's owner (a new app, or one to be adopted).
+    pub fn api_host(&self, app: &str) -> Option<HostAddrs> {
+        let holder = self.apps.get(app).and_then(|r| r.holder).and_then(|i| self.hosts.get(usize::from(i)).copied());
+        holder.or_else(|| self.owner(app))
     }
 }
 
@@ -109,6 +143,7 @@ mod tests {
                 id: "h1".into(),
                 ingress_addr: "127.0.0.2:9".into(),
                 api_addr: "127.0.0.2:10".into(),
+                draining: false,
             }],
             slices: vec![0; SLICE_COUNT as usize],
             apps: vec![AppEntry {
@@ -118,6 +153,7 @@ mod tests {
                 updated_at_ms: 0,
                 bundle: None,
                 expires_at_ms: None,
+                moving_to: None,
             }],
         }
     }
@@ -127,11 +163,32 @@ mod tests {
         let routes = Routes::new();
         assert!(routes.current().route("hello").is_none());
         assert!(routes.install(RouteTable::from_wire(&wire(5)).unwrap()));
-        assert_eq!(routes.current().route("hello").unwrap().ingress, "127.0.0.2:9".parse().unwrap());
+        let expected = HostAddrs { ingress: "127.0.0.2:9".parse().unwrap(), api: "127.0.0.2:10".parse().unwrap() };
+        assert_eq!(routes.current().route("hello"), Some(Route::Host(expected)));
         assert!(routes.current().route("nope").is_none());
         assert!(routes.current().owner("nope").is_some());
         assert!(!routes.install(RouteTable::from_wire(&wire(4)).unwrap()), "older table ignored");
         assert_eq!(routes.current().version, 5);
+    }
+
+    #[test]
+    fn a_moving_app_is_probed_and_an_orphan_goes_to_its_owner() {
+        let mut table = wire(7);
+        table.hosts.push(HostEntry {
+            id: "h2".into(),
+            ingress_addr: "127.0.0.3:9".into(),
+            api_addr: "127.0.0.3:10".into(),
+            draining: false,
+        });
+        table.apps[0].moving_to = Some("h2".into());
+        let routes = RouteTable::from_wire(&table).unwrap();
+        let Some(Route::Moving { from, to }) = routes.route("hello") else { panic!("not moving") };
+        assert_eq!((from.ingress.port(), to.ingress.ip().to_string()), (9, "127.0.0.3".to_owned()));
+        assert_eq!(routes.api_host("hello").unwrap().api, "127.0.0.2:10".parse().unwrap(), "API calls: holder");
+        table.apps[0].moving_to = None;
+        table.apps[0].host_id = "dead".into();
+        let routes = RouteTable::from_wire(&table).unwrap();
+        assert_eq!(routes.route("hello"), routes.owner("hello").map(Route::Host), "no live holder: the owner");
     }
 
     #[test]

@@ -20,6 +20,13 @@ pub const HEADER_CRON: &str = "x-steady-cron";
 pub const HEADER_URL: &str = "x-steady-url";
 /// Prefix of every header that is internal to steady; stripped from client requests.
 pub const INTERNAL_HEADER_PREFIX: &str = "x-steady-";
+/// Header on the LB's `HEAD` probe to an app's old host during a move: "is the app live
+/// here?" The host answers 200 (live: send the request here) or 404, and never wakes the app.
+pub const HEADER_PROBE: &str = "x-steady-probe";
+/// Header a host sets on a request it forwards to another host (the app left it, or its
+/// table says the app is elsewhere): the forwarding host's id. A forwarded request is never
+/// forwarded again, so two hosts with different views cannot bounce a request between them.
+pub const HEADER_FORWARDED_BY: &str = "x-steady-forwarded-by";
 
 /// Marker in a slice map for a slice that has no owner (no hosts registered yet).
 pub const UNASSIGNED: u16 = u16::MAX;
@@ -33,6 +40,10 @@ pub struct HostEntry {
     pub ingress_addr: String,
     /// Where the host's control API listens (`ip:port`).
     pub api_addr: String,
+    /// Set by `steady hosts drain`: the host keeps serving what it has while the slicer moves
+    /// every app off it, and gets no slices.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 /// An app the slicer has been told about by its owning host.
@@ -52,6 +63,11 @@ pub struct AppEntry {
     /// When a temporary app ends, in milliseconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<u64>,
+    /// The host the app is moving to, while a move is under way: `host_id` still holds it
+    /// until the move completes. LBs probe the holder and send requests to this host once the
+    /// app is no longer live on the holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving_to: Option<String>,
 }
 
 /// The routing table: which host owns each slice, and which apps exist. Versioned: every
@@ -62,6 +78,7 @@ pub struct RoutingTable {
     pub hosts: Vec<HostEntry>,
     /// `slices[s]` is an index into `hosts`, or [`UNASSIGNED`]. Always `SLICE_COUNT` long.
     pub slices: Vec<u16>,
+    /// Sorted by name (byte order), each name once.
     pub apps: Vec<AppEntry>,
 }
 
@@ -77,14 +94,35 @@ impl RoutingTable {
         self.hosts.get(usize::from(index))
     }
 
+    /// The host with id `id`, if it is in the table (alive, as far as the slicer knows).
+    pub fn host(&self, id: &str) -> Option<&HostEntry> {
+        self.hosts.iter().find(|h| h.id == id)
+    }
+
+    /// The app's record, if the app exists.
+    pub fn app(&self, name: &str) -> Option<&AppEntry> {
+        self.apps.binary_search_by(|a| a.name.as_str().cmp(name)).ok().map(|i| &self.apps[i])
+    }
+
+    /// The host that should get `name`'s traffic and API calls now: the live host holding it,
+    /// or — while nobody holds it (released, or its holder died) — the slice's owner, which
+    /// adopts it. During a move this is still the old holder.
+    pub fn holder_of(&self, name: &str) -> Option<&HostEntry> {
+        let holder = self.app(name).and_then(|a| self.host(&a.host_id));
+        holder.or_else(|| self.owner_of(name))
+    }
+
     /// Checks the table's own invariants; a table that fails is rejected, not half-used.
     pub fn check(&self) -> Result<(), String> {
         if self.slices.len() != SLICE_COUNT as usize {
             return Err(format!("table has {} slices, expected {SLICE_COUNT}", self.slices.len()));
         }
         let bad = self.slices.iter().find(|&&i| i != UNASSIGNED && usize::from(i) >= self.hosts.len());
-        match bad {
-            Some(i) => Err(format!("slice points at host index {i}, table has {} hosts", self.hosts.len())),
+        if let Some(i) = bad {
+            return Err(format!("slice points at host index {i}, table has {} hosts", self.hosts.len()));
+        }
+        match self.apps.windows(2).find(|pair| pair[0].name >= pair[1].name) {
+            Some(pair) => Err(format!("apps are not sorted by name at {:?}", pair[1].name)),
             None => Ok(()),
         }
     }
@@ -216,6 +254,7 @@ mod tests {
             id: "h1".into(),
             ingress_addr: "127.0.0.2:1".into(),
             api_addr: "127.0.0.2:2".into(),
+            draining: false,
         });
         table.slices = vec![0; SLICE_COUNT as usize];
         assert_eq!(table.owner_of("hello").map(|h| h.id.as_str()), Some("h1"));

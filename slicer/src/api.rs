@@ -24,6 +24,8 @@ pub struct Slicer {
     /// restarted slicer gives every host a full timeout before declaring it dead.
     heartbeats: Mutex<HashMap<String, Instant>>,
     started: Instant,
+    /// What the mover has done and is doing.
+    pub(crate) moves: crate::mover::MoveLog,
 }
 
 impl Slicer {
@@ -32,7 +34,18 @@ impl Slicer {
         let table = Arc::new(store.table()?);
         let (sender, _) = watch::channel(table);
         let (heartbeats, started) = (Mutex::new(HashMap::new()), Instant::now());
-        Ok(Arc::new(Self { store: Mutex::new(store), table: sender, heartbeats, started }))
+        let moves = crate::mover::MoveLog::default();
+        Ok(Arc::new(Self { store: Mutex::new(store), table: sender, heartbeats, started, moves }))
+    }
+
+    /// The newest table.
+    pub fn current_table(&self) -> Arc<RoutingTable> {
+        self.table.borrow().clone()
+    }
+
+    /// A receiver that is told about every new table.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<RoutingTable>> {
+        self.table.subscribe()
     }
 
     fn heard_from(&self, host_id: &str) {
@@ -66,7 +79,7 @@ impl Slicer {
     }
 
     /// Applies `change` to the store and republishes the table.
-    fn change<T>(&self, change: impl FnOnce(&mut Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub(crate) fn change<T>(&self, change: impl FnOnce(&mut Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut store = self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let result = change(&mut store)?;
         let table = Arc::new(store.table()?);
@@ -90,6 +103,9 @@ pub fn router(slicer: Arc<Slicer>) -> Router {
         .route("/v1/hosts/register", post(register_host))
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/hosts/{id}/heartbeat", post(heartbeat))
+        .route("/v1/hosts/{id}/drain", post(drain_host))
+        .route("/v1/hosts/{id}/undrain", post(undrain_host))
+        .route("/v1/moves", get(list_moves))
         .route("/v1/table", get(watch_table))
         .route("/v1/apps", get(list_apps))
         .route("/v1/apps/{name}", put(app_deployed).delete(app_deleted))
@@ -110,6 +126,9 @@ impl From<StoreError> for Failure {
         match error {
             StoreError::NotOwner { .. } => Failure(StatusCode::CONFLICT, "not_owner", error.to_string()),
             StoreError::UnknownHost(_) => Failure(StatusCode::NOT_FOUND, "unknown_host", error.to_string()),
+            StoreError::Moving { .. } => Failure(StatusCode::CONFLICT, "moving", error.to_string()),
+            StoreError::LastHost(_) => Failure(StatusCode::CONFLICT, "last_host", error.to_string()),
+            StoreError::StaleMove(_) => Failure(StatusCode::CONFLICT, "stale_move", error.to_string()),
             StoreError::Sqlite(_) => {
                 tracing::error!(%error, "store failure");
                 Failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
@@ -118,7 +137,7 @@ impl From<StoreError> for Failure {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -147,7 +166,39 @@ async fn heartbeat(State(slicer): State<Arc<Slicer>>, Path(id): Path<String>) ->
 
 async fn metrics(State(slicer): State<Arc<Slicer>>) -> impl IntoResponse {
     let table = slicer.table.borrow().clone();
-    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], crate::metrics::render(&table))
+    let text = crate::metrics::render(&table, &slicer.moves);
+    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+}
+
+async fn drain_host(State(slicer): State<Arc<Slicer>>, Path(id): Path<String>) -> Result<Json<TableVersion>, Failure> {
+    let version = slicer.change(|store| store.set_draining(&id, true))?;
+    tracing::info!(host = %id, version, "host draining: its apps move to the others");
+    Ok(Json(TableVersion { version }))
+}
+
+async fn undrain_host(
+    State(slicer): State<Arc<Slicer>>,
+    Path(id): Path<String>,
+) -> Result<Json<TableVersion>, Failure> {
+    let version = slicer.change(|store| store.set_draining(&id, false))?;
+    tracing::info!(host = %id, version, "host takes apps again");
+    Ok(Json(TableVersion { version }))
+}
+
+/// Moves the table asks for, the ones under way, and the last finished ones with their times.
+async fn list_moves(State(slicer): State<Arc<Slicer>>) -> Json<serde_json::Value> {
+    let table = slicer.current_table();
+    let pending: Vec<_> = crate::mover::pending(&table)
+        .into_iter()
+        .map(|m| serde_json::json!({"app": m.app.name, "from": m.from.id, "to": m.to.id,
+            "started": m.app.moving_to.as_deref() == Some(m.to.id.as_str())}))
+        .collect();
+    Json(serde_json::json!({
+        "version": table.version,
+        "pending": pending,
+        "in_flight": slicer.moves.in_flight(),
+        "recent": slicer.moves.history(),
+    }))
 }
 
 async fn list_hosts(State(slicer): State<Arc<Slicer>>) -> Json<serde_json::Value> {
@@ -159,8 +210,9 @@ async fn list_hosts(State(slicer): State<Arc<Slicer>>) -> Json<serde_json::Value
         .map(|(index, host)| {
             let slices = table.slices.iter().filter(|&&s| usize::from(s) == index).count();
             let apps = table.apps.iter().filter(|a| a.host_id == host.id).count();
+            let moving_in = table.apps.iter().filter(|a| a.moving_to.as_deref() == Some(host.id.as_str())).count();
             serde_json::json!({"id": host.id, "ingress_addr": host.ingress_addr, "api_addr": host.api_addr,
-                "slices": slices, "apps": apps})
+                "draining": host.draining, "slices": slices, "apps": apps, "moving_in": moving_in})
         })
         .collect();
     Json(serde_json::json!({ "version": table.version, "hosts": hosts }))

@@ -23,4 +23,20 @@ pub struct Config {
     /// to the others (its apps restore from their replicas there). The last host never is.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(200..=3_600_000))]
     pub host_timeout_ms: u64,
+    /// Moves under way at once over the whole cluster (a big change is spread over time).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub moves_concurrent_max: u64,
+    /// New moves begun per second at most.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub move_starts_per_second: u32,
+}
+
+impl Config {
+    /// The mover's limits.
+    pub fn mover(&self) -> crate::mover::MoverConfig {
+        crate::mover::MoverConfig {
+            concurrent_max: self.moves_concurrent_max as usize,
+            starts_per_second: self.move_starts_per_second,
+        }
+    }
 }

@@ -3,10 +3,12 @@
 //! Host daemons register here; the slicer cuts the app-name hash space into slices
 //! ([`steady_proto::slice`]), gives each slice one owner host ([`planner`]), keeps hosts,
 //! slices and apps durable in SQLite ([`store`]) and serves the versioned routing table that
-//! load balancers watch ([`api`]).
+//! load balancers watch ([`api`]). When the assignment changes, the [`mover`] takes apps to
+//! their new hosts live.
 
 pub mod api;
 pub mod config;
 pub mod metrics;
+pub mod mover;
 pub mod planner;
 pub mod store;

@@ -12,6 +12,7 @@ async fn main() -> anyhow::Result<()> {
     let store = Store::open(&config.data.join("slicer.db")).context("opening the slicer database")?;
     let slicer = api::Slicer::new(store)?;
     tokio::spawn(slicer.clone().expire_hosts(config.host_timeout_ms));
+    tokio::spawn(steady_slicer::mover::run(slicer.clone(), config.mover()));
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;

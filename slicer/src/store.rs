@@ -21,6 +21,12 @@ pub enum StoreError {
     UnknownHost(String),
     #[error("app {app:?} belongs to slice {slice}, owned by {owner:?}, not by {host:?}")]
     NotOwner { app: String, slice: u32, owner: Option<String>, host: String },
+    #[error("app {app:?} is moving to host {to:?}; try again in a few seconds")]
+    Moving { app: String, to: String },
+    #[error("host {0:?} is the last host that takes apps; start another host before draining it")]
+    LastHost(String),
+    #[error("the move of {0:?} no longer matches the table (its holder or target changed)")]
+    StaleMove(String),
 }
 
 /// The slicer's database. Not thread-safe by itself; the API wraps it in a mutex.
@@ -36,7 +42,8 @@ CREATE TABLE IF NOT EXISTS hosts (
     id TEXT PRIMARY KEY,
     ingress_addr TEXT NOT NULL,
     api_addr TEXT NOT NULL,
-    registered_at_ms INTEGER NOT NULL
+    registered_at_ms INTEGER NOT NULL,
+    draining INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS slices (slice INTEGER PRIMARY KEY, host_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS apps (
@@ -45,7 +52,8 @@ CREATE TABLE IF NOT EXISTS apps (
     version INTEGER NOT NULL,
     updated_at_ms INTEGER NOT NULL,
     bundle TEXT,
-    expires_at_ms INTEGER
+    expires_at_ms INTEGER,
+    moving_to TEXT
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES ('table_version', 0);
 ";
@@ -101,23 +109,41 @@ impl Store {
         Ok(Some(version))
     }
 
-    /// Records that `host_id` now serves `name` at `version`. Refused unless the host owns the
-    /// app's slice in the current table, so a host with a stale view cannot claim an app.
+    /// Records that `host_id` now serves `name` at `version`. The host that holds the app may
+    /// record a new version unless a move of the app is under way; an app nobody live holds
+    /// (new, released, or its holder died) may be recorded only by its slice's owner. So a
+    /// host with a stale view cannot claim an app, and a move is never raced by a deploy.
     pub fn app_deployed(&mut self, name: &str, deployed: &AppDeployed, now_ms: u64) -> Result<u64, StoreError> {
         let host_id = deployed.host_id.as_str();
         let tx = self.connection.transaction()?;
         let slice = slice_of(name);
         let owner: Option<String> =
             tx.query_row("SELECT host_id FROM slices WHERE slice = ?1", [slice], |r| r.get(0)).optional()?;
-        if owner.as_deref() != Some(host_id) {
-            return Err(StoreError::NotOwner { app: name.into(), slice, owner, host: host_id.into() });
+        let record: Option<(String, Option<String>)> = tx
+            .query_row("SELECT host_id, moving_to FROM apps WHERE name = ?1", [name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let live = |id: &str| -> Result<bool, StoreError> {
+            Ok(tx.query_row("SELECT COUNT(*) FROM hosts WHERE id = ?1", [id], |r| r.get::<_, i64>(0))? > 0)
+        };
+        match record {
+            Some((holder, Some(to))) if holder == host_id || live(&holder)? => {
+                return Err(StoreError::Moving { app: name.into(), to });
+            }
+            Some((holder, None)) if holder == host_id => {}
+            Some((holder, _)) if live(&holder)? => {
+                return Err(StoreError::NotOwner { app: name.into(), slice, owner: Some(holder), host: host_id.into() });
+            }
+            _ if owner.as_deref() != Some(host_id) => {
+                return Err(StoreError::NotOwner { app: name.into(), slice, owner, host: host_id.into() });
+            }
+            _ => {}
         }
         tx.execute(
             "INSERT INTO apps (name, host_id, version, updated_at_ms, bundle, expires_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(name) DO UPDATE SET host_id = excluded.host_id, version = excluded.version,
              updated_at_ms = excluded.updated_at_ms, bundle = excluded.bundle,
-             expires_at_ms = excluded.expires_at_ms",
+             expires_at_ms = excluded.expires_at_ms, moving_to = NULL",
             params![
                 name,
                 host_id,
@@ -174,6 +200,65 @@ impl Store {
         Ok(version)
     }
 
+    /// Marks `host_id` as draining (its slices go to the other hosts and the mover takes its
+    /// apps off) or, with `draining` false, as taking apps again. Refuses to drain the last
+    /// host that takes apps.
+    pub fn set_draining(&mut self, host_id: &str, draining: bool) -> Result<u64, StoreError> {
+        let tx = self.connection.transaction()?;
+        let known = hosts(&tx)?;
+        let Some(host) = known.iter().find(|h| h.id == host_id) else {
+            return Err(StoreError::UnknownHost(host_id.into()));
+        };
+        if host.draining == draining {
+            return table_version(&tx);
+        }
+        if draining && !known.iter().any(|h| h.id != host_id && !h.draining) {
+            return Err(StoreError::LastHost(host_id.into()));
+        }
+        tx.execute("UPDATE hosts SET draining = ?2 WHERE id = ?1", params![host_id, draining])?;
+        rebalance(&tx)?;
+        let version = bump_version(&tx)?;
+        tx.commit()?;
+        Ok(version)
+    }
+
+    /// Records that the move of `name` from `from` to `to` has begun: LBs start probing the
+    /// old holder. Restarting a move toward a new target (the owner changed) is allowed.
+    pub fn move_started(&mut self, name: &str, from: &str, to: &str) -> Result<u64, StoreError> {
+        let tx = self.connection.transaction()?;
+        let changed = tx.execute(
+            "UPDATE apps SET moving_to = ?3 WHERE name = ?1 AND host_id = ?2 AND moving_to IS NOT ?3",
+            params![name, from, to],
+        )?;
+        if changed == 0 {
+            let already: bool = tx.query_row(
+                "SELECT COUNT(*) FROM apps WHERE name = ?1 AND host_id = ?2 AND moving_to = ?3",
+                params![name, from, to],
+                |r| r.get::<_, i64>(0).map(|n| n > 0),
+            )?;
+            return if already { table_version(&tx) } else { Err(StoreError::StaleMove(name.into())) };
+        }
+        let version = bump_version(&tx)?;
+        tx.commit()?;
+        Ok(version)
+    }
+
+    /// Records that `to` serves `name` now (the move from `from` is complete).
+    pub fn move_done(&mut self, name: &str, from: &str, to: &str, now_ms: u64) -> Result<u64, StoreError> {
+        let tx = self.connection.transaction()?;
+        let changed = tx.execute(
+            "UPDATE apps SET host_id = ?3, moving_to = NULL, updated_at_ms = ?4
+             WHERE name = ?1 AND host_id = ?2 AND moving_to = ?3",
+            params![name, from, to, now_ms as i64],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::StaleMove(name.into()));
+        }
+        let version = bump_version(&tx)?;
+        tx.commit()?;
+        Ok(version)
+    }
+
     /// Reads the whole routing table as it is now.
     pub fn table(&self) -> Result<RoutingTable, StoreError> {
         let version = table_version(&self.connection)?;
@@ -206,9 +291,10 @@ fn bump_version(tx: &Transaction) -> Result<u64, StoreError> {
 }
 
 fn hosts(connection: &Connection) -> Result<Vec<HostEntry>, StoreError> {
-    let mut statement = connection.prepare("SELECT id, ingress_addr, api_addr FROM hosts ORDER BY id")?;
-    let rows =
-        statement.query_map([], |r| Ok(HostEntry { id: r.get(0)?, ingress_addr: r.get(1)?, api_addr: r.get(2)? }))?;
+    let mut statement = connection.prepare("SELECT id, ingress_addr, api_addr, draining FROM hosts ORDER BY id")?;
+    let rows = statement.query_map([], |r| {
+        Ok(HostEntry { id: r.get(0)?, ingress_addr: r.get(1)?, api_addr: r.get(2)?, draining: r.get(3)? })
+    })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -222,12 +308,22 @@ fn migrate(connection: &Connection) -> Result<(), StoreError> {
             "ALTER TABLE apps ADD COLUMN bundle TEXT; ALTER TABLE apps ADD COLUMN expires_at_ms INTEGER;",
         )?;
     }
+    let has_column = |table: &str, column: &str| -> Result<bool, StoreError> {
+        let sql = format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1");
+        Ok(connection.query_row(&sql, [column], |r| r.get::<_, i64>(0))? > 0)
+    };
+    if !has_column("apps", "moving_to")? {
+        connection.execute_batch("ALTER TABLE apps ADD COLUMN moving_to TEXT;")?;
+    }
+    if !has_column("hosts", "draining")? {
+        connection.execute_batch("ALTER TABLE hosts ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;")?;
+    }
     Ok(())
 }
 
 fn apps(connection: &Connection) -> Result<Vec<AppEntry>, StoreError> {
     let mut statement = connection
-        .prepare("SELECT name, host_id, version, updated_at_ms, bundle, expires_at_ms FROM apps ORDER BY name")?;
+        .prepare("SELECT name, host_id, version, updated_at_ms, bundle, expires_at_ms, moving_to FROM apps ORDER BY name")?;
     let rows = statement.query_map([], |r| {
         Ok(AppEntry {
             name: r.get(0)?,
@@ -236,6 +332,7 @@ fn apps(connection: &Connection) -> Result<Vec<AppEntry>, StoreError> {
             updated_at_ms: r.get::<_, i64>(3)? as u64,
             bundle: r.get(4)?,
             expires_at_ms: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+            moving_to: r.get(6)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -251,10 +348,15 @@ fn app_counts_per_slice(connection: &Connection) -> Result<Vec<u64>, StoreError>
     Ok(weights)
 }
 
-/// Runs the planner over all registered hosts, balancing them by app count, and writes the
-/// new slice owners.
+/// Runs the planner over the registered hosts that take apps (all of them if every host is
+/// draining), balancing them by app count, and writes the new slice owners. A draining host's
+/// slices are orphans to the planner, so they go to the others.
 fn rebalance(tx: &Transaction) -> Result<(), StoreError> {
-    let hosts = hosts(tx)?;
+    let all = hosts(tx)?;
+    let mut eligible: Vec<&HostEntry> = all.iter().filter(|h| !h.draining).collect();
+    if eligible.is_empty() {
+        eligible = all.iter().collect();
+    }
     let mut current = vec![None; SLICE_COUNT as usize];
     {
         let mut statement = tx.prepare("SELECT slice, host_id FROM slices")?;
@@ -262,15 +364,16 @@ fn rebalance(tx: &Transaction) -> Result<(), StoreError> {
         for row in rows {
             let (slice, host_id) = row?;
             if let Some(entry) = current.get_mut(slice as usize) {
-                *entry = hosts.iter().position(|h| h.id == host_id);
+                *entry = eligible.iter().position(|h| h.id == host_id);
             }
         }
     }
-    let next = planner::rebalance_weighted(&current, &app_counts_per_slice(tx)?, hosts.len());
+    let next = planner::rebalance_weighted(&current, &app_counts_per_slice(tx)?, eligible.len());
     let mut update = tx.prepare("INSERT OR REPLACE INTO slices (slice, host_id) VALUES (?1, ?2)")?;
     for (slice, (before, after)) in current.iter().zip(&next).enumerate() {
+        // `before` is `None` both for an unowned slice and for a draining host's slice.
         if before != after {
-            let host = after.map(|h| hosts[h].id.as_str()).ok_or_else(|| StoreError::UnknownHost(String::new()))?;
+            let host = after.map(|h| eligible[h].id.as_str()).ok_or_else(|| StoreError::UnknownHost(String::new()))?;
             update.execute(params![slice as u32, host])?;
         }
     }
@@ -286,7 +389,7 @@ mod tests {
     use super::*;
 
     fn host(id: &str) -> HostEntry {
-        HostEntry { id: id.into(), ingress_addr: format!("{id}:1"), api_addr: format!("{id}:2") }
+        HostEntry { id: id.into(), ingress_addr: format!("{id}:1"), api_addr: format!("{id}:2"), draining: false }
     }
 
     #[test]
