@@ -167,6 +167,13 @@ impl Client {
         self.decode(response).await
     }
 
+    /// `POST /v1/hosts/<host>/<action>` (drain, undrain).
+    pub async fn host_action(&self, host: &str, action: &str) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}/v1/hosts/{host}/{action}", self.base);
+        let response = self.http.post(url).send().await.map_err(|e| self.unreachable(e))?;
+        self.decode(response).await
+    }
+
     pub async fn apps(&self) -> anyhow::Result<Vec<AppEntry>> {
         let response = self.http.get(format!("{}/v1/apps", self.base)).send().await.map_err(|e| self.unreachable(e))?;
         let list: AppList = self.decode(response).await?;

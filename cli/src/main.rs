@@ -92,8 +92,14 @@ or a package.json naming its entry. Dependencies in package.json must be install
     /// Serve an earlier version again (the one before the current by default). The database is
     /// left as it is.
     Rollback { name: String, version: Option<u64> },
-    /// List the hosts: id, addresses, slices owned and apps held (a dead host is gone from it).
-    Hosts,
+    /// List the hosts: id, addresses, slices owned and apps held (a dead host is gone from it);
+    /// or drain one before maintenance.
+    ///
+    /// Examples: steady hosts; steady hosts drain host-2; steady hosts undrain host-2
+    Hosts {
+        #[command(subcommand)]
+        action: Option<HostsAction>,
+    },
     /// Ship every committed write of an app's databases to its replica now.
     Backup { name: String },
     /// Replace an app's data with its replica, as of a time or the latest state. The app is
@@ -115,6 +121,24 @@ or a package.json naming its entry. Dependencies in package.json must be install
     },
 }
 
+/// What to do with a host.
+#[derive(Debug, clap::Subcommand)]
+enum HostsAction {
+    /// Move every app off a host, live, and give it no new ones (it keeps running). Waits
+    /// until the host holds no app, showing progress.
+    Drain {
+        host: String,
+        /// Return once the drain is recorded instead of waiting for the moves.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds (the moves go on).
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+    },
+    /// Let a drained host take apps again (the slicer rebalances onto it).
+    Undrain { host: String },
+}
+
 fn main() {
     let cli = Cli::parse();
     let runtime =
@@ -133,24 +157,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::run(args, &cli.api).await,
         Command::Deploy { path, name } => deploy(&client, &path, name.as_deref(), cli.json).await,
         Command::Apps => apps(&client, cli.json).await,
-        Command::Hosts => {
-            let answer = client.hosts().await?;
-            if cli.json {
-                println!("{answer}");
+        Command::Hosts { action: None } => hosts(&client, cli.json).await,
+        Command::Hosts { action: Some(HostsAction::Drain { host, no_wait, timeout_s }) } => {
+            client.host_action(&host, "drain").await?;
+            if no_wait {
+                eprintln!("{host} is draining; its apps move to the other hosts");
                 return Ok(());
             }
-            println!("{:<16} {:<22} {:<22} {:>6} {:>6}", "HOST", "INGRESS", "API", "SLICES", "APPS");
-            for host in answer["hosts"].as_array().into_iter().flatten() {
-                let text = |key: &str| host[key].as_str().unwrap_or("-").to_owned();
-                println!(
-                    "{:<16} {:<22} {:<22} {:>6} {:>6}",
-                    text("id"),
-                    text("ingress_addr"),
-                    text("api_addr"),
-                    host["slices"],
-                    host["apps"]
-                );
-            }
+            wait_drained(&client, &host, std::time::Duration::from_secs(timeout_s)).await
+        }
+        Command::Hosts { action: Some(HostsAction::Undrain { host }) } => {
+            client.host_action(&host, "undrain").await?;
+            eprintln!("{host} takes apps again");
             Ok(())
         }
         Command::Run { path, ttl, name } => run_temporary(&client, &path, ttl, name, cli.json).await,
@@ -339,4 +357,53 @@ async fn apps(client: &api::Client, json: bool) -> anyhow::Result<()> {
         println!("{:<width$}  {:<10}  {:>7}  {updated}", app.name, app.host_id, app.version);
     }
     Ok(())
+}
+
+async fn hosts(client: &api::Client, json: bool) -> anyhow::Result<()> {
+    let answer = client.hosts().await?;
+    if json {
+        println!("{answer}");
+        return Ok(());
+    }
+    println!("{:<16} {:<22} {:<22} {:>6} {:>6}  STATE", "HOST", "INGRESS", "API", "SLICES", "APPS");
+    for host in answer["hosts"].as_array().into_iter().flatten() {
+        let text = |key: &str| host[key].as_str().unwrap_or("-").to_owned();
+        let state = if host["draining"].as_bool() == Some(true) { "draining" } else { "active" };
+        println!(
+            "{:<16} {:<22} {:<22} {:>6} {:>6}  {state}",
+            text("id"),
+            text("ingress_addr"),
+            text("api_addr"),
+            host["slices"],
+            host["apps"]
+        );
+    }
+    Ok(())
+}
+
+/// Waits until `host` holds no app, printing how many are left whenever it changes.
+async fn wait_drained(client: &api::Client, host: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        let answer = client.hosts().await?;
+        let entry = answer["hosts"].as_array().into_iter().flatten().find(|h| h["id"].as_str() == Some(host));
+        let Some(entry) = entry else {
+            let message = format!("host {host:?} is not registered (it left or was declared dead)");
+            return Err(exit::Failure::new(exit::NOT_FOUND, "unknown_host", message).into());
+        };
+        let left = entry["apps"].as_u64().unwrap_or(0);
+        if left == 0 {
+            eprintln!("{host} is drained: it holds no app");
+            return Ok(());
+        }
+        if last != Some(left) {
+            eprintln!("{host}: {left} apps still to move");
+            last = Some(left);
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("{host} still holds {left} apps after {} s; the moves go on (see `steady hosts`)", timeout.as_secs());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }

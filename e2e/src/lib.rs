@@ -5,6 +5,7 @@
 //! Waits are on conditions (a ready file, `/readyz`, an answer), each with a deadline; nothing
 //! waits on a bare sleep. Set `STEADY_KEEP_TEST_DIR=1` to keep the temp dir for debugging.
 
+pub mod load;
 pub mod s3;
 
 use std::net::{SocketAddr, TcpListener};
@@ -171,6 +172,16 @@ pub struct Cluster {
     pub domain: String,
     http: reqwest::blocking::Client,
     host_flags: Vec<String>,
+    slicer_args: Vec<String>,
+    /// More load balancers beside `lb`, started with [`Cluster::add_lb`].
+    pub more_lbs: Vec<Lb>,
+}
+
+/// A load balancer started after the first.
+pub struct Lb {
+    pub daemon: Daemon,
+    pub public: SocketAddr,
+    pub private: SocketAddr,
 }
 
 /// The answer to a plain HTTP request.
@@ -198,46 +209,59 @@ impl Cluster {
         assert!((1..=30).contains(&host_count));
         let dir = tempfile::Builder::new().prefix("steady-e2e-").tempdir().expect("temp dir");
         let root = dir.path().to_owned();
-        let ready = root.join("slicer.ready");
-        let mut slicer = Daemon::start(
-            &root,
-            "slicer",
-            "steady-slicer",
-            &[
-                strings(&[
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--data",
-                    &path(&root.join("slicer")),
-                    "--ready-file",
-                    &path(&ready),
-                ]),
-                strings(slicer_flags),
-            ]
-            .concat(),
-        );
-        let slicer_addr = wait_ready_file(&mut slicer, &ready)["api"].as_str().expect("slicer api").to_owned();
+        let slicer_args = [strings(&["--data", &path(&root.join("slicer"))]), strings(slicer_flags)].concat();
+        let (slicer, slicer_addr) = start_slicer(&root, "127.0.0.1:0", &slicer_args);
         let host_flags = strings(host_flags);
         let hosts = (1..=host_count).map(|i| start_host(&root, i, &slicer_addr, &host_flags)).collect();
-        let (public, private) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
-        let lb_args = strings(&[
-            "--public",
-            &public.to_string(),
-            "--private",
-            &private.to_string(),
-            "--slicer",
-            &slicer_addr,
-            "--domain",
-            "localhost",
-            "--data",
-            &path(&root.join("lb")),
-        ]);
-        let lb = Daemon::start(&root, "lb", "steady-lb", &lb_args);
+        let Lb { daemon: lb, public, private } = start_lb(&root, "lb", &slicer_addr);
         let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client");
-        let cluster =
-            Self { dir, slicer_addr, slicer, hosts, lb, public, private, domain: "localhost".into(), http, host_flags };
+        let domain = "localhost".into();
+        let more_lbs = Vec::new();
+        let cluster = Self {
+            dir,
+            slicer_addr,
+            slicer,
+            hosts,
+            lb,
+            public,
+            private,
+            domain,
+            http,
+            host_flags,
+            slicer_args,
+            more_lbs,
+        };
         cluster.wait_lb_table(1);
         cluster
+    }
+
+    /// Starts one more load balancer on the same slicer; returns its index in `more_lbs`.
+    pub fn add_lb(&mut self) -> usize {
+        let name = format!("lb-{}", self.more_lbs.len() + 2);
+        self.more_lbs.push(start_lb(self.dir.path(), &name, &self.slicer_addr));
+        let index = self.more_lbs.len() - 1;
+        let private = self.more_lbs[index].private;
+        eventually(&format!("{name}'s routing table"), || {
+            let text = self.http.get(format!("http://{private}/readyz")).send().ok()?.text().ok()?;
+            text.starts_with("ready").then_some(())
+        });
+        index
+    }
+
+    /// Starts one more host daemon (`host-<n>` on 127.0.0.<n+1>); returns its index in `hosts`.
+    pub fn add_host(&mut self) -> usize {
+        let index = self.hosts.len() + 1;
+        let host = start_host(self.dir.path(), index, &self.slicer_addr, &self.host_flags);
+        self.hosts.push(host);
+        self.hosts.len() - 1
+    }
+
+    /// Kills the slicer with SIGKILL and starts it again on the same address and data.
+    pub fn kill_and_restart_slicer(&mut self) {
+        self.slicer.stop_with(libc::SIGKILL);
+        let (slicer, addr) = start_slicer(self.dir.path(), &self.slicer_addr, &self.slicer_args);
+        assert_eq!(addr, self.slicer_addr, "the slicer came back on its address");
+        self.slicer = slicer;
     }
 
     /// Waits until the LB has installed a table at least as new as `version`.
@@ -331,7 +355,8 @@ impl Cluster {
     /// The tail of every daemon's log, for failure reports.
     pub fn logs(&self) -> String {
         let mut text = String::new();
-        for daemon in [&self.slicer, &self.lb].into_iter().chain(self.hosts.iter().map(|h| &h.daemon)) {
+        let more_lbs = self.more_lbs.iter().map(|l| &l.daemon);
+        for daemon in [&self.slicer, &self.lb].into_iter().chain(more_lbs).chain(self.hosts.iter().map(|h| &h.daemon)) {
             let log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
             text += &format!("--- {} ---\n{}\n", daemon.name, lines[lines.len().saturating_sub(40)..].join("\n"));
@@ -346,6 +371,9 @@ impl Drop for Cluster {
             eprintln!("cluster in {} — daemon logs:\n{}", self.dir.path().display(), self.logs());
         }
         self.lb.stop_with(libc::SIGINT);
+        for lb in &mut self.more_lbs {
+            lb.daemon.stop_with(libc::SIGINT);
+        }
         for host in &mut self.hosts {
             host.daemon.stop();
         }
@@ -355,6 +383,32 @@ impl Drop for Cluster {
             eprintln!("kept {}", kept.keep().display());
         }
     }
+}
+
+fn start_slicer(root: &Path, listen: &str, args: &[String]) -> (Daemon, String) {
+    let ready = root.join("slicer.ready");
+    let _ = std::fs::remove_file(&ready);
+    let listen_args = strings(&["--listen", listen, "--ready-file", &path(&ready)]);
+    let mut slicer = Daemon::start(root, "slicer", "steady-slicer", &[listen_args, args.to_vec()].concat());
+    let addr = wait_ready_file(&mut slicer, &ready)["api"].as_str().expect("slicer api").to_owned();
+    (slicer, addr)
+}
+
+fn start_lb(root: &Path, name: &str, slicer: &str) -> Lb {
+    let (public, private) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let args = strings(&[
+        "--public",
+        &public.to_string(),
+        "--private",
+        &private.to_string(),
+        "--slicer",
+        slicer,
+        "--domain",
+        "localhost",
+        "--data",
+        &path(&root.join(name)),
+    ]);
+    Lb { daemon: Daemon::start(root, name, "steady-lb", &args), public, private }
 }
 
 fn start_host(root: &Path, index: usize, slicer: &str, flags: &[String]) -> Host {

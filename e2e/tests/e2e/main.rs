@@ -5,6 +5,7 @@ mod durability;
 mod hostd;
 mod limits;
 mod metrics;
+mod migration;
 mod request_path;
 mod sandbox;
 mod up;
