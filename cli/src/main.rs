@@ -402,7 +402,10 @@ async fn wait_drained(client: &api::Client, host: &str, timeout: std::time::Dura
             last = Some(left);
         }
         if std::time::Instant::now() > deadline {
-            anyhow::bail!("{host} still holds {left} apps after {} s; the moves go on (see `steady hosts`)", timeout.as_secs());
+            anyhow::bail!(
+                "{host} still holds {left} apps after {} s; the moves go on (see `steady hosts`)",
+                timeout.as_secs()
+            );
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }

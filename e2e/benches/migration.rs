@@ -31,8 +31,7 @@ fn readyz_version(http: &reqwest::blocking::Client, private: std::net::SocketAdd
 /// Milliseconds from a slicer commit to both LBs serving it, `changes` times.
 fn convergence_ms(cluster: &Cluster, changes: usize) -> Vec<f64> {
     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
-    let privates: Vec<_> =
-        std::iter::once(cluster.private).chain(cluster.more_lbs.iter().map(|l| l.private)).collect();
+    let privates: Vec<_> = std::iter::once(cluster.private).chain(cluster.more_lbs.iter().map(|l| l.private)).collect();
     let mut samples = Vec::with_capacity(changes);
     for i in 0..changes {
         let name = format!("conv-{}", i % 20);
@@ -126,8 +125,7 @@ fn main() {
     let report = load.stop();
 
     let recent = cluster.api_get("/v1/moves")["recent"].as_array().cloned().unwrap_or_default();
-    let mut downtime: Vec<f64> =
-        recent.iter().skip(done_before).filter_map(|m| m["downtime_ms"].as_f64()).collect();
+    let mut downtime: Vec<f64> = recent.iter().skip(done_before).filter_map(|m| m["downtime_ms"].as_f64()).collect();
     downtime.sort_by(f64::total_cmp);
     let latencies = |from: f64, to: f64| {
         let mut all: Vec<f64> = report

@@ -209,7 +209,12 @@ impl Cluster {
         assert!((1..=30).contains(&host_count));
         let dir = tempfile::Builder::new().prefix("steady-e2e-").tempdir().expect("temp dir");
         let root = dir.path().to_owned();
-        let slicer_args = [strings(&["--data", &path(&root.join("slicer"))]), strings(slicer_flags)].concat();
+        let mut slicer_args = [strings(&["--data", &path(&root.join("slicer"))]), strings(slicer_flags)].concat();
+        if !slicer_flags.contains(&"--rebalance-interval-ms") {
+            // Tests that look at where apps live choose when they move; the ones about moves
+            // turn the load rebalance on.
+            slicer_args.extend(strings(&["--rebalance-interval-ms", "0"]));
+        }
         let (slicer, slicer_addr) = start_slicer(&root, "127.0.0.1:0", &slicer_args);
         let host_flags = strings(host_flags);
         let hosts = (1..=host_count).map(|i| start_host(&root, i, &slicer_addr, &host_flags)).collect();

@@ -778,9 +778,13 @@ impl Apps {
         let heartbeat = self.clone();
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(Duration::from_millis(heartbeat.config.heartbeat_ms));
+            let mut counted: HashMap<String, u64> = HashMap::new();
+            let mut last = Instant::now();
             loop {
                 ticker.tick().await;
-                match heartbeat.membership.heartbeat().await {
+                let load = heartbeat.load(&mut counted, last.elapsed());
+                last = Instant::now();
+                match heartbeat.membership.heartbeat(&load).await {
                     Ok(true) => {}
                     Ok(false) => match heartbeat.membership.register().await {
                         Ok(table) => tracing::warn!(version = table.version, "registered again with the slicer"),
@@ -803,6 +807,32 @@ impl Apps {
                 }
             }
         }
+    }
+
+    /// This host's load for a heartbeat: each app's requests per second since the last one
+    /// (`counted` keeps the totals between calls) and the memory of the running ones.
+    fn load(&self, counted: &mut HashMap<String, u64>, since: Duration) -> steady_proto::wire::Heartbeat {
+        let slots: Vec<Arc<Slot>> = self.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let seconds = since.as_secs_f64().max(0.001);
+        let mut apps: Vec<steady_proto::wire::AppLoad> = slots
+            .iter()
+            .map(|slot| {
+                let total = slot.requests_total.load(Ordering::Acquire);
+                let before = counted.insert(slot.name.clone(), total).unwrap_or(total);
+                let memory_bytes = slot
+                    .serving
+                    .try_lock()
+                    .ok()
+                    .and_then(|s| s.as_ref().filter(|p| p.is_alive()).and_then(|p| p.memory_bytes()))
+                    .unwrap_or(0);
+                let requests_per_s = total.saturating_sub(before) as f64 / seconds;
+                steady_proto::wire::AppLoad { name: slot.name.clone(), requests_per_s, memory_bytes }
+            })
+            .collect();
+        counted.retain(|name, _| slots.iter().any(|s| s.name == *name));
+        apps.sort_by(|a, b| b.requests_per_s.total_cmp(&a.requests_per_s));
+        apps.truncate(steady_proto::wire::HEARTBEAT_APPS_MAX);
+        steady_proto::wire::Heartbeat { apps }
     }
 
     async fn adopt_one(&self, entry: &steady_proto::wire::AppEntry, bundle: &str) -> Result<bool, DeployError> {

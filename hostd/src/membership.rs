@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use steady_proto::wire::{ApiError, AppDeployed, HostEntry, RegisterHost, RoutingTable, TableVersion};
+use steady_proto::wire::{ApiError, AppDeployed, Heartbeat, HostEntry, RegisterHost, RoutingTable, TableVersion};
 
 /// Attempts to register before giving up at start (the slicer may still be starting).
 const REGISTER_ATTEMPTS_MAX: u32 = 100;
@@ -57,9 +57,10 @@ impl Membership {
 
     /// Tells the slicer this host is alive. `Ok(false)` means the slicer does not know it
     /// (declared dead, or a slicer with fresh data): register again.
-    pub async fn heartbeat(&self) -> Result<bool, MembershipError> {
+    pub async fn heartbeat(&self, load: &Heartbeat) -> Result<bool, MembershipError> {
         let url = format!("{}/hosts/{}/heartbeat", self.base_url, self.host.id);
-        let response = self.http.post(&url).send().await.map_err(|e| MembershipError::Unreachable(url.clone(), e))?;
+        let request = self.http.post(&url).json(load);
+        let response = request.send().await.map_err(|e| MembershipError::Unreachable(url.clone(), e))?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(false);
         }

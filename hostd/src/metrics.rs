@@ -140,7 +140,11 @@ impl Default for Metrics {
             metrics.start_queue_depth.clone(),
         );
         registry.register("warm_sandboxes", "Sandboxes waiting for an app", metrics.warm_sandboxes.clone());
-        registry.register("requests_forwarded", "Requests sent on to the host that has the app", metrics.forwarded.clone());
+        registry.register(
+            "requests_forwarded",
+            "Requests sent on to the host that has the app",
+            metrics.forwarded.clone(),
+        );
         registry.register("held_requests", "Requests held for apps moving here", metrics.held_requests.clone());
         Self { registry, ..metrics }
     }

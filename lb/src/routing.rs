@@ -65,7 +65,12 @@ impl RouteTable {
         let apps = table
             .apps
             .iter()
-            .map(|a| (a.name.clone(), AppRoute { holder: index(&a.host_id), moving_to: a.moving_to.as_deref().and_then(index) }))
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    AppRoute { holder: index(&a.host_id), moving_to: a.moving_to.as_deref().and_then(index) },
+                )
+            })
             .collect();
         Ok(Self { version: table.version, hosts, slices: table.slices.clone(), apps })
     }

@@ -134,6 +134,27 @@ pub struct RegisterHost {
     pub host: HostEntry,
 }
 
+/// The load of one app, as its host reports it in each heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppLoad {
+    pub name: String,
+    /// Requests per second since the previous heartbeat.
+    pub requests_per_s: f64,
+    /// Memory the app's process uses now; 0 while it sleeps.
+    pub memory_bytes: u64,
+}
+
+/// Body of `POST /v1/hosts/{id}/heartbeat`: what the host runs and how busy each app is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// At most [`HEARTBEAT_APPS_MAX`] apps (the busiest first); the rest count as idle.
+    #[serde(default)]
+    pub apps: Vec<AppLoad>,
+}
+
+/// Most apps one heartbeat reports on.
+pub const HEARTBEAT_APPS_MAX: usize = 10_000;
+
 /// Body of `PUT /v1/apps/{name}` from the owning host after a deploy has taken over.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AppDeployed {

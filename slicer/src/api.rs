@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
-use steady_proto::wire::{ApiError, AppDeployed, RegisterHost, RoutingTable, TableVersion};
+use steady_proto::wire::{ApiError, AppDeployed, Heartbeat, RegisterHost, RoutingTable, TableVersion};
 use tokio::sync::watch;
 
 use crate::config::WATCH_WAIT_MS_MAX;
@@ -26,6 +26,8 @@ pub struct Slicer {
     started: Instant,
     /// What the mover has done and is doing.
     pub(crate) moves: crate::mover::MoveLog,
+    /// The load of each app, from heartbeats.
+    pub(crate) loads: crate::balance::Loads,
 }
 
 impl Slicer {
@@ -35,7 +37,8 @@ impl Slicer {
         let (sender, _) = watch::channel(table);
         let (heartbeats, started) = (Mutex::new(HashMap::new()), Instant::now());
         let moves = crate::mover::MoveLog::default();
-        Ok(Arc::new(Self { store: Mutex::new(store), table: sender, heartbeats, started, moves }))
+        let loads = crate::balance::Loads::default();
+        Ok(Arc::new(Self { store: Mutex::new(store), table: sender, heartbeats, started, moves, loads }))
     }
 
     /// The newest table.
@@ -56,7 +59,8 @@ impl Slicer {
     /// them (never the last one).
     pub async fn expire_hosts(self: Arc<Self>, timeout_ms: u64) {
         let timeout = Duration::from_millis(timeout_ms);
-        let mut ticker = tokio::time::interval(timeout / 4);
+        // A tenth of the timeout: a dead host is found at most 10 % after its timeout ends.
+        let mut ticker = tokio::time::interval(timeout / 10);
         loop {
             ticker.tick().await;
             let table = self.table.borrow().clone();
@@ -154,13 +158,22 @@ async fn register_host(
     Ok(Json(slicer.table.borrow().as_ref().clone()))
 }
 
-async fn heartbeat(State(slicer): State<Arc<Slicer>>, Path(id): Path<String>) -> Result<Json<TableVersion>, Failure> {
+async fn heartbeat(
+    State(slicer): State<Arc<Slicer>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<TableVersion>, Failure> {
     let table = slicer.table.borrow().clone();
     if !table.hosts.iter().any(|h| h.id == id) {
         let message = format!("host {id:?} is not registered (declared dead?); register again");
         return Err(Failure(StatusCode::NOT_FOUND, "unknown_host", message));
     }
     slicer.heard_from(&id);
+    if !body.is_empty() {
+        let load: Heartbeat = serde_json::from_slice(&body)
+            .map_err(|e| Failure(StatusCode::BAD_REQUEST, "bad_heartbeat", format!("heartbeat body: {e}")))?;
+        slicer.loads.report(load);
+    }
     Ok(Json(TableVersion { version: table.version }))
 }
 
@@ -190,8 +203,10 @@ async fn list_moves(State(slicer): State<Arc<Slicer>>) -> Json<serde_json::Value
     let table = slicer.current_table();
     let pending: Vec<_> = crate::mover::pending(&table)
         .into_iter()
-        .map(|m| serde_json::json!({"app": m.app.name, "from": m.from.id, "to": m.to.id,
-            "started": m.app.moving_to.as_deref() == Some(m.to.id.as_str())}))
+        .map(|m| {
+            serde_json::json!({"app": m.app.name, "from": m.from.id, "to": m.to.id,
+            "started": m.app.moving_to.as_deref() == Some(m.to.id.as_str())})
+        })
         .collect();
     Json(serde_json::json!({
         "version": table.version,

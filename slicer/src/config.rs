@@ -21,11 +21,16 @@ pub struct Config {
     pub ready_file: Option<PathBuf>,
     /// A host that has not sent a heartbeat for this long is declared dead and its slices go
     /// to the others (its apps restore from their replicas there). The last host never is.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(200..=3_600_000))]
+    /// Hosts heartbeat every second by default, so this is four missed heartbeats.
+    #[arg(long, default_value_t = 4_000, value_parser = clap::value_parser!(u64).range(200..=3_600_000))]
     pub host_timeout_ms: u64,
     /// Moves under way at once over the whole cluster (a big change is spread over time).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub moves_concurrent_max: u64,
+    /// How often the slicer rebalances by the load hosts report (0 turns it off; joins, leaves
+    /// and drains still balance by app count).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub rebalance_interval_ms: u64,
     /// New moves begun per second at most.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub move_starts_per_second: u32,

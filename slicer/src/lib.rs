@@ -4,9 +4,10 @@
 //! ([`steady_proto::slice`]), gives each slice one owner host ([`planner`]), keeps hosts,
 //! slices and apps durable in SQLite ([`store`]) and serves the versioned routing table that
 //! load balancers watch ([`api`]). When the assignment changes, the [`mover`] takes apps to
-//! their new hosts live.
+//! their new hosts live; [`balance`] rebalances by the load hosts report.
 
 pub mod api;
+pub mod balance;
 pub mod config;
 pub mod metrics;
 pub mod mover;

@@ -13,6 +13,9 @@ async fn main() -> anyhow::Result<()> {
     let slicer = api::Slicer::new(store)?;
     tokio::spawn(slicer.clone().expire_hosts(config.host_timeout_ms));
     tokio::spawn(steady_slicer::mover::run(slicer.clone(), config.mover()));
+    if config.rebalance_interval_ms > 0 {
+        tokio::spawn(steady_slicer::balance::run(slicer.clone(), config.rebalance_interval_ms));
+    }
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;

@@ -131,7 +131,12 @@ impl Store {
             }
             Some((holder, None)) if holder == host_id => {}
             Some((holder, _)) if live(&holder)? => {
-                return Err(StoreError::NotOwner { app: name.into(), slice, owner: Some(holder), host: host_id.into() });
+                return Err(StoreError::NotOwner {
+                    app: name.into(),
+                    slice,
+                    owner: Some(holder),
+                    host: host_id.into(),
+                });
             }
             _ if owner.as_deref() != Some(host_id) => {
                 return Err(StoreError::NotOwner { app: name.into(), slice, owner, host: host_id.into() });
@@ -259,6 +264,27 @@ impl Store {
         Ok(version)
     }
 
+    /// Rebalances the slices of the hosts that take apps by `weight` of each app (the load
+    /// its host reports; see [`crate::balance`]). Returns the new table version, or `None` when
+    /// the planner keeps every slice where it is (hosts within its tolerance).
+    pub fn rebalance_by(&mut self, weight: impl Fn(&str) -> u64) -> Result<Option<u64>, StoreError> {
+        let tx = self.connection.transaction()?;
+        let mut weights = vec![0u64; SLICE_COUNT as usize];
+        {
+            let mut statement = tx.prepare("SELECT name FROM apps")?;
+            for name in statement.query_map([], |r| r.get::<_, String>(0))? {
+                let name = name?;
+                weights[slice_of(&name) as usize] += weight(&name);
+            }
+        }
+        if !rebalance_with(&tx, &weights)? {
+            return Ok(None);
+        }
+        let version = bump_version(&tx)?;
+        tx.commit()?;
+        Ok(Some(version))
+    }
+
     /// Reads the whole routing table as it is now.
     pub fn table(&self) -> Result<RoutingTable, StoreError> {
         let version = table_version(&self.connection)?;
@@ -322,8 +348,9 @@ fn migrate(connection: &Connection) -> Result<(), StoreError> {
 }
 
 fn apps(connection: &Connection) -> Result<Vec<AppEntry>, StoreError> {
-    let mut statement = connection
-        .prepare("SELECT name, host_id, version, updated_at_ms, bundle, expires_at_ms, moving_to FROM apps ORDER BY name")?;
+    let mut statement = connection.prepare(
+        "SELECT name, host_id, version, updated_at_ms, bundle, expires_at_ms, moving_to FROM apps ORDER BY name",
+    )?;
     let rows = statement.query_map([], |r| {
         Ok(AppEntry {
             name: r.get(0)?,
@@ -352,6 +379,11 @@ fn app_counts_per_slice(connection: &Connection) -> Result<Vec<u64>, StoreError>
 /// draining), balancing them by app count, and writes the new slice owners. A draining host's
 /// slices are orphans to the planner, so they go to the others.
 fn rebalance(tx: &Transaction) -> Result<(), StoreError> {
+    rebalance_with(tx, &app_counts_per_slice(tx)?).map(|_| ())
+}
+
+/// [`rebalance`] with explicit weights per slice; returns whether any slice changed owner.
+fn rebalance_with(tx: &Transaction, weights: &[u64]) -> Result<bool, StoreError> {
     let all = hosts(tx)?;
     let mut eligible: Vec<&HostEntry> = all.iter().filter(|h| !h.draining).collect();
     if eligible.is_empty() {
@@ -368,16 +400,18 @@ fn rebalance(tx: &Transaction) -> Result<(), StoreError> {
             }
         }
     }
-    let next = planner::rebalance_weighted(&current, &app_counts_per_slice(tx)?, eligible.len());
+    let next = planner::rebalance_weighted(&current, weights, eligible.len());
     let mut update = tx.prepare("INSERT OR REPLACE INTO slices (slice, host_id) VALUES (?1, ?2)")?;
+    let mut changed = false;
     for (slice, (before, after)) in current.iter().zip(&next).enumerate() {
         // `before` is `None` both for an unowned slice and for a draining host's slice.
         if before != after {
             let host = after.map(|h| eligible[h].id.as_str()).ok_or_else(|| StoreError::UnknownHost(String::new()))?;
             update.execute(params![slice as u32, host])?;
+            changed = true;
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 #[cfg(test)]
@@ -448,5 +482,75 @@ mod tests {
         let max = per_host.values().max().copied().unwrap_or(0);
         assert_eq!(per_host.len(), 3, "apps per host {per_host:?}");
         assert!(max * 3 * 100 <= names.len() * 110, "apps per host {per_host:?}");
+    }
+
+    fn store_with_apps(hosts: &[&str], apps: usize) -> (tempfile::TempDir, Store, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        for id in hosts {
+            store.register_host(&host(id), 1).unwrap();
+        }
+        let names: Vec<String> = (0..apps).map(|i| format!("app-{i}")).collect();
+        for name in &names {
+            let owner = store.table().unwrap().owner_of(name).unwrap().id.clone();
+            store.app_deployed(name, &deployed(&owner), 2).unwrap();
+        }
+        (dir, store, names)
+    }
+
+    fn weight_per_host(table: &RoutingTable, names: &[String], weight: impl Fn(&str) -> u64) -> Vec<u64> {
+        table
+            .hosts
+            .iter()
+            .map(|h| names.iter().filter(|n| table.owner_of(n).unwrap().id == h.id).map(|n| weight(n)).sum())
+            .collect()
+    }
+
+    #[test]
+    fn load_moves_slices_off_a_hot_host_and_a_balanced_cluster_stays_put() {
+        let (_dir, mut store, names) = store_with_apps(&["h1", "h2", "h3"], 600);
+        let hot: std::collections::HashSet<String> = {
+            let table = store.table().unwrap();
+            names.iter().filter(|n| table.owner_of(n).unwrap().id == "h1").take(60).cloned().collect()
+        };
+        let weight = |name: &str| if hot.contains(name) { 1_000 } else { 100 };
+        let before = weight_per_host(&store.table().unwrap(), &names, weight);
+        assert!(store.rebalance_by(weight).unwrap().is_some(), "h1 is hot: {before:?}");
+        let after = weight_per_host(&store.table().unwrap(), &names, weight);
+        let mean = after.iter().sum::<u64>() as f64 / 3.0;
+        let max = *after.iter().max().unwrap() as f64;
+        assert!(max / mean <= 1.10, "before {before:?}, after {after:?}");
+        assert_eq!(store.rebalance_by(weight).unwrap(), None, "balanced: nothing moves again");
+    }
+
+    #[test]
+    fn a_draining_host_loses_every_slice_and_the_last_host_cannot_drain() {
+        let (_dir, mut store, _names) = store_with_apps(&["h1", "h2"], 100);
+        store.set_draining("h1", true).unwrap();
+        let table = store.table().unwrap();
+        assert!(table.hosts[0].draining);
+        assert!(table.slices.iter().all(|&s| table.hosts[usize::from(s)].id == "h2"));
+        assert!(matches!(store.set_draining("h2", true), Err(StoreError::LastHost(_))));
+        assert!(matches!(store.set_draining("nope", true), Err(StoreError::UnknownHost(_))));
+        store.set_draining("h1", false).unwrap();
+        let table = store.table().unwrap();
+        assert!(table.slices.iter().any(|&s| table.hosts[usize::from(s)].id == "h1"), "undrained: it takes slices");
+    }
+
+    #[test]
+    fn a_move_is_recorded_only_for_its_holder_and_blocks_deploys_until_done() {
+        let (_dir, mut store, names) = store_with_apps(&["h1", "h2"], 20);
+        let name = &names[0];
+        let holder = store.table().unwrap().app(name).unwrap().host_id.clone();
+        let other = if holder == "h1" { "h2" } else { "h1" };
+        assert!(matches!(store.move_started(name, other, &holder), Err(StoreError::StaleMove(_))));
+        store.move_started(name, &holder, other).unwrap();
+        let again = store.move_started(name, &holder, other).unwrap();
+        assert_eq!(again, store.table().unwrap().version, "starting twice changes nothing");
+        assert!(matches!(store.app_deployed(name, &deployed(&holder), 3), Err(StoreError::Moving { .. })));
+        store.move_done(name, &holder, other, 4).unwrap();
+        let entry = store.table().unwrap().app(name).cloned().unwrap();
+        assert_eq!((entry.host_id.as_str(), entry.moving_to), (other, None));
+        assert!(matches!(store.move_done(name, &holder, other, 5), Err(StoreError::StaleMove(_))));
     }
 }

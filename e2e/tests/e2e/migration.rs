@@ -8,8 +8,8 @@ const APPS: usize = 50;
 /// 50 apps × 8 writes/s: 400 requests/s offered.
 const WRITES_PER_APP_PER_SECOND: u32 = 8;
 
-fn cluster_with_apps(slicer_flags: &[&str]) -> (Cluster, Vec<String>) {
-    let mut cluster = Cluster::start_full(3, &["--heartbeat-ms", "200"], slicer_flags);
+fn cluster_with_apps(host_flags: &[&str], slicer_flags: &[&str]) -> (Cluster, Vec<String>) {
+    let mut cluster = Cluster::start_full(3, host_flags, slicer_flags);
     cluster.add_lb();
     let bundle = load::bundle(COUNTER_APP, cluster.dir.path());
     let apps: Vec<String> = (0..APPS).map(|i| format!("mv-{i}")).collect();
@@ -61,7 +61,10 @@ fn wait_for_more_load(load: &Load, requests: u64) {
 #[test]
 fn apps_move_live_under_load_through_two_lbs_and_no_request_fails() {
     // Two moves at a time, so the drain takes long enough to kill the slicer in its middle.
-    let (mut cluster, apps) = cluster_with_apps(&["--host-timeout-ms", "5000", "--moves-concurrent-max", "2"]);
+    let (mut cluster, apps) = cluster_with_apps(
+        &["--heartbeat-ms", "200"],
+        &["--host-timeout-ms", "5000", "--moves-concurrent-max", "2", "--rebalance-interval-ms", "1000"],
+    );
     let load = Load::start(&apps, &lbs(&cluster), &cluster.domain, WRITES_PER_APP_PER_SECOND);
     wait_for_more_load(&load, 800);
 
@@ -94,7 +97,12 @@ fn apps_move_live_under_load_through_two_lbs_and_no_request_fails() {
     assert!(recent > 0, "the restarted slicer finished moves");
     let local: Vec<Vec<String>> = cluster.hosts.iter().map(|h| local_apps(h.api)).collect();
     for app in &table.apps {
-        assert_eq!(Some(app.host_id.as_str()), table.owner_of(&app.name).map(|h| h.id.as_str()), "{} settled", app.name);
+        assert_eq!(
+            Some(app.host_id.as_str()),
+            table.owner_of(&app.name).map(|h| h.id.as_str()),
+            "{} settled",
+            app.name
+        );
         assert!(app.moving_to.is_none());
         let copies = local.iter().filter(|names| names.contains(&app.name)).count();
         assert_eq!(copies, 1, "{} is on exactly one host", app.name);
@@ -113,7 +121,8 @@ fn apps_move_live_under_load_through_two_lbs_and_no_request_fails() {
 
 #[test]
 fn a_killed_hosts_apps_answer_again_from_the_others_within_ten_seconds() {
-    let (mut cluster, apps) = cluster_with_apps(&["--host-timeout-ms", "3000"]);
+    // Default heartbeat and host timeout: the ten seconds hold with the settings an operator gets.
+    let (mut cluster, apps) = cluster_with_apps(&[], &[]);
     let table = cluster.table();
     let victims: Vec<String> = table.apps.iter().filter(|a| a.host_id == "host-2").map(|a| a.name.clone()).collect();
     assert!(!victims.is_empty());
@@ -122,6 +131,7 @@ fn a_killed_hosts_apps_answer_again_from_the_others_within_ten_seconds() {
     let killed_at_s = load.elapsed_s();
     cluster.hosts[1].daemon.stop_with(libc::SIGKILL);
     eventually("host-2 declared dead", || cluster.table().host("host-2").is_none().then_some(()));
+    let declared_s = load.elapsed_s() - killed_at_s;
     // Every victim answers a write again (the writers resync after the replica's last row).
     eventually("the victims answer again", || {
         victims.iter().all(|app| answers_from_a_live_host(&cluster, app)).then_some(())
@@ -138,7 +148,10 @@ fn a_killed_hosts_apps_answer_again_from_the_others_within_ten_seconds() {
     for outcome in report.apps.iter().filter(|a| !victims.contains(&a.app)) {
         assert!(outcome.failures.is_empty(), "{} on a live host failed: {:?}", outcome.app, outcome.failures);
     }
-    eprintln!("host kill: {} apps back on other hosts; the slowest after {worst_s:.1} s", victims.len());
+    eprintln!(
+        "host kill: declared dead after {declared_s:.1} s; {} apps back on other hosts, the slowest after {worst_s:.1} s",
+        victims.len()
+    );
 }
 
 /// The apps a host has, from its own API.

@@ -80,7 +80,9 @@ impl MoveState {
 
     fn expect(&self, name: &str) {
         let mut expected = self.expected.lock().unwrap_or_else(|p| p.into_inner());
-        insert_bounded(&mut expected, name, Instant::now(), |at| at.elapsed() >= Duration::from_millis(EXPECTED_KEEP_MS));
+        insert_bounded(&mut expected, name, Instant::now(), |at| {
+            at.elapsed() >= Duration::from_millis(EXPECTED_KEEP_MS)
+        });
         drop(expected);
         self.stay(name);
     }
@@ -217,7 +219,8 @@ impl Apps {
         let data = self.app_dir(name).join("data");
         if let Err(error) = self.replicator.seal(name, &data, slot.log.clone()).await {
             self.moves.stay(name);
-            slot.log.line("steady", &format!("move to host {} stopped: the replica could not be sealed: {error}", to.id));
+            slot.log
+                .line("steady", &format!("move to host {} stopped: the replica could not be sealed: {error}", to.id));
             return Err(error.into());
         }
         drop(serving);
@@ -227,7 +230,8 @@ impl Apps {
         self.store().delete(name)?;
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         let ms = began.elapsed().as_millis();
-        slot.log.line("steady", &format!("moved to host {}: stopped and sealed in {ms} ms; local data kept aside", to.id));
+        slot.log
+            .line("steady", &format!("moved to host {}: stopped and sealed in {ms} ms; local data kept aside", to.id));
         tracing::info!(app = %name, to = %to.id, ms, "app departed");
         Ok(())
     }
