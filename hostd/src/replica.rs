@@ -157,6 +157,9 @@ pub struct Replicator {
     attached: tokio::sync::Mutex<HashMap<String, Attached>>,
     /// Attachments under way, by app.
     attaching: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// Apps whose last detach synced every registered database, with those databases: their
+    /// replica is complete for them until the app is attached again.
+    sealed: Mutex<HashMap<String, BTreeSet<String>>>,
     /// Output routing: data directory → the app's log (read by the output pump).
     logs: LogRoutes,
     daemon_pid: AtomicI32,
@@ -177,6 +180,7 @@ impl Replicator {
             manifests,
             attached: tokio::sync::Mutex::new(HashMap::new()),
             attaching: Mutex::new(HashMap::new()),
+            sealed: Mutex::new(HashMap::new()),
             logs: Arc::new(Mutex::new(Vec::new())),
             daemon_pid: AtomicI32::new(0),
         }
@@ -308,6 +312,7 @@ impl Replicator {
     /// Starts replicating the databases of `app`, whose data directory is now at `data_dir`.
     /// Errors are in the app's log; the app runs either way (its data is on the local disk).
     pub async fn attach(&self, app: &str, data_dir: &Path, log: Arc<AppLog>) {
+        self.sealed.lock().unwrap_or_else(|p| p.into_inner()).remove(app);
         self.logs.lock().unwrap_or_else(|p| p.into_inner()).push((data_dir.to_owned(), log.clone()));
         let mut attached = self.attached.lock().await;
         let entry = Attached { data_dir: data_dir.to_owned(), log, databases: BTreeSet::new() };
@@ -396,6 +401,9 @@ impl Replicator {
                 }
             }
         }
+        if first_error.is_none() {
+            self.sealed.lock().unwrap_or_else(|p| p.into_inner()).insert(app.to_owned(), entry.databases.clone());
+        }
         first_error.map_or(Ok(()), Err)
     }
 
@@ -409,6 +417,11 @@ impl Replicator {
             return Ok(Vec::new());
         }
         let found = databases_in(data_dir)?;
+        let sealed = self.sealed.lock().unwrap_or_else(|p| p.into_inner()).remove(app);
+        if sealed.is_some_and(|synced| found.iter().all(|d| synced.contains(d))) {
+            // The app's last stop synced every one of them, and nothing has run since.
+            return Ok(found);
+        }
         let mut entry = Attached { data_dir: data_dir.to_owned(), log, databases: BTreeSet::new() };
         let mut registered = Ok(());
         for database in found.iter().take(DATABASES_PER_APP_MAX) {
