@@ -95,6 +95,11 @@ or a package.json naming its entry. Dependencies in package.json must be install
     /// List the hosts: id, addresses, slices owned and apps held (a dead host is gone from it);
     /// or drain one before maintenance.
     ///
+    /// A host joins by starting `steady-hostd --id <id> --slicer <addr>` on it: it registers,
+    /// takes its share of the slices, and the slicer moves those apps to it live. A host that
+    /// misses heartbeats for the slicer's `--host-timeout-ms` is declared dead; its apps are
+    /// restored from their replicas on the others.
+    ///
     /// Examples: steady hosts; steady hosts drain host-2; steady hosts undrain host-2
     Hosts {
         #[command(subcommand)]

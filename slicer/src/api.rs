@@ -110,6 +110,7 @@ pub fn router(slicer: Arc<Slicer>) -> Router {
         .route("/v1/hosts/{id}/drain", post(drain_host))
         .route("/v1/hosts/{id}/undrain", post(undrain_host))
         .route("/v1/moves", get(list_moves))
+        .route("/v1/history", get(history))
         .route("/v1/table", get(watch_table))
         .route("/v1/apps", get(list_apps))
         .route("/v1/apps/{name}", put(app_deployed).delete(app_deleted))
@@ -196,6 +197,21 @@ async fn undrain_host(
     let version = slicer.change(|store| store.set_draining(&id, false))?;
     tracing::info!(host = %id, version, "host takes apps again");
     Ok(Json(TableVersion { version }))
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+/// Every table version with when and why it was made, newest first (`?limit=`, default 100).
+async fn history(
+    State(slicer): State<Arc<Slicer>>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<serde_json::Value>, Failure> {
+    let store = slicer.store.lock().unwrap_or_else(|p| p.into_inner());
+    let entries = store.history(query.limit.unwrap_or(100))?;
+    Ok(Json(serde_json::json!({ "history": entries })))
 }
 
 /// Moves the table asks for, the ones under way, and the last finished ones with their times.

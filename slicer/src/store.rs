@@ -29,6 +29,9 @@ pub enum StoreError {
     StaleMove(String),
 }
 
+/// How many table versions the history keeps.
+const HISTORY_KEPT: i64 = 10_000;
+
 /// The slicer's database. Not thread-safe by itself; the API wraps it in a mutex.
 pub struct Store {
     connection: Connection,
@@ -55,6 +58,7 @@ CREATE TABLE IF NOT EXISTS apps (
     expires_at_ms INTEGER,
     moving_to TEXT
 );
+CREATE TABLE IF NOT EXISTS history (version INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, reason TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('table_version', 0);
 ";
 
@@ -88,7 +92,7 @@ impl Store {
         if known.is_none() {
             rebalance(&tx)?;
         }
-        let version = bump_version(&tx)?;
+        let version = bump_version(&tx, &format!("host {} registered", host.id))?;
         tx.commit()?;
         Ok(version)
     }
@@ -104,7 +108,7 @@ impl Store {
         assert!(!hosts(&tx)?.is_empty(), "the last host is never removed");
         tx.execute("DELETE FROM slices WHERE host_id = ?1", [host_id])?;
         rebalance(&tx)?;
-        let version = bump_version(&tx)?;
+        let version = bump_version(&tx, &format!("host {} removed", host_id))?;
         tx.commit()?;
         Ok(Some(version))
     }
@@ -158,7 +162,7 @@ impl Store {
                 deployed.expires_at_ms.map(|v| v as i64)
             ],
         )?;
-        let table_version = bump_version(&tx)?;
+        let table_version = bump_version(&tx, &format!("app {} recorded on {}", name, host_id))?;
         tx.commit()?;
         Ok(table_version)
     }
@@ -182,7 +186,7 @@ impl Store {
             Some(_) => {}
         }
         tx.execute("DELETE FROM apps WHERE name = ?1", [name])?;
-        let version = bump_version(&tx)?;
+        let version = bump_version(&tx, &format!("app {} deleted", name))?;
         tx.commit()?;
         Ok(version)
     }
@@ -200,7 +204,7 @@ impl Store {
                 host: host_id.into(),
             });
         }
-        let version = bump_version(&tx)?;
+        let version = bump_version(&tx, &format!("app {} released by {}", name, host_id))?;
         tx.commit()?;
         Ok(version)
     }
@@ -222,7 +226,7 @@ impl Store {
         }
         tx.execute("UPDATE hosts SET draining = ?2 WHERE id = ?1", params![host_id, draining])?;
         rebalance(&tx)?;
-        let version = bump_version(&tx)?;
+        let version = bump_version(&tx, &format!("host {} draining: {}", host_id, draining))?;
         tx.commit()?;
         Ok(version)
     }
@@ -243,7 +247,7 @@ impl Store {
             )?;
             return if already { table_version(&tx) } else { Err(StoreError::StaleMove(name.into())) };
         }
-        let version = bump_version(&tx)?;
+        let version = bump_version(&tx, &format!("move of {} from {} to {} started", name, from, to))?;
         tx.commit()?;
         Ok(version)
     }
@@ -259,7 +263,7 @@ impl Store {
         if changed == 0 {
             return Err(StoreError::StaleMove(name.into()));
         }
-        let version = bump_version(&tx)?;
+        let version = bump_version(&tx, &format!("move of {} from {} to {} done", name, from, to))?;
         tx.commit()?;
         Ok(version)
     }
@@ -280,9 +284,23 @@ impl Store {
         if !rebalance_with(&tx, &weights)? {
             return Ok(None);
         }
-        let version = bump_version(&tx)?;
+        let version = bump_version(&tx, "rebalanced by load")?;
         tx.commit()?;
         Ok(Some(version))
+    }
+
+    /// The newest `limit` versions of the table with when and why each was made, newest first.
+    pub fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        let mut statement =
+            self.connection.prepare("SELECT version, at_ms, reason FROM history ORDER BY version DESC LIMIT ?1")?;
+        let rows = statement.query_map([limit.min(HISTORY_KEPT as usize) as i64], |r| {
+            Ok(HistoryEntry {
+                version: r.get::<_, i64>(0)? as u64,
+                at_ms: r.get::<_, i64>(1)? as u64,
+                reason: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Reads the whole routing table as it is now.
@@ -311,9 +329,26 @@ fn table_version(connection: &Connection) -> Result<u64, StoreError> {
     Ok(version as u64)
 }
 
-fn bump_version(tx: &Transaction) -> Result<u64, StoreError> {
+/// Bumps the table version and records why in the assignment history (the newest
+/// [`HISTORY_KEPT`] versions are kept).
+fn bump_version(tx: &Transaction, reason: &str) -> Result<u64, StoreError> {
     tx.execute("UPDATE meta SET value = value + 1 WHERE key = 'table_version'", [])?;
-    table_version(tx)
+    let version = table_version(tx)?;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    tx.execute(
+        "INSERT OR REPLACE INTO history (version, at_ms, reason) VALUES (?1, ?2, ?3)",
+        params![version as i64, now_ms as i64, reason],
+    )?;
+    tx.execute("DELETE FROM history WHERE version <= ?1", [version as i64 - HISTORY_KEPT])?;
+    Ok(version)
+}
+
+/// One entry of the assignment history.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HistoryEntry {
+    pub version: u64,
+    pub at_ms: u64,
+    pub reason: String,
 }
 
 fn hosts(connection: &Connection) -> Result<Vec<HostEntry>, StoreError> {
@@ -552,5 +587,9 @@ mod tests {
         let entry = store.table().unwrap().app(name).cloned().unwrap();
         assert_eq!((entry.host_id.as_str(), entry.moving_to), (other, None));
         assert!(matches!(store.move_done(name, &holder, other, 5), Err(StoreError::StaleMove(_))));
+        let history = store.history(2).unwrap();
+        assert_eq!(history[0].version, store.table().unwrap().version, "every version is in the history");
+        assert_eq!(history[0].reason, format!("move of {name} from {holder} to {other} done"));
+        assert!(history[1].reason.ends_with("started"), "{history:?}");
     }
 }
