@@ -170,6 +170,9 @@ pub enum DeployError {
     Data(#[from] crate::replica::ReplicaError),
 }
 
+/// Time constant of the request rate reported in heartbeats, in seconds.
+const LOAD_SMOOTHING_S: f64 = 30.0;
+
 /// Crash bookkeeping of one app.
 #[derive(Default)]
 struct Health {
@@ -700,7 +703,11 @@ impl Apps {
         for entry in table.apps.iter().filter(mine) {
             let Some(bundle) = &entry.bundle else { continue };
             match self.adopt_one(entry, bundle).await {
-                Ok(true) => adopted += 1,
+                Ok(true) => {
+                    adopted += 1;
+                    // Requests held for it go on now, not after the rest are adopted.
+                    self.moves.arrivals.notify_waiters();
+                }
                 Ok(false) => continue,
                 Err(error) => {
                     tracing::error!(app = %entry.name, %error, "adopting an app failed");
@@ -778,7 +785,7 @@ impl Apps {
         let heartbeat = self.clone();
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(Duration::from_millis(heartbeat.config.heartbeat_ms));
-            let mut counted: HashMap<String, u64> = HashMap::new();
+            let mut counted: HashMap<String, (u64, f64)> = HashMap::new();
             let mut last = Instant::now();
             loop {
                 ticker.tick().await;
@@ -809,23 +816,28 @@ impl Apps {
         }
     }
 
-    /// This host's load for a heartbeat: each app's requests per second since the last one
-    /// (`counted` keeps the totals between calls) and the memory of the running ones.
-    fn load(&self, counted: &mut HashMap<String, u64>, since: Duration) -> steady_proto::wire::Heartbeat {
+    /// This host's load for a heartbeat: each app's request rate, smoothed over about
+    /// [`LOAD_SMOOTHING_S`] so that the slicer does not move apps on noise (`counted` keeps
+    /// each app's request total and smoothed rate between calls), and the memory of the
+    /// running ones.
+    fn load(&self, counted: &mut HashMap<String, (u64, f64)>, since: Duration) -> steady_proto::wire::Heartbeat {
         let slots: Vec<Arc<Slot>> = self.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         let seconds = since.as_secs_f64().max(0.001);
         let mut apps: Vec<steady_proto::wire::AppLoad> = slots
             .iter()
             .map(|slot| {
                 let total = slot.requests_total.load(Ordering::Acquire);
-                let before = counted.insert(slot.name.clone(), total).unwrap_or(total);
+                let (before, smoothed) = counted.get(&slot.name).copied().unwrap_or((total, 0.0));
+                let now_per_s = total.saturating_sub(before) as f64 / seconds;
+                let weight = 1.0 - (-seconds / LOAD_SMOOTHING_S).exp();
+                let requests_per_s = smoothed + weight * (now_per_s - smoothed);
+                counted.insert(slot.name.clone(), (total, requests_per_s));
                 let memory_bytes = slot
                     .serving
                     .try_lock()
                     .ok()
                     .and_then(|s| s.as_ref().filter(|p| p.is_alive()).and_then(|p| p.memory_bytes()))
                     .unwrap_or(0);
-                let requests_per_s = total.saturating_sub(before) as f64 / seconds;
                 steady_proto::wire::AppLoad { name: slot.name.clone(), requests_per_s, memory_bytes }
             })
             .collect();
