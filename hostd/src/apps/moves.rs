@@ -121,8 +121,13 @@ impl Apps {
             return Elsewhere::Unknown;
         };
         let Some(app) = table.app(name) else { return Elsewhere::Unknown };
-        if app.moving_to.as_deref() == Some(me) {
-            return Elsewhere::Hold;
+        match app.moving_to.as_deref().map(|to| (to, table.host(to))) {
+            Some((to, _)) if to == me => return Elsewhere::Hold,
+            // This host gave the app up (and may have restarted since): its new host holds it.
+            Some((_, Some(target))) if app.host_id == me => {
+                return target.ingress_addr.parse().map(Elsewhere::Forward).unwrap_or(Elsewhere::Unknown);
+            }
+            _ => {}
         }
         match table.host(&app.host_id) {
             Some(holder) if holder.id != me => {
