@@ -9,7 +9,7 @@ fn sample(cluster: &Cluster, name: &str) -> f64 {
 }
 
 /// The value of the sample `name` at `http://<addr>/metrics`, or 0 when it is not exposed.
-fn scrape(addr: &str, name: &str) -> f64 {
+pub fn scrape(addr: &str, name: &str) -> f64 {
     let text = reqwest::blocking::get(format!("http://{addr}/metrics")).and_then(|r| r.text()).expect("scrape");
     text.lines()
         .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))

@@ -4,6 +4,8 @@
 use steady_e2e::load::{self, Load, COUNTER_APP};
 use steady_e2e::{eventually, Cluster};
 
+use crate::metrics::scrape;
+
 const APPS: usize = 50;
 /// 50 apps × 8 writes/s: 400 requests/s offered.
 const WRITES_PER_APP_PER_SECOND: u32 = 8;
@@ -111,6 +113,23 @@ fn apps_move_live_under_load_through_two_lbs_and_no_request_fails() {
     let hosts: serde_json::Value = serde_json::from_slice(&host_1.stdout).expect("hosts JSON");
     let entry = hosts["hosts"].as_array().unwrap().iter().find(|h| h["id"] == "host-1").cloned().unwrap();
     assert_eq!((entry["draining"].as_bool(), entry["apps"].as_u64()), (Some(true), Some(0)), "{entry}");
+    let slicer = cluster.slicer_addr.clone();
+    assert!(scrape(&slicer, "steady_slicer_moves_done_total") >= recent as f64, "moves counted");
+    assert_eq!(scrape(&slicer, "steady_slicer_moves_pending"), 0.0);
+    let lb_addrs: Vec<String> = std::iter::once(cluster.private)
+        .chain(cluster.more_lbs.iter().map(|l| l.private))
+        .map(|a| a.to_string())
+        .collect();
+    let probes: f64 = lb_addrs
+        .iter()
+        .map(|lb| {
+            ["live", "gone", "failed"]
+                .iter()
+                .map(|o| scrape(lb, &format!("steady_lb_move_probes_total{{outcome=\"{o}\"}}")))
+                .sum::<f64>()
+        })
+        .sum();
+    assert!(probes >= 1.0, "the LBs probed old hosts during moves");
     eprintln!(
         "moves under load: {} requests at {:.0}/s, 0 failed; worst latency {:.0} ms",
         report.sent(),
