@@ -202,6 +202,8 @@ struct Slot {
     data_error: Mutex<Option<String>>,
     /// Schedules whose handler runs right now (a tick is skipped rather than overlapped).
     crons_running: Mutex<HashSet<String>>,
+    /// The process (pid) and CPU seconds the metrics last counted for this app.
+    cpu_counted: Mutex<(u32, f64)>,
 }
 
 /// A request's hold on a running app: while any lease is alive the app does not sleep.
@@ -381,6 +383,7 @@ impl Apps {
             health: Mutex::new(Health::default()),
             data_error: Mutex::new(None),
             crons_running: Mutex::new(HashSet::new()),
+            cpu_counted: Mutex::new((0, 0.0)),
         });
         slots.insert(name.to_owned(), slot.clone());
         Ok(slot)
@@ -658,6 +661,7 @@ impl Apps {
             let alive = slot.serving.try_lock().map_or(true, |s| s.as_ref().is_some_and(|p| p.is_alive()));
             running += i64::from(alive);
             waiting += slot.waiting.load(Ordering::Acquire) as i64;
+            self.app_usage_metrics(slot);
         }
         let known = self.store().list().map(|apps| apps.len() as i64).unwrap_or(slots.len() as i64);
         self.metrics.apps.get_or_create(&StateLabels { state: AppState::Running }).set(running);
@@ -666,6 +670,31 @@ impl Apps {
         self.metrics.held_requests.set(self.held_requests() as i64);
         self.metrics.warm_sandboxes.set(self.pool.warm_count() as i64);
         self.metrics.encode()
+    }
+
+    /// Sets the app's memory gauge and advances its CPU counter by what its process used since
+    /// the last scrape (a new process starts from its own zero).
+    fn app_usage_metrics(&self, slot: &Slot) {
+        let labels = crate::metrics::AppLabels { app: slot.name.clone() };
+        let usage = slot.serving.try_lock().ok().and_then(|serving| {
+            let process = serving.as_ref().filter(|p| p.is_alive())?;
+            Some((process.pid(), process.memory_bytes(), process.cpu_seconds()))
+        });
+        let Some((pid, memory, cpu)) = usage else {
+            self.metrics.app_memory_bytes.remove(&labels);
+            return;
+        };
+        if let Some(memory) = memory {
+            self.metrics.app_memory_bytes.get_or_create(&labels).set(memory as i64);
+        }
+        if let Some(cpu) = cpu {
+            let mut counted = slot.cpu_counted.lock().unwrap_or_else(|p| p.into_inner());
+            let before = if counted.0 == pid { counted.1 } else { 0.0 };
+            if cpu > before {
+                self.metrics.app_cpu_seconds.get_or_create(&labels).inc_by(cpu - before);
+            }
+            *counted = (pid, cpu.max(before));
+        }
     }
 
     /// Unpacks the bundle `digest` (once) into its read-only directory.

@@ -209,6 +209,21 @@ impl AppGroup {
         std::fs::read_to_string(file).ok()?.trim().parse().ok()
     }
 
+    /// CPU time the group's processes used, in seconds: the group's own counter (v2), or the
+    /// user and system time of the processes in it and of their waited-for children (v1,
+    /// where the cpu controller keeps no usage). `None` where it cannot be read.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        if let Hierarchy::V2 { .. } = self.hierarchy {
+            let usage_us: f64 = counter(&self.dirs[0].join("cpu.stat"), "usage_usec") as f64;
+            return Some(usage_us / 1e6);
+        }
+        // SAFETY: sysconf has no preconditions.
+        let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let procs = std::fs::read_to_string(self.dirs[0].join("cgroup.procs")).ok()?;
+        let ticks: u64 = procs.lines().take(PROCS_READ_MAX).filter_map(|pid| process_ticks(pid.trim())).sum();
+        Some(ticks as f64 / ticks_per_s)
+    }
+
     /// The group's limit counters.
     pub fn events(&self) -> Events {
         let (memory, pids, cpu) = match self.hierarchy {
@@ -267,4 +282,16 @@ mod tests {
         assert_eq!(super::counter(&file, "missing"), 0);
         assert_eq!(super::counter(&dir.path().join("absent"), "max"), 0);
     }
+}
+
+/// Most processes of one group read for its CPU time (the pids limit is far lower).
+const PROCS_READ_MAX: usize = 4_096;
+
+/// utime + stime + cutime + cstime of a process, in clock ticks, from `/proc/<pid>/stat`.
+fn process_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    // Field 14 of the whole line is index 11 here (state is field 3, index 0).
+    fields.get(11..15)?.iter().map(|f| f.parse::<u64>().ok()).sum()
 }

@@ -11,6 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// Cold-start duration buckets, in seconds: 2 ms to 2 s.
 const COLD_START_BUCKETS_S: [f64; 11] = [0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 2.0];
@@ -106,6 +107,16 @@ pub struct Metrics {
     pub forwarded: Counter,
     /// Requests held for apps on their way to this host (set at scrape time).
     pub held_requests: Gauge,
+    /// Memory of each running app (set at scrape time; asleep apps have no series).
+    pub app_memory_bytes: Family<AppLabels, Gauge>,
+    /// CPU time used by each app's processes (advanced at scrape time).
+    pub app_cpu_seconds: Family<AppLabels, Counter<f64, AtomicU64>>,
+}
+
+/// Labels of a per-app series; bounded by the apps on this host.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabels {
+    pub app: String,
 }
 
 impl Default for Metrics {
@@ -122,6 +133,8 @@ impl Default for Metrics {
             warm_sandboxes: Gauge::default(),
             forwarded: Counter::default(),
             held_requests: Gauge::default(),
+            app_memory_bytes: Family::default(),
+            app_cpu_seconds: Family::default(),
             registry: Registry::default(),
         };
         registry.register("cold_starts", "Wakes that had to start the app", metrics.cold_starts.clone());
@@ -146,6 +159,8 @@ impl Default for Metrics {
             metrics.forwarded.clone(),
         );
         registry.register("held_requests", "Requests held for apps moving here", metrics.held_requests.clone());
+        registry.register("app_memory_bytes", "Memory of each running app", metrics.app_memory_bytes.clone());
+        registry.register("app_cpu_seconds", "CPU time used by each app", metrics.app_cpu_seconds.clone());
         Self { registry, ..metrics }
     }
 }

@@ -393,6 +393,11 @@ impl AppProcess {
         self.group.as_ref().and_then(|g| g.memory_bytes())
     }
 
+    /// CPU time the process has used so far, in seconds (where cgroups are available).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        self.group.as_ref().and_then(|g| g.cpu_seconds())
+    }
+
     /// The sandbox's process id (and process group id).
     pub fn pid(&self) -> u32 {
         self.shared.pid as u32

@@ -33,6 +33,23 @@ fn host_metrics_move_with_what_they_count() {
     assert_eq!(sample(&cluster, "steady_hostd_cold_starts_total"), cold_before + 1.0);
     assert!(sample(&cluster, "steady_hostd_cold_start_duration_seconds_count") >= 1.0);
 
+    // Per-app usage comes from the app's cgroup: only where the host has kernel limits.
+    let limits = cluster.status("counted")["limits"].as_str().unwrap_or_default().to_owned();
+    if !limits.starts_with("no kernel limits") {
+        let memory = "steady_hostd_app_memory_bytes{app=\"counted\"}";
+        let cpu = "steady_hostd_app_cpu_seconds_total{app=\"counted\"}";
+        assert!(sample(&cluster, memory) > 1_000_000.0, "a running Bun uses megabytes ({limits})");
+        let cpu_before = sample(&cluster, cpu);
+        assert!(cpu_before > 0.0, "starting Bun took CPU time");
+        for _ in 0..200 {
+            assert_eq!(cluster.get("counted", "/").status, 200);
+        }
+        eventually("CPU time to grow with requests", || (sample(&cluster, cpu) > cpu_before).then_some(()));
+        assert_eq!(cluster.api_post("/v1/apps/counted/sleep")["stopped"], true);
+        assert_eq!(sample(&cluster, memory), 0.0, "an asleep app has no memory series");
+        assert!(sample(&cluster, cpu) > cpu_before, "the counter never goes back");
+    }
+
     let crasher = write_app(cluster.dir.path(), "crasher", "export default { fetch() { process.exit(3); } };\n");
     cluster.deploy(&crasher, "crasher");
     eventually("the crash loop to be declared", || {
