@@ -159,6 +159,21 @@ impl Default for Metrics {
             metrics.forwarded.clone(),
         );
         registry.register("held_requests", "Requests held for apps moving here", metrics.held_requests.clone());
+        // Every reason and outcome is exported from the start (at 0), so dashboards see it.
+        for reason in [
+            DropReason::QueueFull,
+            DropReason::CrashLoop,
+            DropReason::Busy,
+            DropReason::Deadline,
+            DropReason::StartFailed,
+            DropReason::DataUnavailable,
+            DropReason::Moving,
+        ] {
+            drop(metrics.dropped.get_or_create(&DropLabels { reason }));
+        }
+        for outcome in [Outcome::Serving, Outcome::Failed] {
+            drop(metrics.deploys.get_or_create(&OutcomeLabels { outcome }));
+        }
         registry.register("app_memory_bytes", "Memory of each running app", metrics.app_memory_bytes.clone());
         registry.register("app_cpu_seconds", "CPU time used by each app", metrics.app_cpu_seconds.clone());
         Self { registry, ..metrics }

@@ -95,6 +95,10 @@ impl Default for Metrics {
             metrics.table_version.clone(),
         );
         registry.register("move_probes", "Probes of a moving app's old host, by outcome", metrics.probes.clone());
+        // Every outcome is exported from the start (at 0), so dashboards and alerts see the series.
+        for outcome in [ProbeOutcome::Live, ProbeOutcome::Gone, ProbeOutcome::Failed] {
+            drop(metrics.probes.get_or_create(&ProbeLabels { outcome }));
+        }
         Self { registry, ..metrics }
     }
 }

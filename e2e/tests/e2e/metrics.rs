@@ -102,3 +102,54 @@ fn slicer_metrics_follow_the_table() {
     assert_eq!(scrape(&slicer, "steady_slicer_apps"), 1.0);
     assert!(scrape(&slicer, "steady_slicer_assignment_version") > version);
 }
+
+/// Metric names a `/metrics` page declares (`# TYPE` lines), with the sample suffixes each
+/// type exposes (`_total` for counters; `_bucket`, `_sum`, `_count` for histograms).
+fn exported_names(addr: &str) -> Vec<String> {
+    let text = reqwest::blocking::get(format!("http://{addr}/metrics")).and_then(|r| r.text()).expect("scrape");
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else { continue };
+        let mut parts = rest.split(' ');
+        let (Some(name), Some(kind)) = (parts.next(), parts.next()) else { continue };
+        names.push(name.to_owned());
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            _ => &[],
+        };
+        names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+    }
+    names
+}
+
+#[test]
+fn every_grafana_panel_queries_metrics_the_binaries_export() {
+    let cluster = Cluster::start(1);
+    // Per-app series exist once an app runs and has answered through the LB.
+    cluster.deploy(&workspace().join("examples/hello"), "graphed");
+    assert_eq!(cluster.get("graphed", "/").status, 200);
+    let mut exported = exported_names(&cluster.hosts[0].api.to_string());
+    exported.extend(exported_names(&cluster.private.to_string()));
+    exported.extend(exported_names(&cluster.slicer_addr));
+    let path = workspace().join("deploy/grafana/steady-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard file")).expect("dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10, "the dashboard has its panels");
+    for panel in panels {
+        let title = panel["title"].as_str().expect("every panel has a title");
+        let targets = panel["targets"].as_array().filter(|t| !t.is_empty());
+        for target in targets.unwrap_or_else(|| panic!("panel {title:?} has no query")) {
+            let expr = target["expr"].as_str().expect("a PromQL expression");
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("steady_"))
+                .collect();
+            assert!(!names.is_empty(), "panel {title:?}: {expr:?} names no steady metric");
+            for name in names {
+                assert!(exported.iter().any(|e| e == name), "panel {title:?}: {name} is not exported");
+            }
+        }
+    }
+}
