@@ -690,9 +690,8 @@ impl Apps {
         if let Some(cpu) = cpu {
             let mut counted = slot.cpu_counted.lock().unwrap_or_else(|p| p.into_inner());
             let before = if counted.0 == pid { counted.1 } else { 0.0 };
-            if cpu > before {
-                self.metrics.app_cpu_seconds.get_or_create(&labels).inc_by(cpu - before);
-            }
+            // The series exists (at 0) as soon as the app runs, and only ever grows.
+            self.metrics.app_cpu_seconds.get_or_create(&labels).inc_by((cpu - before).max(0.0));
             *counted = (pid, cpu.max(before));
         }
     }
