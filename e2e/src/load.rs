@@ -95,7 +95,6 @@ pub struct AppOutcome {
 pub struct Load {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
     writers: Vec<JoinHandle<AppOutcome>>,
     started: Instant,
 }
@@ -116,7 +115,7 @@ impl Load {
             .pool_max_idle_per_host(apps.len())
             .build()
             .expect("client");
-        let (stop, sent, failed) = (Arc::new(AtomicBool::new(false)), Arc::default(), Arc::default());
+        let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::default());
         let started = Instant::now();
         let gap = Duration::from_secs(1) / per_app_per_second;
         let writers = apps
@@ -131,24 +130,18 @@ impl Load {
                     http: http.clone(),
                     stop: stop.clone(),
                     sent: Arc::clone(&sent),
-                    failed: Arc::clone(&failed),
                     gap,
                     started,
                 };
                 std::thread::spawn(move || writer.run())
             })
             .collect();
-        Self { stop, sent, failed, writers, started }
+        Self { stop, sent, writers, started }
     }
 
     /// Requests sent so far, over all apps.
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
-    }
-
-    /// Requests failed so far, over all apps.
-    pub fn failed(&self) -> u64 {
-        self.failed.load(Ordering::Relaxed)
     }
 
     /// Seconds since the load started.
@@ -208,7 +201,6 @@ struct Writer {
     http: reqwest::blocking::Client,
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
     gap: Duration,
     started: Instant,
 }
@@ -238,7 +230,6 @@ impl Writer {
                 seq += 1;
             } else {
                 outcome.failed += 1;
-                self.failed.fetch_add(1, Ordering::Relaxed);
                 if outcome.failures.len() < FAILURES_KEPT {
                     let what = match &answer {
                         Ok((status, body)) => format!("{status} {}", body.chars().take(300).collect::<String>()),

@@ -307,13 +307,19 @@ fn step_answer(name: &str, step: &str, outcome: Result<(), DeployError>) -> Resp
     }
 }
 
+/// A move step's app record must name the app of its path.
+fn check_move_entry(name: &str, entry: &AppEntry) -> Result<(), Response> {
+    check_name(name)?;
+    if entry.name != name {
+        return Err(failure(StatusCode::BAD_REQUEST, "bad_move", "the body names another app".into()));
+    }
+    Ok(())
+}
+
 /// Move step: this host is the app's new host; fetch its bundle and hold its requests.
 async fn move_arrive(State(api): State<Api>, Path(name): Path<String>, Json(entry): Json<AppEntry>) -> Response {
-    if let Err(response) = check_name(&name) {
+    if let Err(response) = check_move_entry(&name, &entry) {
         return response;
-    }
-    if entry.name != name {
-        return failure(StatusCode::BAD_REQUEST, "bad_move", "the body names another app".into());
     }
     step_answer(&name, "arrive", api.apps.arrive(&entry).await)
 }
@@ -328,11 +334,8 @@ async fn move_depart(State(api): State<Api>, Path(name): Path<String>, Json(to):
 
 /// Move step: start the arrived app here and serve what was held.
 async fn move_start(State(api): State<Api>, Path(name): Path<String>, Json(entry): Json<AppEntry>) -> Response {
-    if let Err(response) = check_name(&name) {
+    if let Err(response) = check_move_entry(&name, &entry) {
         return response;
-    }
-    if entry.name != name {
-        return failure(StatusCode::BAD_REQUEST, "bad_move", "the body names another app".into());
     }
     step_answer(&name, "start", api.apps.start_arrived(&entry).await)
 }

@@ -721,7 +721,7 @@ impl Apps {
             let held_alive = live.contains(a.host_id.as_str());
             // A move under way between live hosts is the mover's, and an app that left this
             // host is not taken back from the table that still names this host.
-            let moving = moves::in_move(a) && held_alive;
+            let moving = a.moving_to.is_some() && held_alive;
             !local.contains(&a.name)
                 && !moving
                 && self.moves.departed_to(&a.name).is_none()

@@ -259,9 +259,3 @@ impl Apps {
         Ok(())
     }
 }
-
-/// The apps of a table that this host should adopt or release are decided elsewhere; a move
-/// in progress must keep both hosts' hands off: these are the apps `follow` leaves alone.
-pub(super) fn in_move(entry: &AppEntry) -> bool {
-    entry.moving_to.is_some()
-}
