@@ -270,6 +270,18 @@ fn counter(file: &Path, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Most processes of one group read for its CPU time (the pids limit is far lower).
+const PROCS_READ_MAX: usize = 4_096;
+
+/// utime + stime + cutime + cstime of a process, in clock ticks, from `/proc/<pid>/stat`.
+fn process_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    // Field 14 of the whole line is index 11 here (state is field 3, index 0).
+    fields.get(11..15)?.iter().map(|f| f.parse::<u64>().ok()).sum()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -282,16 +294,4 @@ mod tests {
         assert_eq!(super::counter(&file, "missing"), 0);
         assert_eq!(super::counter(&dir.path().join("absent"), "max"), 0);
     }
-}
-
-/// Most processes of one group read for its CPU time (the pids limit is far lower).
-const PROCS_READ_MAX: usize = 4_096;
-
-/// utime + stime + cutime + cstime of a process, in clock ticks, from `/proc/<pid>/stat`.
-fn process_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
-    // Field 14 of the whole line is index 11 here (state is field 3, index 0).
-    fields.get(11..15)?.iter().map(|f| f.parse::<u64>().ok()).sum()
 }
