@@ -38,10 +38,16 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
 }
 
-/// Where the built binaries are: next to the test executable's `deps/` folder.
+/// Where the built binaries are: next to the test executable's `deps/` folder, or beside the
+/// running binary (the bench rig, `target/release/steady-bench`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
-    let dir = exe.parent().and_then(Path::parent).expect("target profile dir").to_owned();
+    let beside = exe.parent().expect("executable dir").to_owned();
+    let dir = if beside.join("steady-hostd").is_file() {
+        beside
+    } else {
+        beside.parent().expect("target profile dir").to_owned()
+    };
     for binary in ["steady", "steady-slicer", "steady-hostd", "steady-lb"] {
         assert!(
             dir.join(binary).is_file(),
@@ -261,6 +267,27 @@ impl Cluster {
         self.hosts.len() - 1
     }
 
+    /// Kills LB `index` of `more_lbs` with SIGKILL, as a crash, and starts it again on the same
+    /// addresses (as its service manager would); returns once it serves a routing table.
+    pub fn kill_and_restart_lb(&mut self, index: usize) {
+        let lb = &mut self.more_lbs[index];
+        lb.daemon.stop_with(libc::SIGKILL);
+        let name = lb.daemon.name.clone();
+        let (public, private) = (lb.public, lb.private);
+        *lb = start_lb_on(self.dir.path(), &name, &self.slicer_addr, public, private);
+        eventually(&format!("{name}'s routing table after its restart"), || {
+            let text = self.http.get(format!("http://{private}/readyz")).send().ok()?.text().ok()?;
+            text.starts_with("ready").then_some(())
+        });
+    }
+
+    /// Kills host `index` with SIGKILL (its whole process group, as a service manager does to a
+    /// crashed unit) and starts it again on the same data and addresses.
+    pub fn kill_and_restart_host(&mut self, index: usize) {
+        self.hosts[index].daemon.stop_with(libc::SIGKILL);
+        self.start_host_again(index);
+    }
+
     /// Kills the slicer with SIGKILL and starts it again on the same address and data.
     pub fn kill_and_restart_slicer(&mut self) {
         self.slicer.stop_with(libc::SIGKILL);
@@ -400,7 +427,10 @@ fn start_slicer(root: &Path, listen: &str, args: &[String]) -> (Daemon, String) 
 }
 
 fn start_lb(root: &Path, name: &str, slicer: &str) -> Lb {
-    let (public, private) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    start_lb_on(root, name, slicer, free_addr("127.0.0.1"), free_addr("127.0.0.1"))
+}
+
+fn start_lb_on(root: &Path, name: &str, slicer: &str, public: SocketAddr, private: SocketAddr) -> Lb {
     let args = strings(&[
         "--public",
         &public.to_string(),

@@ -25,6 +25,10 @@ pub struct Config {
     /// Domains apps answer under; repeat for several (`--domain steady.page --domain steady.sh`).
     #[arg(long = "domain", default_value = "localhost")]
     pub domains: Vec<String>,
+    /// How long the LB waits at start for its first routing table before it listens; past
+    /// that it listens anyway and answers 503 until a table arrives.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub first_table_wait_ms: u64,
     /// Worker threads per listener.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,

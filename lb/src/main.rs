@@ -38,6 +38,7 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();
     let routes = Routes::new();
+    steady_lb::watch::fetch_first(config.slicer, &routes, config.first_table_wait_ms);
     let metrics = std::sync::Arc::new(steady_lb::metrics::Metrics::default());
 
     let mut public = pingora::proxy::http_proxy_service(

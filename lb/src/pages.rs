@@ -20,6 +20,12 @@ pub fn apex() -> &'static str {
 </body></html>\n"
 }
 
+/// The 503 page while the LB has no routing table yet (it just started).
+pub fn no_table() -> &'static str {
+    "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Starting</title></head><body>\
+<h1>Starting</h1><p>This load balancer has no routing table yet. Try again in a moment.</p></body></html>\n"
+}
+
 /// The page for a request whose Host is not under any of the LB's domains.
 pub fn unknown_host() -> &'static str {
     "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Unknown host</title></head><body>\

@@ -68,7 +68,13 @@ impl ProxyHttp for PublicProxy {
             pages::respond(session, 404, "text/html; charset=utf-8", pages::unknown_host()).await?;
             return Ok(true);
         };
-        let Some(route) = self.routes.current().route(app) else {
+        let routes = self.routes.current();
+        if routes.version == 0 {
+            // A fresh LB that has no table yet cannot tell an unknown app from a known one.
+            pages::respond(session, 503, "text/html; charset=utf-8", pages::no_table()).await?;
+            return Ok(true);
+        }
+        let Some(route) = routes.route(app) else {
             pages::respond(session, 404, "text/html; charset=utf-8", pages::unknown_app(app)).await?;
             return Ok(true);
         };

@@ -35,12 +35,41 @@ impl SlicerWatch {
 
     async fn fetch(&self, http: &reqwest::Client, after: u64) -> Result<RoutingTable, String> {
         let url = format!("http://{}/v1/table?after={after}&wait_ms={WATCH_WAIT_MS}", self.slicer);
-        let response = http.get(&url).send().await.map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("slicer answered {}", response.status()));
-        }
-        response.json().await.map_err(|e| e.to_string())
+        get_table(http, &url).await
     }
+}
+
+async fn get_table(http: &reqwest::Client, url: &str) -> Result<RoutingTable, String> {
+    let response = http.get(url).send().await.map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("slicer answered {}", response.status()));
+    }
+    response.json().await.map_err(|e| e.to_string())
+}
+
+/// Fetches the first routing table before the LB listens, so a restarted LB never answers
+/// from an empty table; gives up (keeping the table empty) after `wait_ms`.
+pub fn fetch_first(slicer: SocketAddr, routes: &Routes, wait_ms: u64) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    runtime.block_on(async {
+        let http = reqwest::Client::builder().timeout(Duration::from_millis(wait_ms.max(1))).build().expect("client");
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+        while tokio::time::Instant::now() < deadline {
+            match get_table(&http, &format!("http://{slicer}/v1/table"))
+                .await
+                .and_then(|table| RouteTable::from_wire(&table))
+            {
+                Ok(table) => {
+                    tracing::info!(version = table.version, "first routing table installed");
+                    routes.install(table);
+                    return;
+                }
+                Err(error) => tracing::warn!(%error, "no routing table yet"),
+            }
+            tokio::time::sleep(Duration::from_millis(RETRY_MS_MIN)).await;
+        }
+        tracing::warn!(wait_ms, "starting without a routing table: answering 503 until one arrives");
+    });
 }
 
 #[async_trait]
