@@ -63,6 +63,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Requests that failed on the way to or from a host.
     pub upstream_errors: Counter,
+    /// Connections to hosts that failed and were tried again.
+    pub connect_retries: Counter,
     /// Version of the routing table in use (set at scrape time).
     pub table_version: Gauge<i64, AtomicI64>,
     /// Probes of moving apps' old hosts, by outcome.
@@ -77,6 +79,7 @@ impl Default for Metrics {
             duration_seconds: Histogram::new(DURATION_BUCKETS_S),
             in_flight: Gauge::default(),
             upstream_errors: Counter::<u64, AtomicU64>::default(),
+            connect_retries: Counter::<u64, AtomicU64>::default(),
             table_version: Gauge::default(),
             probes: Family::default(),
         };
@@ -84,6 +87,11 @@ impl Default for Metrics {
         registry.register("requests", "Finished public requests by app and status class", metrics.requests.clone());
         registry.register("request_duration_seconds", "Public request duration", metrics.duration_seconds.clone());
         registry.register("requests_in_flight", "Public requests not finished yet", metrics.in_flight.clone());
+        registry.register(
+            "upstream_connect_retries",
+            "Requests tried again because the connection to their host failed (nothing was sent)",
+            metrics.connect_retries.clone(),
+        );
         registry.register(
             "upstream_errors",
             "Requests that failed on the way to a host",

@@ -21,7 +21,13 @@ pub struct RequestCtx {
     app: String,
     ingress: Option<std::net::SocketAddr>,
     started: Option<std::time::Instant>,
+    /// Connections to the host that failed for this request (nothing was sent on them).
+    connect_failures: u32,
 }
+
+/// Times a request whose connection to its host failed is tried again (100, 200, 400 ms apart).
+const CONNECT_RETRIES_MAX: u32 = 3;
+const CONNECT_RETRY_BACKOFF_MS_MIN: u64 = 100;
 
 /// The public proxy.
 pub struct PublicProxy {
@@ -95,7 +101,28 @@ impl ProxyHttp for PublicProxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
         let addr = ctx.ingress.ok_or_else(|| pingora::Error::new_str("no route chosen"))?;
+        if ctx.connect_failures > 0 {
+            // A host daemon restarting (a crash, an upgrade) is back within a few hundred ms.
+            let backoff_ms = CONNECT_RETRY_BACKOFF_MS_MIN << (ctx.connect_failures - 1);
+            tokio::time::sleep(std::time::Duration::from_millis(backoff_ms)).await;
+        }
         Ok(upstream::peer(addr))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut error: Box<pingora::Error>,
+    ) -> Box<pingora::Error> {
+        // Nothing reached the host: any request may go again, after a short pause.
+        ctx.connect_failures += 1;
+        if ctx.connect_failures <= CONNECT_RETRIES_MAX {
+            self.metrics.connect_retries.inc();
+            error.set_retry(true);
+        }
+        error
     }
 
     async fn upstream_request_filter(
