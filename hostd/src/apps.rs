@@ -652,7 +652,7 @@ impl Apps {
     }
 
     /// Sets the gauges that describe the present (apps by state, the start queue, warm
-    /// sandboxes) and returns the metrics in the text exposition format.
+    /// sandboxes, replication lag) and returns the metrics in the text exposition format.
     pub fn render_metrics(&self) -> String {
         use crate::metrics::{AppState, StateLabels};
         let slots: Vec<Arc<Slot>> = self.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
@@ -669,6 +669,7 @@ impl Apps {
         self.metrics.start_queue_depth.set(waiting);
         self.metrics.held_requests.set(self.held_requests() as i64);
         self.metrics.warm_sandboxes.set(self.pool.warm_count() as i64);
+        self.metrics.set_replication_lags(&self.replicator.lags());
         self.metrics.encode()
     }
 

@@ -11,7 +11,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+use std::time::Duration;
 
 /// Cold-start duration buckets, in seconds: 2 ms to 2 s.
 const COLD_START_BUCKETS_S: [f64; 11] = [0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 2.0];
@@ -111,6 +114,11 @@ pub struct Metrics {
     pub app_memory_bytes: Family<AppLabels, Gauge>,
     /// CPU time used by each app's processes (advanced at scrape time).
     pub app_cpu_seconds: Family<AppLabels, Counter<f64, AtomicU64>>,
+    /// How far each replicated app's replica is behind (set at scrape time, see
+    /// [`Metrics::set_replication_lags`]).
+    app_replication_lag_seconds: Family<AppLabels, Gauge<f64, AtomicU64>>,
+    /// Apps with a lag series, so the series of an app no longer replicated is removed.
+    replicated_apps: Mutex<BTreeSet<String>>,
 }
 
 /// Labels of a per-app series; bounded by the apps on this host.
@@ -135,6 +143,8 @@ impl Default for Metrics {
             held_requests: Gauge::default(),
             app_memory_bytes: Family::default(),
             app_cpu_seconds: Family::default(),
+            app_replication_lag_seconds: Family::default(),
+            replicated_apps: Mutex::new(BTreeSet::new()),
             registry: Registry::default(),
         };
         registry.register("cold_starts", "Wakes that had to start the app", metrics.cold_starts.clone());
@@ -176,6 +186,13 @@ impl Default for Metrics {
         }
         registry.register("app_memory_bytes", "Memory of each running app", metrics.app_memory_bytes.clone());
         registry.register("app_cpu_seconds", "CPU time used by each app", metrics.app_cpu_seconds.clone());
+        registry.register(
+            "app_replication_lag_seconds",
+            "How long the oldest transaction of the app's SQLite databases that the replica storage does not \
+             hold yet has waited since hostd first saw it in Litestream's local position (0 when the replica \
+             holds them all); only apps whose databases are attached to replication",
+            metrics.app_replication_lag_seconds.clone(),
+        );
         Self { registry, ..metrics }
     }
 }
@@ -189,6 +206,20 @@ impl Metrics {
     /// Counts a deploy or rollback.
     pub fn deployed(&self, outcome: Outcome) {
         self.deploys.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Sets the lag series of each app in `lags` (the apps attached to replication) and removes
+    /// those of apps no longer there.
+    pub fn set_replication_lags(&self, lags: &[(String, Duration)]) {
+        let mut replicated = self.replicated_apps.lock().unwrap_or_else(|p| p.into_inner());
+        let now: BTreeSet<String> = lags.iter().map(|(app, _)| app.clone()).collect();
+        for gone in replicated.difference(&now) {
+            self.app_replication_lag_seconds.remove(&AppLabels { app: gone.clone() });
+        }
+        for (app, lag) in lags {
+            self.app_replication_lag_seconds.get_or_create(&AppLabels { app: app.clone() }).set(lag.as_secs_f64());
+        }
+        *replicated = now;
     }
 
     /// The text exposition format.

@@ -9,13 +9,19 @@
 //! has is written to a manifest next to its replicas; a host that lacks the data restores every
 //! database the manifest names, checks each with `PRAGMA integrity_check`, and only then puts
 //! the directory in place — a replica that is missing or bad is an error, never an empty start.
+//!
+//! While an app is attached, hostd also measures how far each of its databases is behind its
+//! replica (the `app_replication_lag_seconds` metric): it polls Litestream's local position
+//! over the control socket and looks for those transactions in the replica storage ([`lag`]).
 
-use std::collections::{BTreeSet, HashMap};
+mod lag;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use http_body_util::BodyExt;
@@ -48,6 +54,14 @@ const RESTORE_TIMEOUT_MS: u64 = 600_000;
 const OUTPUT_BYTES_MAX: usize = 4 * 1024;
 /// Name of the manifest listing an app's databases, next to their replicas.
 pub const MANIFEST_NAME: &str = "manifest.json";
+/// How often hostd reads Litestream's local position of every attached database.
+const LAG_POLL_INTERVAL_MS: u64 = 250;
+/// Longest read of a position or of the sync times (they are in Litestream's memory).
+const LAG_CALL_TIMEOUT_MS: u64 = 1_000;
+/// Largest answer to a position read (`{"txid": N}`).
+const TXID_ANSWER_BYTES_MAX: usize = 1024;
+/// Largest answer to a listing of every registered database (about 200 bytes each).
+const LIST_ANSWER_BYTES_MAX: usize = 1024 * 1024;
 
 /// Where replicas go.
 #[derive(Debug, Clone)]
@@ -107,6 +121,17 @@ impl ReplicaTarget {
         }
     }
 
+    /// The blob-store key prefix under which Litestream puts the Level-0 objects of one
+    /// database, one per transaction (`<first>-<last>.ltx`, 16 hex digits each). Its layout
+    /// differs by backend: `ltx/0/` in a directory, `0000/` in a bucket.
+    pub fn level0_prefix(&self, app: &str, database: &str) -> String {
+        let level = match self {
+            ReplicaTarget::File { .. } => "ltx/0",
+            ReplicaTarget::S3 { .. } => "0000",
+        };
+        format!("replicas/{app}/{database}/{level}/")
+    }
+
     /// The environment Litestream needs for this target (credentials), on top of a clean one.
     fn environment(&self) -> Vec<(&'static str, String)> {
         let mut env = vec![("PATH", "/usr/bin:/bin".to_owned()), ("HOME", "/nonexistent".to_owned())];
@@ -147,6 +172,18 @@ struct Attached {
 /// Which app's log a daemon output line goes to: by the data directory it names.
 type LogRoutes = Arc<Mutex<Vec<(PathBuf, Arc<AppLog>)>>>;
 
+/// One attached database whose replication lag is measured.
+struct Measured {
+    /// The database file, as registered with the daemon.
+    path: PathBuf,
+    /// Blob-store key prefix of the replica's Level-0 objects, one per transaction.
+    level0_prefix: String,
+    backlog: Mutex<lag::Backlog>,
+}
+
+/// Measured databases by app and file name; an app is here while it is attached.
+type MeasuredApps = HashMap<String, BTreeMap<String, Arc<Measured>>>;
+
 /// The host's Litestream daemon and the apps it replicates.
 pub struct Replicator {
     litestream: PathBuf,
@@ -163,6 +200,8 @@ pub struct Replicator {
     /// Output routing: data directory → the app's log (read by the output pump).
     logs: LogRoutes,
     daemon_pid: AtomicI32,
+    /// The databases of attached apps whose lag is measured.
+    measured: Mutex<MeasuredApps>,
 }
 
 impl Replicator {
@@ -183,6 +222,7 @@ impl Replicator {
             sealed: Mutex::new(HashMap::new()),
             logs: Arc::new(Mutex::new(Vec::new())),
             daemon_pid: AtomicI32::new(0),
+            measured: Mutex::new(HashMap::new()),
         }
     }
 
@@ -190,11 +230,12 @@ impl Replicator {
         self.dir.join("control.sock")
     }
 
-    /// Starts the daemon and a task that restarts it whenever it dies.
+    /// Starts the daemon, a task that restarts it whenever it dies, and the lag measurement.
     pub async fn start(self: &Arc<Self>) -> Result<(), ReplicaError> {
         std::fs::create_dir_all(&self.dir)?;
         let child = self.spawn().await?;
         tokio::spawn(self.clone().supervise(child));
+        tokio::spawn(self.clone().measure_lag());
         Ok(())
     }
 
@@ -343,9 +384,11 @@ impl Replicator {
         }
         for database in new.into_iter().take(DATABASES_PER_APP_MAX.saturating_sub(entry.databases.len())) {
             match self.register(app, entry, &database).await {
-                Ok(()) => entry
-                    .log
-                    .line("steady", &format!("replicating {database} to {}", self.target_label(app, &database))),
+                Ok(()) => {
+                    let target = self.target_label(app, &database);
+                    entry.log.line("steady", &format!("replicating {database} to {target}"));
+                    self.measure(app, entry, &database);
+                }
                 Err(error) => entry.log.line("steady", &format!("replication of {database} failed to start: {error}")),
             }
         }
@@ -381,6 +424,7 @@ impl Replicator {
             let _ = task.await;
         }
         let Some(entry) = self.attached.lock().await.remove(app) else { return Ok(()) };
+        self.measured.lock().unwrap_or_else(|p| p.into_inner()).remove(app);
         self.logs.lock().unwrap_or_else(|p| p.into_inner()).retain(|(dir, _)| *dir != entry.data_dir);
         let mut first_error = None;
         for database in &entry.databases {
@@ -455,25 +499,60 @@ impl Replicator {
 
     /// One call on the daemon's control socket (HTTP with JSON bodies over a Unix socket).
     async fn control(&self, call: &'static str, body: serde_json::Value) -> Result<serde_json::Value, ReplicaError> {
-        let failed = |message: String| ReplicaError::Control { call, message };
         let request = axum::http::Request::post(format!("/{call}"))
             .header("host", "localhost")
             .header("content-type", "application/json")
             .body(Body::from(body.to_string()))
             .expect("static request");
+        self.send_control(call, request, CONTROL_TIMEOUT_MS, OUTPUT_BYTES_MAX * 4).await
+    }
+
+    /// A read on the control socket: `GET <call>` (a path) with `query` pairs.
+    async fn control_get(
+        &self,
+        call: &'static str,
+        query: &[(&str, &str)],
+        answer_bytes_max: usize,
+    ) -> Result<serde_json::Value, ReplicaError> {
+        let mut url = reqwest::Url::parse("http://localhost").expect("static URL");
+        url.set_path(call);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let path_and_query = format!("{}{}", url.path(), url.query().map(|q| format!("?{q}")).unwrap_or_default());
+        let request = axum::http::Request::get(path_and_query)
+            .header("host", "localhost")
+            .body(Body::empty())
+            .map_err(|e| ReplicaError::Control { call, message: e.to_string() })?;
+        self.send_control(call, request, LAG_CALL_TIMEOUT_MS, answer_bytes_max).await
+    }
+
+    /// Sends `request` and reads the whole answer, both within `timeout_ms`.
+    async fn send_control(
+        &self,
+        call: &'static str,
+        request: axum::http::Request<Body>,
+        timeout_ms: u64,
+        answer_bytes_max: usize,
+    ) -> Result<serde_json::Value, ReplicaError> {
+        let failed = |message: String| ReplicaError::Control { call, message };
         let socket = self.socket();
-        let sent = crate::ingress::send(&socket, request);
-        let response = match tokio::time::timeout(Duration::from_millis(CONTROL_TIMEOUT_MS), sent).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => return Err(failed(error.to_string())),
-            Err(_) => return Err(failed(format!("no answer within {CONTROL_TIMEOUT_MS} ms"))),
+        let exchange = async {
+            let response = crate::ingress::send(&socket, request).await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            let limited = http_body_util::Limited::new(response.into_body(), answer_bytes_max);
+            let bytes = limited.collect().await.map_err(|e| e.to_string())?.to_bytes();
+            Ok::<_, String>((status, bytes))
         };
-        let status = response.status();
-        let limited = http_body_util::Limited::new(response.into_body(), OUTPUT_BYTES_MAX * 4);
-        let bytes = limited.collect().await.map_err(|e| failed(e.to_string()))?.to_bytes();
-        let text = String::from_utf8_lossy(&bytes);
+        let (status, bytes) = match tokio::time::timeout(Duration::from_millis(timeout_ms), exchange).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(message)) => return Err(failed(message)),
+            Err(_) => return Err(failed(format!("no answer within {timeout_ms} ms"))),
+        };
         if !status.is_success() {
-            return Err(failed(format!("{status}: {}", text.trim())));
+            let mut text = String::from_utf8_lossy(&bytes).trim().to_owned();
+            text.truncate(text.floor_char_boundary(OUTPUT_BYTES_MAX));
+            return Err(failed(format!("{status}: {text}")));
         }
         Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
     }
@@ -573,6 +652,107 @@ impl Replicator {
     }
 }
 
+/// Replication lag: positions polled from the daemon, transactions looked for in the replica.
+impl Replicator {
+    /// Starts measuring the lag of a database of `app` just registered (a database whose name
+    /// cannot be a blob-store key cannot be looked for, and is left out).
+    fn measure(&self, app: &str, entry: &Attached, database: &str) {
+        let level0_prefix = self.target.level0_prefix(app, database);
+        if steady_blob::validate_prefix(&level0_prefix).is_err() {
+            entry.log.line("steady", &format!("the replication lag of {database} is not measured (its name)"));
+            return;
+        }
+        let measured = Measured {
+            path: entry.data_dir.join(database),
+            level0_prefix,
+            backlog: Mutex::new(lag::Backlog::default()),
+        };
+        let mut apps = self.measured.lock().unwrap_or_else(|p| p.into_inner());
+        apps.entry(app.to_owned()).or_default().entry(database.to_owned()).or_insert_with(|| Arc::new(measured));
+    }
+
+    /// Each attached app with a measured database, and the longest lag among its databases:
+    /// how long the oldest transaction its replica lacks has waited (zero when it lacks none).
+    pub fn lags(&self) -> Vec<(String, Duration)> {
+        let now = Instant::now();
+        let apps = self.measured.lock().unwrap_or_else(|p| p.into_inner());
+        let lag_of = |measured: &Arc<Measured>| measured.backlog.lock().unwrap_or_else(|p| p.into_inner()).lag(now);
+        apps.iter()
+            .map(|(app, databases)| (app.clone(), databases.values().map(lag_of).max().unwrap_or_default()))
+            .collect()
+    }
+
+    /// Runs forever: every [`LAG_POLL_INTERVAL_MS`], reads the local position of each measured
+    /// database and starts the looks in the replica storage that are due (at most one under
+    /// way per database, each bounded by [`lag::PROBE_TIMEOUT_MS`]).
+    async fn measure_lag(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(LAG_POLL_INTERVAL_MS));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let databases: Vec<Arc<Measured>> = {
+                let apps = self.measured.lock().unwrap_or_else(|p| p.into_inner());
+                apps.values().flat_map(|databases| databases.values().cloned()).collect()
+            };
+            if databases.is_empty() {
+                continue;
+            }
+            let last_syncs = self.last_syncs().await;
+            for measured in databases {
+                let path = measured.path.to_string_lossy();
+                let read = self.control_get("/txid", &[("path", &path)], TXID_ANSWER_BYTES_MAX).await;
+                let Ok(answer) = read else { continue };
+                let Some(txid) = answer.get("txid").and_then(serde_json::Value::as_u64) else { continue };
+                let now = Instant::now();
+                let probe = {
+                    let mut backlog = measured.backlog.lock().unwrap_or_else(|p| p.into_inner());
+                    backlog.observe_local(txid, now);
+                    backlog.next_probe(now, last_syncs.get(&measured.path).map(String::as_str))
+                };
+                if let Some(probe) = probe {
+                    tokio::spawn(self.clone().probe(measured, probe));
+                }
+            }
+        }
+    }
+
+    /// When the daemon last synced each database to its replica (its own timestamps, used only
+    /// to notice a new sync); empty when it does not say.
+    async fn last_syncs(&self) -> HashMap<PathBuf, String> {
+        let Ok(answer) = self.control_get("/list", &[], LIST_ANSWER_BYTES_MAX).await else { return HashMap::new() };
+        let databases = answer.get("databases").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
+        databases
+            .iter()
+            .filter_map(|database| {
+                let path = database.get("path")?.as_str()?;
+                let synced_at = database.get("last_sync_at")?.as_str()?;
+                Some((PathBuf::from(path), synced_at.to_owned()))
+            })
+            .collect()
+    }
+
+    /// Looks for the probe's transactions in the replica storage and records what it found; a
+    /// storage that does not answer in time counts as not holding them.
+    async fn probe(self: Arc<Self>, measured: Arc<Measured>, probe: lag::Probe) {
+        let holds = |txid: u64| {
+            let key = format!("{}{txid:016x}-{txid:016x}.ltx", measured.level0_prefix);
+            let manifests = self.manifests.clone();
+            async move { manifests.exists_key(&key).await.unwrap_or(false) }
+        };
+        let look = async {
+            if holds(probe.newest_txid).await {
+                return Some(probe.newest_txid);
+            }
+            match probe.oldest_txid {
+                Some(oldest) if holds(oldest).await => Some(oldest),
+                _ => None,
+            }
+        };
+        let found = tokio::time::timeout(Duration::from_millis(lag::PROBE_TIMEOUT_MS), look).await.ok().flatten();
+        measured.backlog.lock().unwrap_or_else(|p| p.into_inner()).probed(&probe, found);
+    }
+}
+
 /// Whether `name` may be a database file of an app (no path, no SQLite side files).
 fn is_database_name(name: &str) -> bool {
     let side_file = ["-wal", "-shm", "-journal"].iter().any(|s| name.ends_with(s));
@@ -642,6 +822,7 @@ mod tests {
     fn replica_urls_name_the_app_and_database() {
         let file = ReplicaTarget::File { root: "/srv/steady".into() };
         assert_eq!(file.url("hello", "app.db"), "file:///srv/steady/replicas/hello/app.db");
+        assert_eq!(file.level0_prefix("hello", "app.db"), "replicas/hello/app.db/ltx/0/");
         let s3 = ReplicaTarget::S3 {
             bucket: "b".into(),
             prefix: "p/".into(),
@@ -655,5 +836,7 @@ mod tests {
             s3.url("hello", "app.db"),
             "s3://b/p/replicas/hello/app.db?region=us-east-1&endpoint=http://127.0.0.1:9000&forcePathStyle=true"
         );
+        // The blob store adds its own prefix (`p/`), as Litestream does from the URL's path.
+        assert_eq!(s3.level0_prefix("hello", "app.db"), "replicas/hello/app.db/0000/");
     }
 }

@@ -1,6 +1,12 @@
 //! Prometheus metrics: each one is scraped from a live host daemon and seen to move when the
 //! thing it counts happens.
 
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use steady_e2e::s3::{S3Server, ACCESS_KEY_ID, SECRET_ACCESS_KEY};
 use steady_e2e::{eventually, workspace, write_app, Cluster};
 
 /// The value of the sample `name` (with its labels, exactly as exposed) on host 0, or 0.
@@ -10,11 +16,15 @@ fn sample(cluster: &Cluster, name: &str) -> f64 {
 
 /// The value of the sample `name` at `http://<addr>/metrics`, or 0 when it is not exposed.
 pub fn scrape(addr: &str, name: &str) -> f64 {
+    series(addr, name).unwrap_or(0.0)
+}
+
+/// The value of the sample `name` at `http://<addr>/metrics`, if it is exposed.
+fn series(addr: &str, name: &str) -> Option<f64> {
     let text = reqwest::blocking::get(format!("http://{addr}/metrics")).and_then(|r| r.text()).expect("scrape");
     text.lines()
         .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
         .map(|value| value.trim().parse().expect("a number"))
-        .unwrap_or(0.0)
 }
 
 #[test]
@@ -131,6 +141,10 @@ fn every_grafana_panel_queries_metrics_the_binaries_export() {
     // Per-app series exist once an app runs and has answered through the LB.
     cluster.deploy(&workspace().join("examples/hello"), "graphed");
     assert_eq!(cluster.get("graphed", "/").status, 200);
+    let host = cluster.hosts[0].api.to_string();
+    let lag = "steady_hostd_app_replication_lag_seconds{app=\"graphed\"}";
+    eventually("the app's database to be attached to replication", || series(&host, lag));
+    eventually("the file replica to hold the app's writes", || (series(&host, lag) == Some(0.0)).then_some(()));
     let mut exported = exported_names(&cluster.hosts[0].api.to_string());
     exported.extend(exported_names(&cluster.private.to_string()));
     exported.extend(exported_names(&cluster.slicer_addr));
@@ -154,4 +168,121 @@ fn every_grafana_panel_queries_metrics_the_binaries_export() {
             }
         }
     }
+}
+
+/// An app that writes one row per `?write=N` request into its SQLite database.
+const WRITER: &str = r#"
+import { Database } from "bun:sqlite";
+const db = new Database(`${process.env.STEADY_DATA_DIR}/rows.db`, { create: true });
+db.run("PRAGMA journal_mode = WAL");
+db.run("PRAGMA busy_timeout = 5000");
+db.run("CREATE TABLE IF NOT EXISTS rows (n INTEGER PRIMARY KEY)");
+export default {
+  fetch(request) {
+    const n = new URL(request.url).searchParams.get("write");
+    if (n !== null) db.run("INSERT INTO rows (n) VALUES (?)", [Number(n)]);
+    return new Response("ok");
+  },
+};
+"#;
+
+/// `s3s-fs` started again at the address and on the data of a stopped [`S3Server`] (which
+/// picks a new port each time it starts, where hostd's storage config names a fixed one).
+/// Stopped by its pid on drop.
+struct S3Again {
+    child: Child,
+    log: PathBuf,
+}
+
+impl S3Again {
+    fn start(address: &str, data: &Path, log: PathBuf) -> Self {
+        let (host, port) = address.rsplit_once(':').expect("host:port");
+        let output = std::fs::File::create(&log).expect("s3 log");
+        let child = Command::new(workspace().join(".tools/bin/s3s-fs"))
+            .args(["--host", host, "--port", port, "--access-key", ACCESS_KEY_ID, "--secret-key", SECRET_ACCESS_KEY])
+            .arg(data)
+            .env_clear()
+            .env("RUST_LOG", "s3s_fs=info")
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().expect("s3 log"))
+            .stderr(output)
+            .spawn()
+            .expect("start s3s-fs again");
+        let mut server = S3Again { child, log };
+        eventually("s3s-fs to accept connections again", || {
+            let exited = server.child.try_wait().ok().flatten();
+            assert!(exited.is_none(), "s3s-fs exited: {}", std::fs::read_to_string(&server.log).unwrap_or_default());
+            TcpStream::connect(address).ok()
+        });
+        server
+    }
+}
+
+impl Drop for S3Again {
+    fn drop(&mut self) {
+        // Child::kill signals this child's pid only.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn replication_lag_grows_while_the_replica_storage_is_down_and_recovers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s3 = S3Server::start(dir.path());
+    s3.create_bucket("steady");
+    let config = s3.storage_config("steady", None);
+    let (address, data) = (s3.endpoint.trim_start_matches("http://").to_owned(), s3.data());
+    // The replica's Level-0 objects (one per Litestream transaction) as s3s-fs stores them.
+    let level0 = data.join("steady/cluster/replicas/writer/rows.db/0000");
+    let level0_objects = || std::fs::read_dir(&level0).map_or(0, |entries| entries.count());
+    let cluster = Cluster::start_with(1, &["--storage-config", config.to_str().unwrap()]);
+    let app = write_app(cluster.dir.path(), "writer", WRITER);
+    cluster.deploy(&app, "writer");
+    let host = cluster.hosts[0].api.to_string();
+    let lag = "steady_hostd_app_replication_lag_seconds{app=\"writer\"}";
+    let mut written = 0u64;
+    let mut write_and_scrape = || {
+        written += 1;
+        let answer = cluster.get("writer", &format!("/?write={written}"));
+        assert_eq!((answer.status, answer.body.as_str()), (200, "ok"), "write {written}");
+        series(&host, lag).expect("the app's lag series exists while it runs")
+    };
+    eventually("the app's database to be attached to replication", || series(&host, lag));
+
+    // Storage up: several seconds of steady writes, each followed by a scrape.
+    let (healthy_since, mut healthy_max) = (Instant::now(), 0f64);
+    while healthy_since.elapsed() < Duration::from_secs(5) {
+        healthy_max = healthy_max.max(write_and_scrape());
+    }
+    assert!(healthy_max < 2.0, "the lag stays small while the replica storage is up: {healthy_max} s");
+
+    // Storage down (stopped by its pid): local writes go on, the replica falls behind.
+    let objects_before_the_stop = level0_objects();
+    assert!(objects_before_the_stop > 0, "the replica is in the bucket");
+    drop(s3);
+    let stopped = Instant::now();
+    let mut peak = eventually("the lag to pass 3 s while the storage is down", || {
+        let seconds = write_and_scrape();
+        (seconds > 3.0).then_some(seconds)
+    });
+    let to_three_seconds = stopped.elapsed();
+
+    // Storage up again, same address and data: the replica catches up.
+    let again = S3Again::start(&address, &data, dir.path().join("s3s-fs-again.log"));
+    let restarted = Instant::now();
+    let recovered = eventually("the lag to fall under 2 s once the storage is back", || {
+        let seconds = write_and_scrape();
+        peak = peak.max(seconds);
+        (seconds < 2.0).then_some(seconds)
+    });
+    assert!(level0_objects() > objects_before_the_stop, "the catch-up is in the bucket, as the lag says");
+    eprintln!(
+        "replication lag: at most {healthy_max:.2} s while up; over 3 s {:.1} s after the storage stopped; \
+         peak {peak:.2} s; back to {recovered:.2} s {:.1} s after it restarted ({written} writes)",
+        to_three_seconds.as_secs_f64(),
+        restarted.elapsed().as_secs_f64(),
+    );
+    drop(cluster);
+    drop(again);
 }
