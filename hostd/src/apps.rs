@@ -6,8 +6,9 @@
 //! waiters, each for at most `start_timeout_ms`), so concurrent first requests start it once.
 //! A deploy or rollback starts the chosen version beside the old one and swaps only once the
 //! new one listens. A process that dies unexpectedly is restarted by the next request; after
-//! [`CRASH_LOOP_THRESHOLD`] exits in a row the app is crash-looping and refuses requests for a
-//! doubling pause, which its log says.
+//! [`CRASH_LOOP_THRESHOLD`] exits in a row with no request answered between them, the app is
+//! crash-looping and refuses requests for a doubling pause, which its log says. (An app killed
+//! now and then while it serves — by an operator, by chaos — is not looping.)
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ use crate::bundle::{self, BundleError, Limits};
 use crate::cgroup::Hierarchy;
 use crate::config::{
     Config, BUNDLE_FILES_MAX, BUNDLE_UNPACKED_BYTES_MAX, CRASH_BACKOFF_MS_MAX, CRASH_BACKOFF_MS_MIN,
-    CRASH_LOOP_THRESHOLD, CRASH_RESET_AFTER_MS, HOUSEKEEPING_INTERVAL_MS_MAX,
+    CRASH_LOOP_THRESHOLD, CRASH_RESET_AFTER_MS, EXIT_SEEN_WAIT_MS, HOUSEKEEPING_INTERVAL_MS_MAX,
 };
 use crate::log::{AppLog, RequestLog};
 use crate::membership::{Membership, MembershipError};
@@ -540,6 +541,38 @@ impl Apps {
         }
         slot.requests_total.fetch_add(1, Ordering::AcqRel);
         Ok(Lease { socket, slot })
+    }
+
+    /// After a request to the process behind `lease` failed before any answer: once hostd has
+    /// seen that process exit (killed or crashed under the request; waited for at most
+    /// [`EXIT_SEEN_WAIT_MS`]), wakes the app again. `None` when the process lives on (the app
+    /// itself dropped the connection) or the new start fails.
+    pub async fn wake_again(&self, name: &str, lease: &Lease) -> Option<Lease> {
+        let wait = Duration::from_millis(EXIT_SEEN_WAIT_MS);
+        let mut exited = {
+            let serving = tokio::time::timeout(wait, lease.slot.serving.lock()).await.ok()?;
+            match serving.as_ref() {
+                Some(process) if process.socket == lease.socket => process.exit_watch(),
+                // Already replaced by a newer process.
+                _ => None?,
+            }
+        };
+        let gone = {
+            let waited = tokio::time::timeout(wait, exited.wait_for(Option::is_some)).await;
+            matches!(waited, Ok(Ok(_)))
+        };
+        if !gone {
+            return None;
+        }
+        self.wake(name).await.ok()
+    }
+
+    /// The app behind `lease` answered a request: its exits so far were not a crash loop.
+    pub fn note_answered(&self, lease: &Lease) {
+        let mut health = lease.slot.health.lock().unwrap_or_else(|p| p.into_inner());
+        if health.crashes > 0 && health.retry_at.is_none_or(|at| at <= Instant::now()) {
+            (health.crashes, health.retry_at) = (0, None);
+        }
     }
 
     /// Takes a place among the app's in-flight requests (called holding `serving`).

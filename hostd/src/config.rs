@@ -11,7 +11,11 @@ pub const BUNDLE_UNPACKED_BYTES_MAX: u64 = 128 * 1024 * 1024;
 pub const LOG_BYTES_MAX: u64 = 8 * 1024 * 1024;
 /// Longest log line kept; longer lines are cut and marked.
 pub const LOG_LINE_BYTES_MAX: usize = 16 * 1024;
-/// Unexpected exits in a row after which an app is declared crash-looping.
+/// Longest a request whose app process died under it waits for hostd to see the exit before
+/// the request is sent once more to a new process (idempotent requests without a body only).
+pub const EXIT_SEEN_WAIT_MS: u64 = 500;
+/// Unexpected exits in a row (no request answered between them) after which an app is
+/// declared crash-looping.
 pub const CRASH_LOOP_THRESHOLD: u32 = 3;
 /// First pause before a crash-looping app may start again; doubles with each further crash.
 pub const CRASH_BACKOFF_MS_MIN: u64 = 1_000;

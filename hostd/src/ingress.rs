@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use hyper_util::rt::TokioIo;
@@ -64,10 +64,24 @@ async fn forward_to_app(apps: &Apps, mut request: Request) -> Response {
         Err(Redirect::Forward(_)) => return moving(&app),
         Err(Redirect::Answer(response)) => return response,
     };
+    let again = resendable(&request);
     let mut completion = Completion::new(lease, &request);
-    match send(&completion.lease.socket, request).await {
+    let mut sent = send(&completion.lease.socket, request).await;
+    if let (Some(again), true) = (again, sent.is_err()) {
+        // The process may have died under the request (killed, crashed): an idempotent
+        // request without a body goes once more to a new process.
+        if let Some(lease) = apps.wake_again(&app, &completion.lease).await {
+            completion.lease = lease;
+            apps.metrics.requests_resent.inc();
+            sent = send(&completion.lease.socket, again).await;
+        }
+    }
+    match sent {
         Ok(response) => {
             completion.status = response.status().as_u16();
+            if completion.status < 500 {
+                apps.note_answered(&completion.lease);
+            }
             let (parts, body) = response.into_parts();
             let counted = body.into_data_stream().map(move |chunk| {
                 // Borrow the whole value so the closure owns `completion` (not a copy of one
@@ -86,6 +100,23 @@ async fn forward_to_app(apps: &Apps, mut request: Request) -> Response {
             failure(StatusCode::BAD_GATEWAY, "app_unreachable", format!("app {app:?} did not answer: {error}"))
         }
     }
+}
+
+/// A copy of `request` to send again if the app dies under it: only for idempotent methods
+/// (RFC 9110 §9.2.2) without a body.
+fn resendable(request: &Request) -> Option<Request> {
+    let idempotent = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let headers = request.headers();
+    let declared_empty = headers.get("content-length").is_none_or(|v| v.as_bytes() == b"0");
+    if !idempotent || !declared_empty || headers.contains_key("transfer-encoding") {
+        return None;
+    }
+    let mut copy = Request::new(Body::empty());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = headers.clone();
+    Some(copy)
 }
 
 enum Redirect {

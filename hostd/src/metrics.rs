@@ -108,6 +108,8 @@ pub struct Metrics {
     pub warm_sandboxes: Gauge,
     /// Requests sent on to another host (the app moved, or the LB's table was stale).
     pub forwarded: Counter,
+    /// Idempotent requests sent once more because the app's process died under them.
+    pub requests_resent: Counter,
     /// Requests held for apps on their way to this host (set at scrape time).
     pub held_requests: Gauge,
     /// Memory of each running app (set at scrape time; asleep apps have no series).
@@ -140,6 +142,7 @@ impl Default for Metrics {
             start_queue_depth: Gauge::default(),
             warm_sandboxes: Gauge::default(),
             forwarded: Counter::default(),
+            requests_resent: Counter::default(),
             held_requests: Gauge::default(),
             app_memory_bytes: Family::default(),
             app_cpu_seconds: Family::default(),
@@ -167,6 +170,11 @@ impl Default for Metrics {
             "requests_forwarded",
             "Requests sent on to the host that has the app",
             metrics.forwarded.clone(),
+        );
+        registry.register(
+            "requests_resent",
+            "Idempotent requests sent once more to a new process after the app died under them",
+            metrics.requests_resent.clone(),
         );
         registry.register("held_requests", "Requests held for apps moving here", metrics.held_requests.clone());
         // Every reason and outcome is exported from the start (at 0), so dashboards see it.

@@ -383,6 +383,11 @@ impl AppProcess {
         self.exited.borrow().is_none()
     }
 
+    /// A watch that turns `Some` when the process has exited and hostd has dealt with it.
+    pub fn exit_watch(&self) -> watch::Receiver<Option<String>> {
+        self.exited.clone()
+    }
+
     /// Did it exit without hostd asking it to?
     pub fn crashed(&self) -> bool {
         !self.is_alive() && !self.stop_requested.load(Ordering::Acquire)
