@@ -77,7 +77,9 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     drop(cluster);
     let mut report = Report::new("soak", &dir, recorder.snapshot(), &[Kind::Read, Kind::Write]);
     report.series = series.lock().expect("series lock").clone();
-    let window_s = report.recorded.duration_s / WINDOWS as f64;
+    // The windows cover the load (the run ends a moment after the last answer).
+    let load_s = report.recorded.samples.last().map_or(report.recorded.duration_s, |s| f64::from(s.at_ms) / 1000.0);
+    let window_s = load_s / WINDOWS as f64;
     for i in 0..WINDOWS {
         let name = if i == 0 { "warm-up".to_owned() } else { format!("window {i}") };
         report.phases.push(Phase { name, from_s: i as f64 * window_s, to_s: (i + 1) as f64 * window_s });
@@ -130,7 +132,7 @@ fn mean_in(series: &Series, from_s: f64, to_s: f64) -> Option<f64> {
 }
 
 fn check_memory(report: &mut Report, window_s: f64) {
-    let end_s = report.recorded.duration_s;
+    let end_s = window_s * WINDOWS as f64;
     let lines: Vec<(String, Option<f64>, Option<f64>)> = report
         .series
         .iter()
