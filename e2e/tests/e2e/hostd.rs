@@ -54,6 +54,9 @@ fn an_overflowing_start_queue_answers_503_with_retry_after() {
 
     let answers: Vec<_> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..20).map(|_| scope.spawn(|| cluster.get("queued", "/"))).collect();
+        // The requests wait in the start queue while the app takes its second to start.
+        let depth = || crate::metrics::scrape(&cluster.hosts[0].api.to_string(), "steady_hostd_start_queue_depth");
+        eventually("the start queue depth to show the waiting requests", || (depth() >= 1.0).then_some(()));
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let served = answers.iter().filter(|a| a.status == 200).count();

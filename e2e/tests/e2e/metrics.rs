@@ -96,9 +96,66 @@ fn load_balancer_metrics_move_with_what_they_count() {
     eventually("the 404 counted", || (scrape(&lb, not_found) >= 1.0).then_some(()));
 
     let errors = scrape(&lb, "steady_lb_upstream_errors_total");
+    let retries = scrape(&lb, "steady_lb_upstream_connect_retries_total");
     cluster.hosts[0].daemon.stop_with(libc::SIGKILL);
     assert!(cluster.get("counted", "/").status >= 500);
     assert!(scrape(&lb, "steady_lb_upstream_errors_total") > errors);
+    // Nothing reached the dead host, so the LB tried to connect again (three times) first.
+    assert!(scrape(&lb, "steady_lb_upstream_connect_retries_total") >= retries + 3.0);
+}
+
+/// An app whose `/slow` answers after 1.5 s; every answer names the process that gave it.
+const SLOW_ANSWER_APP: &str = r#"const id = Math.random().toString(36).slice(2);
+export default {
+  async fetch(request) {
+    if (new URL(request.url).pathname === "/slow") {
+      console.log(`slow request in ${id}`);
+      await Bun.sleep(1500);
+    }
+    return new Response(id);
+  },
+};
+"#;
+
+/// Sends `method /slow` to `app` through the LB while the app's process is killed under it.
+fn slow_request_with_a_kill(cluster: &Cluster, app: &str, method: reqwest::Method) -> (u16, String) {
+    let seen_before = cluster.app_log(app).matches("slow request in").count();
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+    std::thread::scope(|scope| {
+        let request = scope.spawn(|| {
+            let url = format!("http://{}/slow", cluster.public);
+            let response = http.request(method, url).header("host", format!("{app}.localhost")).send().expect("answer");
+            (response.status().as_u16(), response.text().unwrap_or_default())
+        });
+        eventually("the slow request to reach the app", || {
+            (cluster.app_log(app).matches("slow request in").count() > seen_before).then_some(())
+        });
+        let pid = cluster.status(app)["pid"].as_u64().expect("a running app has a pid") as i32;
+        // SAFETY: the app's sandbox process group, started by this test's host daemon.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        request.join().expect("request thread")
+    })
+}
+
+#[test]
+fn a_get_whose_app_dies_under_it_goes_once_more_and_a_post_does_not() {
+    let cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "fragile", SLOW_ANSWER_APP);
+    cluster.deploy(&app, "fragile");
+    let first = cluster.get("fragile", "/").body;
+    let resent = "steady_hostd_requests_resent_total";
+    assert_eq!(sample(&cluster, resent), 0.0);
+
+    let (status, answered_by) = slow_request_with_a_kill(&cluster, "fragile", reqwest::Method::GET);
+    assert_eq!(status, 200, "{answered_by}");
+    assert_ne!(answered_by, first, "a new process answered");
+    assert_eq!(sample(&cluster, resent), 1.0);
+    assert_eq!(cluster.status("fragile")["state"], "running", "one kill while serving is no crash loop");
+
+    let (status, body) = slow_request_with_a_kill(&cluster, "fragile", reqwest::Method::POST);
+    assert_eq!(status, 502, "a POST is never sent twice: {body}");
+    assert_eq!(sample(&cluster, resent), 1.0);
+    assert_eq!(cluster.get("fragile", "/").status, 200, "the next request starts the app again");
 }
 
 #[test]
