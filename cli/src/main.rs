@@ -6,6 +6,7 @@
 
 mod api;
 mod bundle;
+mod cluster;
 mod exit;
 mod names;
 mod tools;
@@ -105,6 +106,14 @@ or a package.json naming its entry. Dependencies in package.json must be install
         #[command(subcommand)]
         action: Option<HostsAction>,
     },
+    /// Check a cluster file (YAML: slicer, hosts, LBs, domains, storage) and print every
+    /// daemon's command line, machine by machine.
+    ///
+    /// Example: steady cluster plan deploy/cluster.example.yaml
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Ship every committed write of an app's databases to its replica now.
     Backup { name: String },
     /// Replace an app's data with its replica, as of a time or the latest state. The app is
@@ -124,6 +133,13 @@ or a package.json naming its entry. Dependencies in package.json must be install
         #[arg(long, short)]
         yes: bool,
     },
+}
+
+/// What to do with a cluster file.
+#[derive(Debug, clap::Subcommand)]
+enum ClusterAction {
+    /// Check FILE and print the command line of every daemon it describes.
+    Plan { file: PathBuf },
 }
 
 /// What to do with a host.
@@ -162,6 +178,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::run(args, &cli.api).await,
         Command::Deploy { path, name } => deploy(&client, &path, name.as_deref(), cli.json).await,
         Command::Apps => apps(&client, cli.json).await,
+        Command::Cluster { action: ClusterAction::Plan { file } } => {
+            cluster::print_plan(&cluster::read(&file)?, cli.json)
+        }
         Command::Hosts { action: None } => hosts(&client, cli.json).await,
         Command::Hosts { action: Some(HostsAction::Drain { host, no_wait, timeout_s }) } => {
             client.host_action(&host, "drain").await?;
