@@ -65,6 +65,8 @@ async fn forward_to_app(apps: &Apps, mut request: Request) -> Response {
         Err(Redirect::Answer(response)) => return response,
     };
     let again = resendable(&request);
+    // A WebSocket (or any `Upgrade`): once the app answers 101, the two connections are joined.
+    let client_upgrade = wants_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
     let mut completion = Completion::new(lease, &request);
     let mut sent = send(&completion.lease.socket, request).await;
     if let (Some(again), true) = (again, sent.is_err()) {
@@ -77,6 +79,16 @@ async fn forward_to_app(apps: &Apps, mut request: Request) -> Response {
         }
     }
     match sent {
+        Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some() => {
+            completion.status = 101;
+            let (client, app_side) = (client_upgrade.expect("checked"), hyper::upgrade::on(&mut response));
+            // The lease lives as long as the tunnel: an app with an open socket does not sleep.
+            tokio::spawn(async move {
+                let _completion = completion;
+                tunnel(client, app_side).await;
+            });
+            response
+        }
         Ok(response) => {
             completion.status = response.status().as_u16();
             if completion.status < 500 {
@@ -99,6 +111,25 @@ async fn forward_to_app(apps: &Apps, mut request: Request) -> Response {
             completion.status = 502;
             failure(StatusCode::BAD_GATEWAY, "app_unreachable", format!("app {app:?} did not answer: {error}"))
         }
+    }
+}
+
+fn wants_upgrade(request: &Request) -> bool {
+    let connection = request.headers().get("connection").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    request.headers().contains_key("upgrade") && connection.to_ascii_lowercase().contains("upgrade")
+}
+
+/// Copies bytes both ways between an upgraded client connection and the app's, until either
+/// side closes.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, app: hyper::upgrade::OnUpgrade) {
+    let (client, app) = tokio::join!(client, app);
+    let (Ok(client), Ok(app)) = (client, app) else {
+        tracing::debug!("an upgrade did not complete");
+        return;
+    };
+    let (mut client, mut app) = (TokioIo::new(client), TokioIo::new(app));
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut app).await {
+        tracing::debug!(%error, "upgraded connection ended with an error");
     }
 }
 
@@ -280,7 +311,7 @@ pub(crate) async fn send(
     let stream = tokio::net::UnixStream::connect(socket).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
-        if let Err(error) = connection.await {
+        if let Err(error) = connection.with_upgrades().await {
             tracing::debug!(%error, "app connection ended with an error");
         }
     });

@@ -63,16 +63,24 @@ async function runCron(schedule) {
   }
 }
 
-const ctx = { waitUntil() {}, passThroughOnException() {} };
+// An app with `websocket` handlers ({ open, message, close }, as Bun.serve takes them) accepts a
+// WebSocket by calling ctx.upgrade(request, { data }) in fetch and returning nothing.
+const websocket = app.websocket && typeof app.websocket.message === "function" ? app.websocket : undefined;
 Bun.serve({
   unix: socket,
-  fetch(request) {
+  fetch(request, server) {
     const schedule = request.headers.get("x-steady-cron");
     if (schedule !== null) {
       return schedule in crons ? runCron(schedule) : new Response("no such schedule\n", { status: 404 });
     }
+    const ctx = {
+      waitUntil() {},
+      passThroughOnException() {},
+      upgrade: (req, options) => (websocket ? server.upgrade(req, options) : false),
+    };
     return app.fetch(request, process.env, ctx);
   },
+  websocket,
   error(error) {
     console.error("steady: unhandled error in fetch:", error);
     return new Response("internal error in app\n", { status: 500 });

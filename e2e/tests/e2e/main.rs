@@ -7,6 +7,7 @@ mod hostd;
 mod limits;
 mod metrics;
 mod migration;
+mod protocols;
 mod request_path;
 mod sandbox;
 mod up;

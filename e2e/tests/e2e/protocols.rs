@@ -1,0 +1,158 @@
+//! What a web app speaks, through both hops (LB → host daemon → app): WebSockets both ways,
+//! server-sent events as they are sent, and large uploads streamed with bounded memory.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use steady_e2e::{eventually, write_app, Cluster};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::Message;
+
+const ECHO_APP: &str = r#"export default {
+  fetch(request, env, ctx) {
+    if (ctx.upgrade(request)) return;
+    return new Response("websockets only", { status: 400 });
+  },
+  websocket: {
+    open(ws) { ws.send("welcome"); },
+    message(ws, message) { ws.send(`echo: ${message}`); },
+  },
+};
+"#;
+
+#[test]
+fn a_websocket_carries_messages_both_ways_through_the_lb() {
+    let cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "echo", ECHO_APP);
+    cluster.deploy(&app, "echo");
+    assert_eq!(cluster.get("echo", "/").status, 400, "a plain request is the app's to refuse");
+    let mut request = format!("ws://{}/chat", cluster.public).into_client_request().expect("request");
+    request.headers_mut().insert("host", "echo.localhost".parse().expect("header"));
+    let stream = TcpStream::connect(cluster.public).expect("connect to the LB");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let (mut socket, response) = tungstenite::client(request, stream).expect("WebSocket handshake");
+    assert_eq!(response.status().as_u16(), 101);
+    assert_eq!(socket.read().expect("first message"), Message::text("welcome"), "the app speaks first");
+    for i in 0..3 {
+        socket.send(Message::text(format!("hello {i}"))).expect("send");
+        assert_eq!(socket.read().expect("echo"), Message::text(format!("echo: hello {i}")));
+    }
+    socket.close(None).expect("close");
+    assert_eq!(cluster.get("echo", "/").status, 400, "the app serves on after the socket closed");
+}
+
+const EVENTS_APP: &str = r#"export default {
+  fetch() {
+    let next = 0;
+    const stream = new ReadableStream({
+      async pull(controller) {
+        if (next === 4) return controller.close();
+        if (next > 0) await Bun.sleep(400);
+        controller.enqueue(new TextEncoder().encode(`data: ${next++}\n\n`));
+      },
+    });
+    return new Response(stream, { headers: { "content-type": "text/event-stream" } });
+  },
+};
+"#;
+
+#[test]
+fn server_sent_events_arrive_one_by_one_as_sent() {
+    let cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "events", EVENTS_APP);
+    cluster.deploy(&app, "events");
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+    let mut response = http
+        .get(format!("http://{}/", cluster.public))
+        .header("host", "events.localhost")
+        .send()
+        .expect("the stream starts");
+    assert_eq!(response.status().as_u16(), 200);
+    let (mut text, mut arrivals) = (String::new(), Vec::new());
+    let mut buffer = [0u8; 1024];
+    loop {
+        let read = response.read(&mut buffer).expect("read the stream");
+        if read == 0 {
+            break;
+        }
+        text.push_str(std::str::from_utf8(&buffer[..read]).expect("utf-8"));
+        while arrivals.len() < text.matches("\n\n").count() {
+            arrivals.push(Instant::now());
+        }
+    }
+    assert_eq!(text, "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\n");
+    // Sent 400 ms apart: had a hop buffered the stream, they would all arrive at the end.
+    let spread = arrivals[3].duration_since(arrivals[0]);
+    assert!(spread >= Duration::from_millis(800), "events arrived together ({spread:?} apart)");
+}
+
+const COUNT_BYTES_APP: &str = r#"export default {
+  async fetch(request) {
+    let bytes = 0;
+    for await (const chunk of request.body ?? []) bytes += chunk.length;
+    return new Response(String(bytes));
+  },
+};
+"#;
+
+/// A body of `size_bytes` made as it is read, so the client holds none of it.
+struct Generated {
+    left_bytes: u64,
+}
+
+impl Read for Generated {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let count = buffer.len().min(usize::try_from(self.left_bytes).unwrap_or(usize::MAX));
+        buffer[..count].fill(b'x');
+        self.left_bytes -= count as u64;
+        Ok(count)
+    }
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next());
+    kib.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024
+}
+
+#[test]
+fn a_100_mb_upload_streams_through_with_bounded_memory() {
+    const SIZE_BYTES: u64 = 100 * 1024 * 1024;
+    let cluster = Cluster::start_with(1, &["--request-body-max-bytes", "209715200"]);
+    let app = write_app(cluster.dir.path(), "sink", COUNT_BYTES_APP);
+    cluster.deploy(&app, "sink");
+    let pids = [cluster.lb.pid(), cluster.hosts[0].daemon.pid()];
+    let before: Vec<u64> = pids.iter().map(|p| rss_bytes(*p)).collect();
+    let peak = std::sync::Mutex::new(before.clone());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let answer = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut peak = peak.lock().expect("peak");
+                for (max, pid) in peak.iter_mut().zip(pids) {
+                    *max = (*max).max(rss_bytes(pid));
+                }
+                drop(peak);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().expect("client");
+        let body = reqwest::blocking::Body::sized(Generated { left_bytes: SIZE_BYTES }, SIZE_BYTES);
+        let answer = http
+            .post(format!("http://{}/upload", cluster.public))
+            .header("host", "sink.localhost")
+            .body(body)
+            .send()
+            .and_then(|r| Ok((r.status().as_u16(), r.text()?)));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        answer.expect("the upload is answered")
+    });
+    assert_eq!(answer, (200, SIZE_BYTES.to_string()), "the app saw every byte");
+    let peak = peak.into_inner().expect("peak");
+    for ((name, before), peak) in ["LB", "host daemon"].iter().zip(before).zip(peak) {
+        let growth_mib = peak.saturating_sub(before) / (1024 * 1024);
+        assert!(growth_mib < 32, "the {name} grew by {growth_mib} MiB for a 100 MiB upload");
+    }
+    eventually("the app to answer again", || (cluster.get("sink", "/").status == 200).then_some(()));
+}
