@@ -29,6 +29,19 @@ pub struct Config {
     /// that it listens anyway and answers 503 until a table arrives.
     #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub first_table_wait_ms: u64,
+    /// Longest request target (path and query) on the public listener; longer ones get 414.
+    #[arg(long, default_value_t = crate::edge::URI_BYTES_MAX)]
+    pub uri_bytes_max: usize,
+    /// Most header bytes (names and values) on the public listener; more get 431.
+    #[arg(long, default_value_t = crate::edge::HEADER_BYTES_MAX)]
+    pub header_bytes_max: usize,
+    /// Most headers on the public listener; more get 431.
+    #[arg(long, default_value_t = crate::edge::HEADER_COUNT_MAX)]
+    pub header_count_max: usize,
+    /// Largest request body on the public listener; larger ones get 413 (each host daemon also
+    /// has its own per-app bound).
+    #[arg(long, default_value_t = crate::edge::BODY_BYTES_MAX)]
+    pub body_bytes_max: u64,
     /// Worker threads per listener.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -38,10 +51,23 @@ pub struct Config {
 }
 
 impl Config {
+    /// The edge limits of the public listener.
+    pub fn edge_limits(&self) -> crate::edge::EdgeLimits {
+        crate::edge::EdgeLimits {
+            uri_bytes_max: self.uri_bytes_max,
+            header_bytes_max: self.header_bytes_max,
+            header_count_max: self.header_count_max,
+            body_bytes_max: self.body_bytes_max,
+        }
+    }
+
     /// Checks the configuration; an error here is a configuration error (exit code 2).
     pub fn validate(self) -> Result<Self, String> {
         if self.threads == 0 || self.threads > 256 {
             return Err("--threads must be between 1 and 256".into());
+        }
+        if self.uri_bytes_max == 0 || self.header_bytes_max == 0 || self.header_count_max == 0 {
+            return Err("--uri-bytes-max, --header-bytes-max and --header-count-max must be positive".into());
         }
         if self.public == self.private {
             return Err("--public and --private must differ".into());

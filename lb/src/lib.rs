@@ -8,6 +8,7 @@
 //! updates, and while the slicer is down, the LB keeps routing on its last table.
 
 pub mod config;
+pub mod edge;
 pub mod metrics;
 pub mod pages;
 pub mod private;

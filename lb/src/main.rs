@@ -43,7 +43,7 @@ fn main() {
 
     let mut public = pingora::proxy::http_proxy_service(
         &server.configuration,
-        PublicProxy::new(routes.clone(), config.domains.clone(), metrics.clone()),
+        PublicProxy::new(routes.clone(), config.domains.clone(), config.edge_limits(), metrics.clone()),
     );
     public.add_tcp(&config.public.to_string());
     public.threads = Some(config.threads);

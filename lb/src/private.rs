@@ -118,6 +118,7 @@ impl ProxyHttp for PrivateProxy {
         _ctx: &mut ApiCtx,
     ) -> pingora::Result<()> {
         upstream::strip_internal_headers(request);
+        upstream::strip_hop_by_hop(request);
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
         upstream::set_forwarded(request, client)
     }

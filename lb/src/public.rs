@@ -9,6 +9,7 @@ use pingora::upstreams::peer::HttpPeer;
 use steady_proto::name::{app_from_host, is_apex};
 use steady_proto::wire::HEADER_APP;
 
+use crate::edge::{self, EdgeLimits};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::pages;
 use crate::probe::Prober;
@@ -23,6 +24,8 @@ pub struct RequestCtx {
     started: Option<std::time::Instant>,
     /// Connections to the host that failed for this request (nothing was sent on them).
     connect_failures: u32,
+    /// Request body bytes passed on so far.
+    body_bytes: u64,
 }
 
 /// Times a request whose connection to its host failed is tried again (100, 200, 400 ms apart).
@@ -35,13 +38,14 @@ pub struct PublicProxy {
     domains: Vec<String>,
     metrics: Arc<Metrics>,
     prober: Prober,
+    limits: EdgeLimits,
 }
 
 impl PublicProxy {
     /// A proxy for apps under `domains`, routed by `routes`.
-    pub fn new(routes: Arc<Routes>, domains: Vec<String>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(routes: Arc<Routes>, domains: Vec<String>, limits: EdgeLimits, metrics: Arc<Metrics>) -> Self {
         assert!(!domains.is_empty(), "the LB serves at least one domain");
-        Self { routes, domains, metrics, prober: Prober::default() }
+        Self { routes, domains, metrics, prober: Prober::default(), limits }
     }
 }
 
@@ -65,6 +69,13 @@ impl ProxyHttp for PublicProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
         ctx.started = Some(std::time::Instant::now());
         self.metrics.in_flight.inc();
+        if let Err(refusal) = edge::check(session.req_header(), &self.limits) {
+            // Nothing of the request goes on; the connection closes rather than read its body.
+            session.set_keepalive(None);
+            let body = serde_json::json!({ "code": refusal.code, "message": refusal.message }).to_string();
+            pages::respond(session, refusal.status, "application/json", body).await?;
+            return Ok(true);
+        }
         let host = host_of(session.req_header()).to_ascii_lowercase();
         if self.domains.iter().any(|d| is_apex(&host, d)) {
             pages::respond(session, 200, "text/html; charset=utf-8", pages::apex()).await?;
@@ -97,6 +108,21 @@ impl ProxyHttp for PublicProxy {
         ctx.app = app.to_owned();
         ctx.ingress = Some(host.ingress);
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.body_bytes > self.limits.body_bytes_max {
+            let message = format!("request body over the limit of {} bytes", self.limits.body_bytes_max);
+            return pingora::Error::e_explain(pingora::ErrorType::HTTPStatus(413), message);
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
@@ -132,6 +158,7 @@ impl ProxyHttp for PublicProxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         upstream::strip_internal_headers(request);
+        upstream::strip_hop_by_hop(request);
         request.insert_header(HEADER_APP, ctx.app.as_str())?;
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
         upstream::set_forwarded(request, client)

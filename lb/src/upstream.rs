@@ -25,16 +25,71 @@ pub fn strip_internal_headers(request: &mut RequestHeader) {
     }
 }
 
-/// Sets `X-Forwarded-For` (appending the client) and `X-Forwarded-Proto`.
-pub fn set_forwarded(request: &mut RequestHeader, client: Option<SocketAddr>) -> pingora::Result<()> {
-    if let Some(client) = client {
-        let ip = client.ip().to_string();
-        let value = match request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(earlier) => format!("{earlier}, {ip}"),
-            None => ip,
-        };
-        request.insert_header("x-forwarded-for", value)?;
+/// Hop-by-hop headers of the client's connection that never go on (RFC 9110 §7.6.1).
+/// `Connection` and `Upgrade` stay: pingora and the hosts need them for WebSockets.
+const HOP_BY_HOP: [&str; 5] = ["keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer"];
+
+/// Removes hop-by-hop headers, and the headers the client's `Connection` names (except the
+/// connection options `close`, `keep-alive` and `upgrade`).
+pub fn strip_hop_by_hop(request: &mut RequestHeader) {
+    let named: Vec<String> = request
+        .headers
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty() && !matches!(name.as_str(), "close" | "keep-alive" | "upgrade"))
+        .collect();
+    for name in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+        request.remove_header(name);
     }
+}
+
+/// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` for the client this LB saw. The LB
+/// is the edge: whatever a client claimed in these headers is replaced, not appended to.
+pub fn set_forwarded(request: &mut RequestHeader, client: Option<SocketAddr>) -> pingora::Result<()> {
+    let host = request.headers.get("host").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    request.remove_header("forwarded");
+    request.remove_header("x-forwarded-for");
+    request.remove_header("x-forwarded-host");
+    let mut forwarded = Vec::with_capacity(3);
+    if let Some(client) = client {
+        let ip = client.ip();
+        request.insert_header("x-forwarded-for", ip.to_string())?;
+        forwarded.push(if ip.is_ipv6() { format!("for=\"[{ip}]\"") } else { format!("for={ip}") });
+    }
+    if let Some(host) = host {
+        // The LB's edge check let only host names with an optional port through.
+        forwarded.push(format!("host=\"{host}\""));
+        request.insert_header("x-forwarded-host", host)?;
+    }
+    forwarded.push("proto=http".into());
     request.insert_header("x-forwarded-proto", "http")?;
+    request.insert_header("forwarded", forwarded.join(";"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_headers_say_what_this_lb_saw_and_nothing_a_client_claimed() {
+        let mut request = RequestHeader::build("GET", b"/", None).expect("request");
+        request.insert_header("host", "a.steady.page").expect("header");
+        request.insert_header("x-forwarded-for", "6.6.6.6").expect("header");
+        request.insert_header("forwarded", "for=6.6.6.6").expect("header");
+        request.insert_header("connection", "keep-alive, x-secret").expect("header");
+        request.insert_header("x-secret", "1").expect("header");
+        request.insert_header("proxy-authorization", "Basic eA==").expect("header");
+        strip_hop_by_hop(&mut request);
+        set_forwarded(&mut request, Some("10.1.2.3:5555".parse().expect("address"))).expect("headers");
+        let header = |name: &str| request.headers.get(name).map(|v| v.to_str().expect("text").to_owned());
+        assert_eq!(header("x-forwarded-for").as_deref(), Some("10.1.2.3"));
+        assert_eq!(header("x-forwarded-host").as_deref(), Some("a.steady.page"));
+        assert_eq!(header("forwarded").as_deref(), Some("for=10.1.2.3;host=\"a.steady.page\";proto=http"));
+        assert_eq!(header("x-secret"), None);
+        assert_eq!(header("proxy-authorization"), None);
+    }
 }

@@ -3,6 +3,7 @@
 
 mod cluster_file;
 mod durability;
+mod edge;
 mod hostd;
 mod limits;
 mod metrics;

@@ -1,0 +1,136 @@
+//! The LB's public listener against bad input, over raw sockets: each bad request gets its
+//! status (or the connection closes), none reaches the app, and the LB serves others meanwhile.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use steady_e2e::{write_app, Cluster};
+
+/// Answers with the headers it got and how many requests it has served.
+const HEADERS_APP: &str = r#"let served = 0;
+export default {
+  fetch(request) {
+    served++;
+    return Response.json({ served, headers: Object.fromEntries(request.headers) });
+  },
+};
+"#;
+
+/// Sends `bytes` on a fresh connection and reads until the LB closes it (bounded).
+fn raw(lb: SocketAddr, bytes: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(lb).expect("connect to the LB");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    // The LB may answer and close before it read everything (a refused body): that is fine.
+    let _ = stream.write_all(bytes);
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 16 * 1024];
+    while answer.len() < 1024 * 1024 {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => answer.extend_from_slice(&buffer[..read]),
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+fn get(lb: SocketAddr, extra: &str) -> (u16, String) {
+    let request = format!("GET / HTTP/1.1\r\nHost: headers.localhost\r\nConnection: close\r\n{extra}\r\n");
+    raw(lb, request.as_bytes())
+}
+
+fn body_json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap_or_default()).expect("the app's JSON")
+}
+
+#[test]
+fn bad_requests_get_their_status_and_never_reach_the_app() {
+    let cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "headers", HEADERS_APP);
+    cluster.deploy(&app, "headers");
+    let lb = cluster.public;
+    let (status, text) = get(lb, "");
+    assert_eq!((status, body_json(&text)["served"].as_u64()), (200, Some(1)), "{text}");
+
+    let big = "v".repeat(40 * 1024);
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("a 40 KiB header", format!("GET / HTTP/1.1\r\nHost: headers.localhost\r\nX-Big: {big}\r\n\r\n").into(), 431),
+        (
+            "a 10 KiB target",
+            format!("GET /{} HTTP/1.1\r\nHost: headers.localhost\r\n\r\n", "a".repeat(10_240)).into(),
+            414,
+        ),
+        (
+            "a 10 GB body",
+            b"POST / HTTP/1.1\r\nHost: headers.localhost\r\nContent-Length: 10000000000\r\n\r\nxx".to_vec(),
+            413,
+        ),
+        ("a malformed request line", b"GARBAGE\r\n\r\n".to_vec(), 400),
+        ("a Host with a space", b"GET / HTTP/1.1\r\nHost: head ers.localhost\r\n\r\n".to_vec(), 400),
+        (
+            "two Host headers",
+            b"GET / HTTP/1.1\r\nHost: headers.localhost\r\nHost: other.localhost\r\n\r\n".to_vec(),
+            400,
+        ),
+        ("no Host", b"GET / HTTP/1.1\r\nX-A: 1\r\n\r\n".to_vec(), 400),
+        (
+            "conflicting lengths",
+            b"POST / HTTP/1.1\r\nHost: headers.localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".to_vec(),
+            400,
+        ),
+        (
+            "a folded header",
+            b"GET / HTTP/1.1\r\nHost: headers.localhost\r\nX-A: 1\r\n Host: other.localhost\r\n\r\n".to_vec(),
+            400,
+        ),
+        ("a NUL in a header", b"GET / HTTP/1.1\r\nHost: headers.localhost\r\nX-A: a\0b\r\n\r\n".to_vec(), 400),
+    ];
+    for (what, request, expected) in &cases {
+        let started = Instant::now();
+        let (status, text) = raw(lb, request);
+        assert_eq!(status, *expected, "{what}: {}", text.lines().next().unwrap_or_default());
+        assert!(started.elapsed() < Duration::from_secs(5), "{what} was answered only after {:?}", started.elapsed());
+    }
+
+    // Headers only the LB may set, and forwarding headers, are replaced whatever a client says.
+    let spoof = "X-Steady-App: other\r\nX-Steady-Probe: 1\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\n";
+    let (status, text) = get(lb, spoof);
+    assert_eq!(status, 200, "{text}");
+    let seen = body_json(&text);
+    assert_eq!(seen["served"], 2, "none of the bad requests reached the app");
+    let headers = seen["headers"].as_object().expect("headers");
+    assert!(headers.keys().all(|name| !name.starts_with("x-steady-")), "{headers:?}");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-host"], "headers.localhost");
+    assert_eq!(headers["forwarded"], "for=127.0.0.1;host=\"headers.localhost\";proto=http");
+}
+
+#[test]
+fn slow_clients_do_not_hold_up_others() {
+    let cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "headers", HEADERS_APP);
+    cluster.deploy(&app, "headers");
+    let lb = cluster.public;
+    // 200 clients that send a header a byte at a time and never finish it.
+    let mut slow: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut stream = TcpStream::connect(lb).expect("connect");
+            stream.write_all(b"GET / HTTP/1.1\r\nHost: headers.localhost\r\nX-Slow: ").expect("partial header");
+            stream
+        })
+        .collect();
+    let mut served = 0;
+    for round in 0..50 {
+        for stream in &mut slow {
+            let _ = stream.write_all(b"a");
+        }
+        let (status, text) = get(lb, "");
+        assert_eq!(status, 200, "request {round} beside the slow clients: {text}");
+        served += 1;
+    }
+    assert_eq!(served, 50);
+    let (_, text) = get(lb, "");
+    assert_eq!(body_json(&text)["served"], 51, "no slow client's request reached the app");
+}

@@ -1,0 +1,161 @@
+//! Edge checks on the public listener: what a request must look like before anything about it
+//! reaches a host. Pure (unit-tested here, fuzzed with the Host parsing), called from the public
+//! proxy's `request_filter` after pingora parsed the header (pingora itself refuses malformed
+//! request lines and headers over 1 MiB with 400).
+
+use pingora::http::RequestHeader;
+
+/// Default bound on the request target (path and query).
+pub const URI_BYTES_MAX: usize = 8 * 1024;
+/// Default bound on the sum of header names and values.
+pub const HEADER_BYTES_MAX: usize = 32 * 1024;
+/// Default bound on the number of headers.
+pub const HEADER_COUNT_MAX: usize = 100;
+/// Default bound on a request body at the edge (each host has its own, lower, per-app bound).
+pub const BODY_BYTES_MAX: u64 = 256 * 1024 * 1024;
+
+/// The bounds a request must keep.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeLimits {
+    /// Request target (path and query) length.
+    pub uri_bytes_max: usize,
+    /// Sum of header names and values.
+    pub header_bytes_max: usize,
+    pub header_count_max: usize,
+    /// Request body, declared or streamed.
+    pub body_bytes_max: u64,
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        Self {
+            uri_bytes_max: URI_BYTES_MAX,
+            header_bytes_max: HEADER_BYTES_MAX,
+            header_count_max: HEADER_COUNT_MAX,
+            body_bytes_max: BODY_BYTES_MAX,
+        }
+    }
+}
+
+/// Why a request is refused at the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn refuse(status: u16, code: &'static str, message: String) -> Result<(), Refusal> {
+    Err(Refusal { status, code, message })
+}
+
+/// Checks `request` against `limits` and HTTP's framing rules.
+pub fn check(request: &RequestHeader, limits: &EdgeLimits) -> Result<(), Refusal> {
+    let uri_bytes = request.raw_path().len();
+    if uri_bytes > limits.uri_bytes_max {
+        return refuse(
+            414,
+            "uri_too_long",
+            format!("request target is {uri_bytes} bytes; the limit is {}", limits.uri_bytes_max),
+        );
+    }
+    let count = request.headers.len();
+    let header_bytes: usize = request.headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+    if count > limits.header_count_max || header_bytes > limits.header_bytes_max {
+        let message = format!(
+            "{count} headers of {header_bytes} bytes; the limits are {} headers and {} bytes",
+            limits.header_count_max, limits.header_bytes_max
+        );
+        return refuse(431, "headers_too_large", message);
+    }
+    let hosts = request.headers.get_all("host").iter().count();
+    if hosts > 1 {
+        return refuse(400, "bad_host", "more than one Host header".into());
+    }
+    match request.headers.get("host") {
+        Some(host) if !valid_host(host.as_bytes()) => {
+            return refuse(400, "bad_host", "the Host header is not a host name".into());
+        }
+        // HTTP/1.1 requires a Host (RFC 9112 §3.2); an absolute target may carry it instead.
+        None if request.version == pingora::http::Version::HTTP_11 && request.uri.authority().is_none() => {
+            return refuse(400, "bad_host", "an HTTP/1.1 request needs a Host header".into());
+        }
+        _ => {}
+    }
+    let lengths: Vec<&[u8]> = request.headers.get_all("content-length").iter().map(|v| v.as_bytes()).collect();
+    if lengths.windows(2).any(|pair| pair[0] != pair[1]) {
+        return refuse(400, "bad_length", "conflicting Content-Length headers".into());
+    }
+    if !lengths.is_empty() && request.headers.contains_key("transfer-encoding") {
+        // Two framings at once is how requests are smuggled past proxies (RFC 9112 §6.1).
+        return refuse(400, "bad_length", "both Content-Length and Transfer-Encoding".into());
+    }
+    if let Some(length) = lengths.first() {
+        let declared = std::str::from_utf8(length).ok().and_then(|v| v.trim().parse::<u64>().ok());
+        let Some(declared) = declared else {
+            return refuse(400, "bad_length", "Content-Length is not a number".into());
+        };
+        if declared > limits.body_bytes_max {
+            let message = format!("request body is {declared} bytes; the limit is {}", limits.body_bytes_max);
+            return refuse(413, "body_too_large", message);
+        }
+    }
+    Ok(())
+}
+
+/// A host name with an optional port: letters, digits, `-`, `.`, at most 253 bytes, and a
+/// numeric port (no user info, no spaces, nothing a header could smuggle).
+pub fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = match host.iter().rposition(|b| *b == b':') {
+        Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
+        None => (host, None),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && name.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'.');
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    name_ok && port_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(path: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut request = RequestHeader::build("GET", path.as_bytes(), None).expect("request");
+        for (name, value) in headers {
+            request.append_header(name.to_string(), *value).expect("header");
+        }
+        request
+    }
+
+    fn status(request: &RequestHeader) -> u16 {
+        check(request, &EdgeLimits::default()).map_or_else(|r| r.status, |()| 200)
+    }
+
+    #[test]
+    fn each_limit_has_its_status() {
+        assert_eq!(status(&request("/", &[("host", "a.steady.page")])), 200);
+        assert_eq!(status(&request(&format!("/{}", "a".repeat(9000)), &[])), 414);
+        let big = "v".repeat(33 * 1024);
+        assert_eq!(status(&request("/", &[("x-big", &big)])), 431);
+        let many: Vec<(String, &str)> = (0..101).map(|i| (format!("x-{i}"), "v")).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+        assert_eq!(status(&request("/", &many)), 431);
+        assert_eq!(status(&request("/", &[("content-length", "99999999999")])), 413);
+        assert_eq!(status(&request("/", &[("content-length", "1"), ("content-length", "2")])), 400);
+        assert_eq!(status(&request("/", &[("content-length", "x")])), 400);
+        assert_eq!(status(&request("/", &[("content-length", "4"), ("transfer-encoding", "chunked")])), 400);
+        assert_eq!(status(&request("/", &[("host", "a.steady.page"), ("host", "b.steady.page")])), 400);
+    }
+
+    #[test]
+    fn host_values_are_names_with_an_optional_port() {
+        for good in ["a.steady.page", "a.localhost:8080", "localhost", "x-1.example"] {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in ["", "a b", "a.page:", "user@a.page", "a.page:99999999", "a/b", "a.page\0", "[::1]", ":80"] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
+}
