@@ -82,6 +82,20 @@ pub fn app_from_host<'h>(host: &'h str, domain: &str) -> Option<&'h str> {
     label_is_single.then_some(label)
 }
 
+/// A host name with an optional port: letters, digits, `-`, `.`, at most 253 bytes, and a
+/// numeric port (no user info, no spaces, nothing a header could smuggle).
+pub fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = match host.iter().rposition(|b| *b == b':') {
+        Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
+        None => (host, None),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && name.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'.');
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    name_ok && port_ok
+}
+
 /// Is `host` the apex `domain` itself (with or without a port)?
 pub fn is_apex(host: &str, domain: &str) -> bool {
     strip_port(host).eq_ignore_ascii_case(domain)
@@ -97,6 +111,16 @@ fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_values_are_names_with_an_optional_port() {
+        for good in ["a.steady.page", "a.localhost:8080", "localhost", "x-1.example"] {
+            assert!(super::valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in ["", "a b", "a.page:", "user@a.page", "a.page:99999999", "a/b", "a.page\0", "[::1]", ":80"] {
+            assert!(!super::valid_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
 
     #[test]
     fn accepts_ordinary_names() {
