@@ -248,8 +248,15 @@ impl Cluster {
 
     /// Starts one more load balancer on the same slicer; returns its index in `more_lbs`.
     pub fn add_lb(&mut self) -> usize {
+        self.add_lb_with(&[])
+    }
+
+    /// Like [`Cluster::add_lb`], with extra flags for the new LB.
+    pub fn add_lb_with(&mut self, flags: &[&str]) -> usize {
         let name = format!("lb-{}", self.more_lbs.len() + 2);
-        self.more_lbs.push(start_lb(self.dir.path(), &name, &self.slicer_addr));
+        let (public, private) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+        let lb = start_lb_on(self.dir.path(), &name, &self.slicer_addr, public, private, &strings(flags));
+        self.more_lbs.push(lb);
         let index = self.more_lbs.len() - 1;
         let private = self.more_lbs[index].private;
         eventually(&format!("{name}'s routing table"), || {
@@ -274,7 +281,7 @@ impl Cluster {
         lb.daemon.stop_with(libc::SIGKILL);
         let name = lb.daemon.name.clone();
         let (public, private) = (lb.public, lb.private);
-        *lb = start_lb_on(self.dir.path(), &name, &self.slicer_addr, public, private);
+        *lb = start_lb_on(self.dir.path(), &name, &self.slicer_addr, public, private, &[]);
         eventually(&format!("{name}'s routing table after its restart"), || {
             let text = self.http.get(format!("http://{private}/readyz")).send().ok()?.text().ok()?;
             text.starts_with("ready").then_some(())
@@ -427,10 +434,10 @@ fn start_slicer(root: &Path, listen: &str, args: &[String]) -> (Daemon, String) 
 }
 
 fn start_lb(root: &Path, name: &str, slicer: &str) -> Lb {
-    start_lb_on(root, name, slicer, free_addr("127.0.0.1"), free_addr("127.0.0.1"))
+    start_lb_on(root, name, slicer, free_addr("127.0.0.1"), free_addr("127.0.0.1"), &[])
 }
 
-fn start_lb_on(root: &Path, name: &str, slicer: &str, public: SocketAddr, private: SocketAddr) -> Lb {
+fn start_lb_on(root: &Path, name: &str, slicer: &str, public: SocketAddr, private: SocketAddr, flags: &[String]) -> Lb {
     let args = strings(&[
         "--public",
         &public.to_string(),
@@ -443,6 +450,7 @@ fn start_lb_on(root: &Path, name: &str, slicer: &str, public: SocketAddr, privat
         "--data",
         &path(&root.join(name)),
     ]);
+    let args = [args, flags.to_vec()].concat();
     Lb { daemon: Daemon::start(root, name, "steady-lb", &args), public, private }
 }
 

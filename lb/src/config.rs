@@ -42,6 +42,12 @@ pub struct Config {
     /// has its own per-app bound).
     #[arg(long, default_value_t = crate::edge::BODY_BYTES_MAX)]
     pub body_bytes_max: u64,
+    /// Requests per second one client address may send through this LB; more get 429.
+    #[arg(long, default_value_t = crate::limits::CLIENT_REQUESTS_PER_SECOND_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_requests_per_second_max: u32,
+    /// Requests one app may have in flight through this LB; more get 429.
+    #[arg(long, default_value_t = crate::limits::APP_IN_FLIGHT_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    pub app_in_flight_max: u32,
     /// Worker threads per listener.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,

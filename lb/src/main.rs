@@ -43,7 +43,13 @@ fn main() {
 
     let mut public = pingora::proxy::http_proxy_service(
         &server.configuration,
-        PublicProxy::new(routes.clone(), config.domains.clone(), config.edge_limits(), metrics.clone()),
+        PublicProxy::new(
+            routes.clone(),
+            config.domains.clone(),
+            config.edge_limits(),
+            steady_lb::limits::Limits::new(config.client_requests_per_second_max, config.app_in_flight_max),
+            metrics.clone(),
+        ),
     );
     public.add_tcp(&config.public.to_string());
     public.threads = Some(config.threads);

@@ -52,6 +52,13 @@ pub struct ProbeLabels {
     pub outcome: ProbeOutcome,
 }
 
+/// Labels of a request refused by a limit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `client_rate` or `app_in_flight`.
+    pub limit: &'static str,
+}
+
 /// Every metric of one load balancer.
 pub struct Metrics {
     registry: Registry,
@@ -69,6 +76,8 @@ pub struct Metrics {
     pub table_version: Gauge<i64, AtomicI64>,
     /// Probes of moving apps' old hosts, by outcome.
     pub probes: Family<ProbeLabels, Counter>,
+    /// Requests answered 429 by a limit.
+    pub limited: Family<LimitLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -82,6 +91,7 @@ impl Default for Metrics {
             connect_retries: Counter::<u64, AtomicU64>::default(),
             table_version: Gauge::default(),
             probes: Family::default(),
+            limited: Family::default(),
         };
         let mut registry = Registry::with_prefix("steady_lb");
         registry.register("requests", "Finished public requests by app and status class", metrics.requests.clone());
@@ -103,6 +113,10 @@ impl Default for Metrics {
             metrics.table_version.clone(),
         );
         registry.register("move_probes", "Probes of a moving app's old host, by outcome", metrics.probes.clone());
+        registry.register("requests_limited", "Requests answered 429 by a limit, by limit", metrics.limited.clone());
+        for limit in ["client_rate", "app_in_flight"] {
+            drop(metrics.limited.get_or_create(&LimitLabels { limit }));
+        }
         // Every outcome is exported from the start (at 0), so dashboards and alerts see the series.
         for outcome in [ProbeOutcome::Live, ProbeOutcome::Gone, ProbeOutcome::Failed] {
             drop(metrics.probes.get_or_create(&ProbeLabels { outcome }));

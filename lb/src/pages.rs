@@ -53,8 +53,22 @@ pub async fn respond(
     content_type: &str,
     body: impl Into<bytes::Bytes>,
 ) -> pingora::Result<()> {
+    respond_with(session, status, content_type, &[], body).await
+}
+
+/// Like [`respond`], with extra headers.
+pub async fn respond_with(
+    session: &mut pingora::proxy::Session,
+    status: u16,
+    content_type: &str,
+    headers: &[(&'static str, &str)],
+    body: impl Into<bytes::Bytes>,
+) -> pingora::Result<()> {
     let body = body.into();
-    let mut header = pingora::http::ResponseHeader::build(status, Some(3))?;
+    let mut header = pingora::http::ResponseHeader::build(status, Some(3 + headers.len()))?;
+    for (name, value) in headers {
+        header.insert_header(*name, *value)?;
+    }
     header.insert_header("content-type", content_type)?;
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header("cache-control", "no-store")?;

@@ -10,7 +10,8 @@ use steady_proto::name::{app_from_host, is_apex};
 use steady_proto::wire::HEADER_APP;
 
 use crate::edge::{self, EdgeLimits};
-use crate::metrics::{Metrics, RequestLabels};
+use crate::limits::{Limited, Limits};
+use crate::metrics::{LimitLabels, Metrics, RequestLabels};
 use crate::pages;
 use crate::probe::Prober;
 use crate::routing::{Route, Routes};
@@ -26,6 +27,8 @@ pub struct RequestCtx {
     connect_failures: u32,
     /// Request body bytes passed on so far.
     body_bytes: u64,
+    /// The request's place among its app's requests in flight.
+    app_place: Option<pingora_limits::inflight::Guard>,
 }
 
 /// Times a request whose connection to its host failed is tried again (100, 200, 400 ms apart).
@@ -39,13 +42,34 @@ pub struct PublicProxy {
     metrics: Arc<Metrics>,
     prober: Prober,
     limits: EdgeLimits,
+    rates: Limits,
 }
 
 impl PublicProxy {
     /// A proxy for apps under `domains`, routed by `routes`.
-    pub fn new(routes: Arc<Routes>, domains: Vec<String>, limits: EdgeLimits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        routes: Arc<Routes>,
+        domains: Vec<String>,
+        limits: EdgeLimits,
+        rates: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         assert!(!domains.is_empty(), "the LB serves at least one domain");
-        Self { routes, domains, metrics, prober: Prober::default(), limits }
+        Self { routes, domains, metrics, prober: Prober::default(), limits, rates }
+    }
+}
+
+impl PublicProxy {
+    /// Answers 429 for `limited` (the request goes nowhere).
+    async fn too_many(&self, session: &mut Session, limited: Limited) -> pingora::Result<bool> {
+        self.metrics.limited.get_or_create(&LimitLabels { limit: limited.label() }).inc();
+        let message = match limited {
+            Limited::ClientRate => "too many requests from this address; slow down",
+            Limited::AppInFlight => "this app has too many requests in flight; try again in a moment",
+        };
+        let body = serde_json::json!({ "code": limited.label(), "message": message }).to_string();
+        pages::respond_with(session, 429, "application/json", &[("retry-after", "1")], body).await?;
+        Ok(true)
     }
 }
 
@@ -81,6 +105,10 @@ impl ProxyHttp for PublicProxy {
             pages::respond(session, 200, "text/html; charset=utf-8", pages::apex()).await?;
             return Ok(true);
         }
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        if let Some(limited) = client.and_then(|ip| self.rates.admit_client(ip).err()) {
+            return self.too_many(session, limited).await;
+        }
         let Some(app) = self.domains.iter().find_map(|d| app_from_host(&host, d)) else {
             pages::respond(session, 404, "text/html; charset=utf-8", pages::unknown_host()).await?;
             return Ok(true);
@@ -105,6 +133,10 @@ impl ProxyHttp for PublicProxy {
                 }
             }
         };
+        match self.rates.admit_app(app) {
+            Ok(place) => ctx.app_place = Some(place),
+            Err(limited) => return self.too_many(session, limited).await,
+        }
         ctx.app = app.to_owned();
         ctx.ingress = Some(host.ingress);
         Ok(false)

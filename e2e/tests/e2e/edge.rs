@@ -134,3 +134,56 @@ fn slow_clients_do_not_hold_up_others() {
     let (_, text) = get(lb, "");
     assert_eq!(body_json(&text)["served"], 51, "no slow client's request reached the app");
 }
+
+/// An app that answers after 1 s.
+const SLOW_APP: &str = r#"export default { async fetch() { await Bun.sleep(1000); return new Response("slow"); } };"#;
+
+fn statuses(lb: SocketAddr, app: &str, count: usize) -> Vec<(u16, Option<String>)> {
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..count)
+            .map(|_| {
+                let http = &http;
+                scope.spawn(move || {
+                    let response = http.get(format!("http://{lb}/")).header("host", format!("{app}.localhost")).send();
+                    let response = response.expect("an answer");
+                    let retry =
+                        response.headers().get("retry-after").map(|v| v.to_str().unwrap_or_default().to_owned());
+                    (response.status().as_u16(), retry)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("request thread")).collect()
+    })
+}
+
+#[test]
+fn limits_answer_429_with_retry_after() {
+    let mut cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "slow", SLOW_APP);
+    cluster.deploy(&app, "slow");
+    let headers = write_app(cluster.dir.path(), "headers", HEADERS_APP);
+    cluster.deploy(&headers, "headers");
+    let index = cluster.add_lb_with(&["--app-in-flight-max", "2", "--client-requests-per-second-max", "40"]);
+    let lb = cluster.more_lbs[index].public;
+
+    // Six at once for an app allowed two in flight: two are served, the rest told to retry.
+    let answers = statuses(lb, "slow", 6);
+    let served = answers.iter().filter(|(status, _)| *status == 200).count();
+    let limited: Vec<_> = answers.iter().filter(|(status, _)| *status == 429).collect();
+    assert_eq!((served, limited.len()), (2, 4), "{answers:?}");
+    assert!(limited.iter().all(|(_, retry)| retry.as_deref() == Some("1")), "{answers:?}");
+
+    // A client sending 100 requests within a second gets 429 past its 40.
+    let started = Instant::now();
+    let quick: Vec<u16> = (0..100).map(|_| get(lb, "").0).collect();
+    if started.elapsed() < Duration::from_millis(900) {
+        let refused = quick.iter().filter(|s| **s == 429).count();
+        assert!(refused >= 50, "only {refused} of 100 refused: {quick:?}");
+    }
+    assert!(quick.iter().all(|s| *s == 200 || *s == 429), "{quick:?}");
+    let metrics = reqwest::blocking::get(format!("http://{}/metrics", cluster.more_lbs[index].private))
+        .and_then(|r| r.text())
+        .expect("LB metrics");
+    assert!(metrics.contains("steady_lb_requests_limited_total{limit=\"app_in_flight\"} 4"), "{metrics}");
+}
