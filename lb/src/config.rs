@@ -48,6 +48,11 @@ pub struct Config {
     /// Requests one app may have in flight through this LB; more get 429.
     #[arg(long, default_value_t = crate::limits::APP_IN_FLIGHT_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     pub app_in_flight_max: u32,
+    /// Longest the LB waits on a host for an answer, or for the next piece of a streamed one;
+    /// past it the client gets 504. Apps that stream with long pauses (server-sent events)
+    /// should send a heartbeat more often.
+    #[arg(long, default_value_t = 120_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub upstream_read_timeout_ms: u64,
     /// Worker threads per listener.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,

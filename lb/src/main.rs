@@ -49,7 +49,8 @@ fn main() {
             config.edge_limits(),
             steady_lb::limits::Limits::new(config.client_requests_per_second_max, config.app_in_flight_max),
             metrics.clone(),
-        ),
+        )
+        .with_upstream_read_timeout_ms(config.upstream_read_timeout_ms),
     );
     public.add_tcp(&config.public.to_string());
     public.threads = Some(config.threads);

@@ -108,7 +108,7 @@ impl ProxyHttp for PrivateProxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut ApiCtx) -> pingora::Result<Box<HttpPeer>> {
         let addr = ctx.upstream.ok_or_else(|| pingora::Error::new_str("no upstream chosen"))?;
-        Ok(upstream::peer(addr))
+        Ok(upstream::peer(addr, None))
     }
 
     async fn upstream_request_filter(

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use steady_proto::name::{app_from_host, is_apex};
 use steady_proto::wire::HEADER_APP;
@@ -43,6 +43,7 @@ pub struct PublicProxy {
     prober: Prober,
     limits: EdgeLimits,
     rates: Limits,
+    upstream_read_timeout_ms: Option<u64>,
 }
 
 impl PublicProxy {
@@ -55,7 +56,12 @@ impl PublicProxy {
         metrics: Arc<Metrics>,
     ) -> Self {
         assert!(!domains.is_empty(), "the LB serves at least one domain");
-        Self { routes, domains, metrics, prober: Prober::default(), limits, rates }
+        Self { routes, domains, metrics, prober: Prober::default(), limits, rates, upstream_read_timeout_ms: None }
+    }
+
+    /// Bounds each wait on a host (past it: 504).
+    pub fn with_upstream_read_timeout_ms(self, timeout_ms: u64) -> Self {
+        Self { upstream_read_timeout_ms: Some(timeout_ms), ..self }
     }
 }
 
@@ -164,7 +170,7 @@ impl ProxyHttp for PublicProxy {
             let backoff_ms = CONNECT_RETRY_BACKOFF_MS_MIN << (ctx.connect_failures - 1);
             tokio::time::sleep(std::time::Duration::from_millis(backoff_ms)).await;
         }
-        Ok(upstream::peer(addr))
+        Ok(upstream::peer(addr, self.upstream_read_timeout_ms))
     }
 
     fn fail_to_connect(
@@ -181,6 +187,24 @@ impl ProxyHttp for PublicProxy {
             error.set_retry(true);
         }
         error
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, error: &pingora::Error, _ctx: &mut RequestCtx) -> FailToProxy {
+        use pingora::{ErrorSource, ErrorType};
+        let code = match (error.etype(), error.esource()) {
+            (ErrorType::HTTPStatus(code), _) => *code,
+            (ErrorType::ReadTimedout, ErrorSource::Upstream) => 504,
+            (_, ErrorSource::Upstream) => 502,
+            (ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed, ErrorSource::Downstream) => 0,
+            (_, ErrorSource::Downstream) => 400,
+            _ => 500,
+        };
+        if code > 0 {
+            if let Err(error) = session.respond_error(code).await {
+                tracing::debug!(%error, "could not answer the client");
+            }
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
     async fn upstream_request_filter(

@@ -9,10 +9,12 @@ use steady_proto::wire::INTERNAL_HEADER_PREFIX;
 
 use crate::config::UPSTREAM_CONNECT_TIMEOUT_MS;
 
-/// A plain-HTTP peer at a socket address (no DNS on the hot path).
-pub fn peer(addr: SocketAddr) -> Box<HttpPeer> {
+/// A plain-HTTP peer at a socket address (no DNS on the hot path). `read_timeout_ms` bounds
+/// each wait for the upstream (headers, or the next piece of a streamed body).
+pub fn peer(addr: SocketAddr, read_timeout_ms: Option<u64>) -> Box<HttpPeer> {
     let mut peer = HttpPeer::new(addr, false, String::new());
     peer.options.connection_timeout = Some(Duration::from_millis(UPSTREAM_CONNECT_TIMEOUT_MS));
+    peer.options.read_timeout = read_timeout_ms.map(Duration::from_millis);
     Box::new(peer)
 }
 

@@ -187,3 +187,40 @@ fn limits_answer_429_with_retry_after() {
         .expect("LB metrics");
     assert!(metrics.contains("steady_lb_requests_limited_total{limit=\"app_in_flight\"} 4"), "{metrics}");
 }
+
+/// An app whose `/hang` never answers.
+const HANGING_APP: &str = r#"export default {
+  fetch(request) {
+    if (new URL(request.url).pathname === "/hang") return new Promise(() => {});
+    return new Response("fine");
+  },
+};
+"#;
+
+#[test]
+fn a_host_that_does_not_answer_in_time_is_a_504_and_the_api_is_not_on_the_public_port() {
+    let mut cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "hangs", HANGING_APP);
+    cluster.deploy(&app, "hangs");
+    let index = cluster.add_lb_with(&["--upstream-read-timeout-ms", "500"]);
+    let lb = cluster.more_lbs[index].public;
+    let request = |path: &str| {
+        raw(lb, format!("GET {path} HTTP/1.1\r\nHost: hangs.localhost\r\nConnection: close\r\n\r\n").as_bytes())
+    };
+    let started = Instant::now();
+    let (status, _) = request("/hang");
+    assert_eq!(status, 504);
+    assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
+    assert_eq!(request("/").0, 200, "the app serves other requests");
+
+    // The API lives on the private listener only: on the public one these are app paths.
+    for host in ["localhost", "127.0.0.1"] {
+        let (status, text) =
+            raw(lb, format!("GET /v1/apps HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes());
+        assert!(!text.contains("\"hangs\""), "the public listener listed apps for Host {host}: {status}");
+    }
+    let private = cluster.more_lbs[index].private;
+    let (status, text) = raw(private, b"GET /v1/apps HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 200);
+    assert!(text.contains("\"hangs\""), "{text}");
+}
