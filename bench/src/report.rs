@@ -179,7 +179,7 @@ impl Report {
         draw(&self.dir.join("throughput.svg"), "requests per second", "req/s", duration_s, &rate_lines, marks)?;
         if !self.series.is_empty() {
             let palette = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK, RGBColor(255, 140, 0), RGBColor(128, 0, 128)];
-            let lines: Vec<(&str, RGBColor, Vec<(f64, f64)>)> = self
+            let lines: Vec<Line<'_>> = self
                 .series
                 .iter()
                 .enumerate()

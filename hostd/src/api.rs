@@ -55,8 +55,9 @@ pub fn router(apps: Arc<Apps>, bundle_size_max_bytes: usize) -> Router {
         .with_state(Api { apps, bundle_size_max_bytes })
 }
 
-fn check_name(name: &str) -> Result<(), Response> {
-    steady_proto::name::validate(name).map_err(|e| failure(StatusCode::BAD_REQUEST, "bad_name", e.to_string()))
+/// The answer refusing `name`, if it is not a valid app name.
+fn check_name(name: &str) -> Option<Response> {
+    steady_proto::name::validate(name).err().map(|e| failure(StatusCode::BAD_REQUEST, "bad_name", e.to_string()))
 }
 
 fn unknown(name: &str) -> Response {
@@ -86,7 +87,7 @@ async fn deploy(
     Query(query): Query<DeployQuery>,
     body: Body,
 ) -> Response {
-    if let Err(response) = check_name(&name) {
+    if let Some(response) = check_name(&name) {
         return response;
     }
     let expires_at_ms = match query.ttl_s {
@@ -106,7 +107,7 @@ async fn deploy(
 }
 
 async fn rollback(State(api): State<Api>, Path(name): Path<String>, body: Option<Json<Rollback>>) -> Response {
-    if let Err(response) = check_name(&name) {
+    if let Some(response) = check_name(&name) {
         return response;
     }
     let target = body.map(|Json(b)| b.version).unwrap_or_default();
@@ -155,7 +156,7 @@ fn deploy_failure(name: &str, error: DeployError) -> Response {
 }
 
 async fn status(State(api): State<Api>, Path(name): Path<String>) -> Response {
-    if let Err(response) = check_name(&name) {
+    if let Some(response) = check_name(&name) {
         return response;
     }
     match api.apps.status(&name).await {
@@ -167,7 +168,7 @@ async fn status(State(api): State<Api>, Path(name): Path<String>) -> Response {
 
 /// Stops the app's process now (its next request wakes it): for operators and benchmarks.
 async fn sleep(State(api): State<Api>, Path(name): Path<String>) -> Response {
-    if let Err(response) = check_name(&name) {
+    if let Some(response) = check_name(&name) {
         return response;
     }
     match api.apps.sleep_now(&name).await {
@@ -178,7 +179,7 @@ async fn sleep(State(api): State<Api>, Path(name): Path<String>) -> Response {
 }
 
 async fn backup(State(api): State<Api>, Path(name): Path<String>) -> Response {
-    if let Err(response) = check_name(&name) {
+    if let Some(response) = check_name(&name) {
         return response;
     }
     match api.apps.backup(&name).await {
@@ -195,7 +196,7 @@ struct RestoreQuery {
 }
 
 async fn restore(State(api): State<Api>, Path(name): Path<String>, Query(query): Query<RestoreQuery>) -> Response {
-    if let Err(response) = check_name(&name) {
+    if let Some(response) = check_name(&name) {
         return response;
     }
     if let Some(at) = &query.at {
@@ -212,7 +213,7 @@ async fn restore(State(api): State<Api>, Path(name): Path<String>, Query(query):
 }
 
 async fn versions(State(api): State<Api>, Path(name): Path<String>) -> Response {
-    if let Err(response) = check_name(&name) {
+    if let Some(response) = check_name(&name) {
         return response;
     }
     match api.apps.versions(&name) {
@@ -223,7 +224,7 @@ async fn versions(State(api): State<Api>, Path(name): Path<String>) -> Response 
 }
 
 async fn delete(State(api): State<Api>, Path(name): Path<String>) -> Response {
-    if let Err(response) = check_name(&name) {
+    if let Some(response) = check_name(&name) {
         return response;
     }
     match api.apps.delete(&name).await {
@@ -243,7 +244,7 @@ struct TailQuery {
 /// The last lines of the app's log as text; with `follow=true` the answer stays open and new
 /// lines are streamed as they are written.
 async fn logs(State(api): State<Api>, Path(name): Path<String>, Query(query): Query<TailQuery>) -> Response {
-    if let Err(response) = check_name(&name) {
+    if let Some(response) = check_name(&name) {
         return response;
     }
     let log = match api.apps.log(&name) {
@@ -285,7 +286,7 @@ async fn logs(State(api): State<Api>, Path(name): Path<String>, Query(query): Qu
 }
 
 async fn requests(State(api): State<Api>, Path(name): Path<String>, Query(query): Query<TailQuery>) -> Response {
-    if let Err(response) = check_name(&name) {
+    if let Some(response) = check_name(&name) {
         return response;
     }
     let count = query.tail.unwrap_or(TAIL_LINES_DEFAULT).min(TAIL_LINES_MAX);
@@ -307,18 +308,17 @@ fn step_answer(name: &str, step: &str, outcome: Result<(), DeployError>) -> Resp
     }
 }
 
-/// A move step's app record must name the app of its path.
-fn check_move_entry(name: &str, entry: &AppEntry) -> Result<(), Response> {
-    check_name(name)?;
-    if entry.name != name {
-        return Err(failure(StatusCode::BAD_REQUEST, "bad_move", "the body names another app".into()));
+/// The answer refusing a move step whose app record names another app than its path.
+fn check_move_entry(name: &str, entry: &AppEntry) -> Option<Response> {
+    if let Some(response) = check_name(name) {
+        return Some(response);
     }
-    Ok(())
+    (entry.name != name).then(|| failure(StatusCode::BAD_REQUEST, "bad_move", "the body names another app".into()))
 }
 
 /// Move step: this host is the app's new host; fetch its bundle and hold its requests.
 async fn move_arrive(State(api): State<Api>, Path(name): Path<String>, Json(entry): Json<AppEntry>) -> Response {
-    if let Err(response) = check_move_entry(&name, &entry) {
+    if let Some(response) = check_move_entry(&name, &entry) {
         return response;
     }
     step_answer(&name, "arrive", api.apps.arrive(&entry).await)
@@ -326,7 +326,7 @@ async fn move_arrive(State(api): State<Api>, Path(name): Path<String>, Json(entr
 
 /// Move step: this host is the app's old host; hand it over to `to`.
 async fn move_depart(State(api): State<Api>, Path(name): Path<String>, Json(to): Json<HostEntry>) -> Response {
-    if let Err(response) = check_name(&name) {
+    if let Some(response) = check_name(&name) {
         return response;
     }
     step_answer(&name, "depart", api.apps.depart(&name, &to).await)
@@ -334,7 +334,7 @@ async fn move_depart(State(api): State<Api>, Path(name): Path<String>, Json(to):
 
 /// Move step: start the arrived app here and serve what was held.
 async fn move_start(State(api): State<Api>, Path(name): Path<String>, Json(entry): Json<AppEntry>) -> Response {
-    if let Err(response) = check_move_entry(&name, &entry) {
+    if let Some(response) = check_move_entry(&name, &entry) {
         return response;
     }
     step_answer(&name, "start", api.apps.start_arrived(&entry).await)
