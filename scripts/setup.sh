@@ -16,11 +16,24 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
 command -v bwrap >/dev/null || missing+=(bubblewrap)
-command -v nginx >/dev/null || true
+# `--bench`: also the peers and load generator of `steady-bench proxies`.
+if [ "${1:-}" = "--bench" ]; then
+  command -v wrk >/dev/null || missing+=(wrk)
+  [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+  [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]} from Debian"
   as_root apt-get update -qq
+  # Packaged services (nginx, haproxy) must not start on their own: the bench starts its own.
+  no_start=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+    as_root chmod +x /usr/sbin/policy-rc.d
+    no_start=1
+  fi
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [ -n "$no_start" ]; then as_root rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 mkdir -p "$tools/bin"

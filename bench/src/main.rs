@@ -1,7 +1,7 @@
 //! `steady-bench`: runs one named scenario of the rig and writes its report.
 
 use clap::{Parser, Subcommand};
-use steady_bench::scenario::{chaos, cold_storm, deploy_storm, migration, soak, throughput};
+use steady_bench::scenario::{chaos, cold_storm, deploy_storm, migration, proxies, soak, throughput};
 
 /// steady's load, chaos and soak rig. Each scenario starts its own local cluster (build the
 /// workspace with `cargo build --release --workspace --bins` first), prints its figures and
@@ -30,6 +30,8 @@ enum Scenario {
     Chaos(chaos::Options),
     /// The counter load for a long time; daemon memory and latency over time.
     Soak(soak::Options),
+    /// The example app direct, behind nginx, HAProxy, steady-lb alone and the full steady path.
+    Proxies(proxies::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Migration(options) => migration::run(&options)?,
         Scenario::Chaos(options) => chaos::run(&options)?,
         Scenario::Soak(options) => soak::run(&options)?,
+        Scenario::Proxies(options) => proxies::run(&options)?,
     };
     if !report.passed() {
         eprintln!("some checks failed (see the report)");

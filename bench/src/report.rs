@@ -39,6 +39,8 @@ pub struct Report {
     pub checks: Vec<Check>,
     /// Other time series (daemon memory), plotted by unit.
     pub series: Vec<Series>,
+    /// A scenario's own Markdown table (printed after the facts).
+    pub table: Option<String>,
 }
 
 impl Report {
@@ -54,6 +56,7 @@ impl Report {
             facts: Vec::new(),
             checks: Vec::new(),
             series: Vec::new(),
+            table: None,
         }
     }
 
@@ -88,11 +91,42 @@ impl Report {
         if self.recorded.dropped > 0 {
             let _ = writeln!(text, "- samples dropped (over the bound): {}", self.recorded.dropped);
         }
+        if let Some(table) = &self.table {
+            text += "\n";
+            text += table;
+        }
+        if !self.phases.is_empty() {
+            self.phase_table(&mut text);
+        }
+        if !self.checks.is_empty() {
+            text += "\n";
+            for check in &self.checks {
+                let _ = writeln!(text, "- [{}] {}", if check.passed { "x" } else { " " }, check.what);
+            }
+        }
+        if !self.recorded.failures.is_empty() {
+            text += "\nFirst failures:\n\n";
+            for failure in &self.recorded.failures {
+                let _ = writeln!(text, "- {}", failure.replace('\n', " "));
+            }
+        }
+        if self.recorded.samples.is_empty() {
+            return text;
+        }
+        text += "\n![latency](latency.svg)\n\n![throughput](throughput.svg)\n";
+        if !self.series.is_empty() {
+            text += "\n![series](series.svg)\n";
+        }
+        text += "\nGoose's own report of the same requests: [goose.html](goose.html).\n";
+        text
+    }
+
+    fn phase_table(&self, text: &mut String) {
         let kinds: Vec<String> = self.kinds.iter().map(|k| format!("{k:?}").to_lowercase()).collect();
         let _ = writeln!(text, "\nRequests counted: {}.\n", kinds.join(", "));
-        text +=
+        *text +=
             "| phase | seconds | requests | ok % | req/s | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | errors |\n";
-        text += "|---|---|---|---|---|---|---|---|---|---|---|\n";
+        *text += "|---|---|---|---|---|---|---|---|---|---|---|\n";
         for phase in &self.phases {
             let s = Summary::of(&self.recorded, &self.kinds, phase.from_s, phase.to_s);
             let _ = writeln!(
@@ -112,24 +146,6 @@ impl Report {
                 s.errors_line()
             );
         }
-        if !self.checks.is_empty() {
-            text += "\n";
-            for check in &self.checks {
-                let _ = writeln!(text, "- [{}] {}", if check.passed { "x" } else { " " }, check.what);
-            }
-        }
-        if !self.recorded.failures.is_empty() {
-            text += "\nFirst failures:\n\n";
-            for failure in &self.recorded.failures {
-                let _ = writeln!(text, "- {}", failure.replace('\n', " "));
-            }
-        }
-        text += "\n![latency](latency.svg)\n\n![throughput](throughput.svg)\n";
-        if !self.series.is_empty() {
-            text += "\n![series](series.svg)\n";
-        }
-        text += "\nGoose's own report of the same requests: [goose.html](goose.html).\n";
-        text
     }
 
     /// Prints the report and writes `report.md` and the plots to its directory.
@@ -138,8 +154,9 @@ impl Report {
         let text = self.markdown();
         print!("{text}");
         std::fs::write(self.dir.join("report.md"), &text)?;
-        let plots = self.plot();
-        plots.map_err(|e| anyhow::anyhow!("drawing the plots: {e}"))?;
+        if !self.recorded.samples.is_empty() {
+            self.plot().map_err(|e| anyhow::anyhow!("drawing the plots: {e}"))?;
+        }
         println!("report: {}", self.dir.join("report.md").display());
         Ok(())
     }

@@ -6,6 +6,7 @@ pub mod chaos;
 pub mod cold_storm;
 pub mod deploy_storm;
 pub mod migration;
+pub mod proxies;
 pub mod soak;
 pub mod throughput;
 

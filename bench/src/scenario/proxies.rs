@@ -1,0 +1,323 @@
+//! The LB against the proxies operators already trust, on this machine in one run: the example
+//! app served by Bun directly, behind nginx (upstream keep-alive), behind HAProxy (connection
+//! reuse), behind `steady-lb` alone (routing straight to the same Bun), and through the whole
+//! steady path (LB → host daemon → sandboxed app). Every target gets the same load generator
+//! (wrk, with a Lua hook for p99.9) at each connection count; ratios are against nginx (for the
+//! LB) and against Bun direct (for the full path).
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use steady_e2e::{free_port, workspace, Cluster, Daemon};
+
+use crate::record::Recorded;
+use crate::report::Report;
+
+/// wrk's hook that prints what the report needs on one line.
+const WRK_SCRIPT: &str = r#"done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("steady-bench requests=%d duration_us=%d p50_us=%d p99_us=%d p999_us=%d errors=%d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    latency:percentile(99.9), e.connect + e.read + e.write + e.status + e.timeout))
+end
+"#;
+
+/// Proxy comparison parameters.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Options {
+    /// Connection counts to measure (repeatable).
+    #[arg(long = "connections", default_values_t = [32usize, 256])]
+    pub connections: Vec<usize>,
+    /// Seconds of load per target and connection count (after a 2 s warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub duration_s: u64,
+    /// Worker threads of every proxy (nginx workers, HAProxy threads, LB threads).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Report directory (default target/bench-reports/proxies-<time>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// One measured run.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub target: String,
+    pub connections: usize,
+    pub requests_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub errors: u64,
+}
+
+/// A child process stopped (its process group) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: the process group of a child this scenario started.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(program: &str, args: &[&str], dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<Proc> {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::File::create(dir.join(format!("{}.log", program.rsplit('/').next().unwrap_or(program))))?;
+    let mut command = Command::new(program);
+    command.args(args).env_clear().env("PATH", steady_e2e::tools_path()).process_group(0);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let child = command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn();
+    Ok(Proc(child.map_err(|e| anyhow::anyhow!("starting {program}: {e} (run scripts/setup.sh --bench)"))?))
+}
+
+fn wait_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "{what} did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().expect("address")
+}
+
+/// Runs the comparison and writes its report.
+pub fn run(options: &Options) -> anyhow::Result<Report> {
+    anyhow::ensure!(!options.connections.is_empty() && options.duration_s > 0, "nothing to measure");
+    anyhow::ensure!((1..=64).contains(&options.threads), "--threads must be 1–64");
+    let dir = crate::scenario::report_dir(options.out.as_deref(), "proxies");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("report.lua"), WRK_SCRIPT)?;
+    let threads = options.threads.to_string();
+
+    let bun = addr();
+    let data = dir.join("bun-data");
+    std::fs::create_dir_all(&data)?;
+    let server = dir.join("server.ts");
+    let example = workspace().join("examples/hello/index.ts");
+    std::fs::write(
+        &server,
+        format!(
+            "import app from {:?};\nBun.serve({{ hostname: \"127.0.0.1\", port: {}, fetch: (r) => app.fetch(r) }});\n",
+            example.display().to_string(),
+            bun.port()
+        ),
+    )?;
+    let bun_path = workspace().join(".tools/bin/bun");
+    let data_env = data.display().to_string();
+    let _bun = spawn(
+        &bun_path.display().to_string(),
+        &["run", &server.display().to_string()],
+        &dir,
+        &[("STEADY_DATA_DIR", &data_env)],
+    )?;
+    wait_listening(bun, "bun")?;
+
+    let nginx = addr();
+    let _nginx = start_nginx(&dir, nginx, bun, &threads)?;
+    let haproxy = addr();
+    let _haproxy = start_haproxy(&dir, haproxy, bun, &threads)?;
+    let (lb, _lb_daemons) = start_lb_alone(&dir, bun, &threads)?;
+    let mut cluster = Cluster::start(1);
+    cluster.deploy(&workspace().join("examples/hello"), "hello");
+    let full = cluster.public;
+    let _ = &mut cluster;
+
+    let targets =
+        [("bun direct", bun), ("nginx", nginx), ("haproxy", haproxy), ("steady-lb", lb), ("steady full path", full)];
+    let mut results = Vec::new();
+    for &connections in &options.connections {
+        for (name, target) in targets {
+            wrk(&dir, target, connections, 2)?;
+            let measured = wrk(&dir, target, connections, options.duration_s)?;
+            println!(
+                "{name:>17} c={connections:<4} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  errors {}",
+                measured.0, measured.1, measured.2, measured.3, measured.4
+            );
+            results.push(Measured {
+                target: name.into(),
+                connections,
+                requests_per_s: measured.0,
+                p50_ms: measured.1,
+                p99_ms: measured.2,
+                p999_ms: measured.3,
+                errors: measured.4,
+            });
+        }
+    }
+    drop(cluster);
+    Ok(report(&dir, options, &results)?)
+}
+
+/// One wrk run: (req/s, p50, p99, p99.9 in ms, errors).
+fn wrk(dir: &Path, target: SocketAddr, connections: usize, seconds: u64) -> anyhow::Result<(f64, f64, f64, f64, u64)> {
+    let output = Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--timeout", "10s"])
+        .args(["-H", "Host: hello.localhost", "-s"])
+        .arg(dir.join("report.lua"))
+        .arg(format!("http://{target}/"))
+        .output()
+        .map_err(|e| anyhow::anyhow!("running wrk: {e} (run scripts/setup.sh --bench)"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("steady-bench "))
+        .ok_or_else(|| anyhow::anyhow!("wrk printed no figures:\n{text}"))?;
+    let field = |name: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let non_2xx = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|v| v.trim().parse().ok());
+    let errors = field("errors") as u64 + non_2xx.unwrap_or(0);
+    let requests_per_s = field("requests") / (field("duration_us") / 1e6);
+    Ok((requests_per_s, field("p50_us") / 1e3, field("p99_us") / 1e3, field("p999_us") / 1e3, errors))
+}
+
+fn start_nginx(dir: &Path, listen: SocketAddr, bun: SocketAddr, threads: &str) -> anyhow::Result<Proc> {
+    let prefix = dir.join("nginx");
+    std::fs::create_dir_all(prefix.join("logs"))?;
+    let conf = format!(
+        "worker_processes {threads};\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
+           upstream bun {{ server {bun}; keepalive 256; }}\n\
+           server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://bun;\n\
+               proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n    }}\n  }}\n}}\n",
+        p = prefix.display()
+    );
+    let conf_path = prefix.join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let child = spawn(
+        "/usr/sbin/nginx",
+        &["-p", &prefix.display().to_string(), "-c", &conf_path.display().to_string(), "-g", "daemon off;"],
+        dir,
+        &[],
+    )?;
+    wait_listening(listen, "nginx")?;
+    Ok(child)
+}
+
+fn start_haproxy(dir: &Path, listen: SocketAddr, bun: SocketAddr, threads: &str) -> anyhow::Result<Proc> {
+    let conf = format!(
+        "global\n  nbthread {threads}\n  maxconn 20000\n\
+         defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n  http-reuse always\n\
+         frontend front\n  bind {listen}\n  default_backend bun\n\
+         backend bun\n  server bun {bun} maxconn 1024\n"
+    );
+    let conf_path = dir.join("haproxy.cfg");
+    std::fs::write(&conf_path, conf)?;
+    let child = spawn("/usr/sbin/haproxy", &["-f", &conf_path.display().to_string(), "-db"], dir, &[])?;
+    wait_listening(listen, "haproxy")?;
+    Ok(child)
+}
+
+/// A slicer whose only "host" is the Bun server itself, and an LB: the LB's own cost, with
+/// no host daemon behind it.
+fn start_lb_alone(dir: &Path, bun: SocketAddr, threads: &str) -> anyhow::Result<(SocketAddr, Vec<Daemon>)> {
+    let (slicer, public, private) = (addr(), addr(), addr());
+    let slicer_data = dir.join("slicer").display().to_string();
+    let slicer_args: Vec<String> = ["--listen", &slicer.to_string(), "--data", &slicer_data]
+        .iter()
+        .chain(&["--host-timeout-ms", "3600000", "--rebalance-interval-ms", "0"])
+        .map(|s| s.to_string())
+        .collect();
+    let slicer_daemon = Daemon::start(dir, "slicer", "steady-slicer", &slicer_args);
+    wait_listening(slicer, "the slicer")?;
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let host =
+        serde_json::json!({ "host": { "id": "bun", "ingress_addr": bun.to_string(), "api_addr": "127.0.0.1:9" } });
+    http.post(format!("http://{slicer}/v1/hosts/register")).json(&host).send()?.error_for_status()?;
+    let app = serde_json::json!({ "host_id": "bun", "version": 1 });
+    http.put(format!("http://{slicer}/v1/apps/hello")).json(&app).send()?.error_for_status()?;
+    let lb_data = dir.join("lb").display().to_string();
+    let lb_args: Vec<String> = [
+        "--public",
+        &public.to_string(),
+        "--private",
+        &private.to_string(),
+        "--slicer",
+        &slicer.to_string(),
+        "--domain",
+        "localhost",
+        "--data",
+        &lb_data,
+        "--threads",
+        threads,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let lb_daemon = Daemon::start(dir, "lb", "steady-lb", &lb_args);
+    wait_listening(public, "the LB")?;
+    Ok((public, vec![lb_daemon, slicer_daemon]))
+}
+
+fn report(dir: &Path, options: &Options, results: &[Measured]) -> anyhow::Result<Report> {
+    let mut report = Report::new("proxies", dir, Recorded::default(), &[]);
+    report.phases.clear();
+    report.fact(
+        "load",
+        format!(
+            "wrk, 2 threads, {} s per run after 2 s of warm-up; proxies with {} threads",
+            options.duration_s, options.threads
+        ),
+    );
+    let mut table = String::from("| target | connections | req/s | p50 ms | p99 ms | p99.9 ms | errors | ratio |\n|---|---|---|---|---|---|---|---|\n");
+    for &connections in &options.connections {
+        let of = |name: &str| results.iter().find(|m| m.target == name && m.connections == connections);
+        let (Some(bun), Some(nginx), Some(lb), Some(full)) =
+            (of("bun direct"), of("nginx"), of("steady-lb"), of("steady full path"))
+        else {
+            continue;
+        };
+        for m in results.iter().filter(|m| m.connections == connections) {
+            let ratio = match m.target.as_str() {
+                "steady-lb" | "haproxy" => format!("{:.2}× nginx", m.requests_per_s / nginx.requests_per_s),
+                "steady full path" => format!("{:.2}× bun direct", m.requests_per_s / bun.requests_per_s),
+                _ => String::new(),
+            };
+            table += &format!(
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {ratio} |\n",
+                m.target, m.connections, m.requests_per_s, m.p50_ms, m.p99_ms, m.p999_ms, m.errors
+            );
+        }
+        report.check(
+            format!(
+                "c={connections}: steady-lb {:.2}× nginx req/s (≥ 1.0), p99 {:.2} vs {:.2} ms",
+                lb.requests_per_s / nginx.requests_per_s,
+                lb.p99_ms,
+                nginx.p99_ms
+            ),
+            lb.requests_per_s >= nginx.requests_per_s && lb.p99_ms <= nginx.p99_ms,
+        );
+        report.check(
+            format!(
+                "c={connections}: the full path {:.2}× Bun direct req/s (≥ 0.5)",
+                full.requests_per_s / bun.requests_per_s
+            ),
+            full.requests_per_s >= 0.5 * bun.requests_per_s,
+        );
+        let errors: u64 = results.iter().filter(|m| m.connections == connections).map(|m| m.errors).sum();
+        report.check(format!("c={connections}: errors over all targets: {errors}"), errors == 0);
+    }
+    report.table = Some(table);
+    report.write()?;
+    Ok(report)
+}
