@@ -1,5 +1,5 @@
-//! The LB against the proxies operators already trust, on this machine in one run: the example
-//! app served by Bun directly, behind nginx (upstream keep-alive), behind HAProxy (connection
+//! The LB against the proxies operators already trust, on this machine in one run: a small app
+//! (`hello`, constant cost per request) served by Bun directly, behind nginx (upstream keep-alive), behind HAProxy (connection
 //! reuse), behind `steady-lb` alone (routing straight to the same Bun), and through the whole
 //! steady path (LB → host daemon → sandboxed app). Every target gets the same load generator
 //! (wrk, with a Lua hook for p99.9) at each connection count; ratios are against nginx (for the
@@ -100,6 +100,8 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     anyhow::ensure!((1..=64).contains(&options.threads), "--threads must be 1–64");
     let dir = crate::scenario::report_dir(options.out.as_deref(), "proxies");
     std::fs::create_dir_all(&dir)?;
+    // nginx resolves relative paths against its prefix: give every tool absolute ones.
+    let dir = dir.canonicalize()?;
     std::fs::write(dir.join("report.lua"), WRK_SCRIPT)?;
     let threads = options.threads.to_string();
 
@@ -107,7 +109,11 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     let data = dir.join("bun-data");
     std::fs::create_dir_all(&data)?;
     let server = dir.join("server.ts");
-    let example = workspace().join("examples/hello/index.ts");
+    // A constant-cost app: the example app counts its visits with `COUNT(*)` over a growing
+    // table, which made each target's figure depend on how many ran before it.
+    let example = dir.join("app/index.ts");
+    std::fs::create_dir_all(dir.join("app"))?;
+    std::fs::write(&example, crate::scenario::throughput::HELLO_APP)?;
     std::fs::write(
         &server,
         format!(
@@ -132,7 +138,7 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     let _haproxy = start_haproxy(&dir, haproxy, bun, &threads)?;
     let (lb, _lb_daemons) = start_lb_alone(&dir, bun, &threads)?;
     let mut cluster = Cluster::start(1);
-    cluster.deploy(&workspace().join("examples/hello"), "hello");
+    cluster.deploy(&dir.join("app"), "hello");
     let full = cluster.public;
     let _ = &mut cluster;
 
@@ -216,7 +222,7 @@ fn start_nginx(dir: &Path, listen: SocketAddr, bun: SocketAddr, threads: &str) -
 
 fn start_haproxy(dir: &Path, listen: SocketAddr, bun: SocketAddr, threads: &str) -> anyhow::Result<Proc> {
     let conf = format!(
-        "global\n  nbthread {threads}\n  maxconn 20000\n\
+        "global\n  nbthread {threads}\n  maxconn 4096\n\
          defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n  http-reuse always\n\
          frontend front\n  bind {listen}\n  default_backend bun\n\
          backend bun\n  server bun {bun} maxconn 1024\n"
