@@ -115,6 +115,14 @@ impl Recorder {
         self.started.elapsed().as_secs_f64()
     }
 
+    /// Sleeps until `at_s` seconds after the recorder's start (a fault schedule's next moment).
+    pub fn wait_until(&self, at_s: f64) {
+        let now_s = self.now_s();
+        if at_s > now_s {
+            std::thread::sleep(std::time::Duration::from_secs_f64(at_s - now_s));
+        }
+    }
+
     /// Records a request sent at `sent` that ended now with `outcome`.
     pub fn record(&self, kind: Kind, sent: Instant, outcome: Outcome) {
         let now = Instant::now();

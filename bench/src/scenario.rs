@@ -203,10 +203,4 @@ pub fn run_goose(
     runtime.block_on(attack::run(scenario, shape, target, step, dir))
 }
 
-/// Resident memory of `pid` in bytes, from `/proc`.
-pub fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
+pub use steady_e2e::rss_bytes;

@@ -557,6 +557,13 @@ pub fn descendants(root: u32) -> Vec<u32> {
     found
 }
 
+/// Resident memory of `pid` in bytes, from `/proc` (None once it is gone).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?;
+    Some(kib.parse::<u64>().ok()? * 1024)
+}
+
 /// Is `pid` a live (not zombie) process?
 pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -183,12 +183,7 @@ fn inject(
     recorder: &Recorder,
 ) -> (Cluster, Injected) {
     let schedule = Schedule::new(options);
-    let wait_until = |at_s: f64| {
-        let now_s = recorder.now_s();
-        if at_s > now_s {
-            std::thread::sleep(Duration::from_secs_f64(at_s - now_s));
-        }
-    };
+    let wait_until = |at_s: f64| recorder.wait_until(at_s);
     let converge = |cluster_target: &Target| {
         scenario::converge(cluster_target, apps, "/count", Duration::from_secs(CONVERGE_LIMIT_S))
     };

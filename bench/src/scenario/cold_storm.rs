@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::attack::{self, Shape};
 use crate::record::{Kind, Recorder};
 use crate::report::Report;
-use crate::scenario::{self, throughput::HELLO_APP};
+use crate::scenario::{self, throughput::hello_step, throughput::HELLO_APP};
 
 /// Cold-storm parameters.
 #[derive(Clone, Debug, clap::Args)]
@@ -36,18 +36,7 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     }
     let target = scenario::target(&cluster);
     let recorder = Arc::new(Recorder::new());
-    let step = {
-        let (apps, target, recorder) = (apps.clone(), target.clone(), recorder.clone());
-        attack::step(move |user| {
-            let (apps, target, recorder) = (apps.clone(), target.clone(), recorder.clone());
-            Box::pin(async move {
-                let app = &apps[user.weighted_users_index % apps.len()];
-                let fetched = attack::get(user, &target, Kind::Read, app, "/").await;
-                recorder.record(Kind::Read, fetched.sent, fetched.outcome(|body| body == "hello"));
-                Ok(())
-            })
-        })
-    };
+    let step = hello_step(apps.clone(), target.clone(), recorder.clone(), |user, count| user % count);
     let shape = Shape {
         users: options.apps,
         hatch_per_s: options.apps,

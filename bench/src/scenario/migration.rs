@@ -11,6 +11,8 @@ use crate::report::{Phase, Report};
 use crate::scenario::{self, CounterLoad};
 
 const WARM_UP_S: f64 = 5.0;
+/// The events, in order (`drive` carries them out).
+const EVENTS: [&str; 3] = ["host joins", "host-1 drained", "host-1 undrained"];
 /// Time given to each event's moves before the next event.
 const EVENT_WINDOW_S: f64 = 20.0;
 
@@ -40,7 +42,7 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     let target = scenario::target(&cluster);
     let recorder = Arc::new(Recorder::new());
     let load = CounterLoad::new(apps, target.clone(), Arc::clone(&recorder));
-    let events = ["host joins", "host-1 drained", "host-1 undrained"];
+    let events = EVENTS;
     let end_s = WARM_UP_S + EVENT_WINDOW_S * events.len() as f64;
     let driver = {
         let recorder = Arc::clone(&recorder);
@@ -101,13 +103,8 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
 /// move was pending or under way.
 fn drive(mut cluster: steady_e2e::Cluster, recorder: &Recorder) -> (steady_e2e::Cluster, Vec<(String, Option<f64>)>) {
     let mut settled = Vec::new();
-    let wait_until = |at_s: f64| {
-        let now_s = recorder.now_s();
-        if at_s > now_s {
-            std::thread::sleep(Duration::from_secs_f64(at_s - now_s));
-        }
-    };
-    for (i, event) in ["host joins", "host-1 drained", "host-1 undrained"].into_iter().enumerate() {
+    let wait_until = |at_s: f64| recorder.wait_until(at_s);
+    for (i, event) in EVENTS.into_iter().enumerate() {
         let at_s = WARM_UP_S + EVENT_WINDOW_S * i as f64;
         wait_until(at_s);
         recorder.mark(event, false);

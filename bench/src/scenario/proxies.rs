@@ -137,10 +137,9 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     let haproxy = addr();
     let _haproxy = start_haproxy(&dir, haproxy, bun, &threads)?;
     let (lb, _lb_daemons) = start_lb_alone(&dir, bun, &threads)?;
-    let mut cluster = Cluster::start(1);
+    let cluster = Cluster::start(1);
     cluster.deploy(&dir.join("app"), "hello");
     let full = cluster.public;
-    let _ = &mut cluster;
 
     let targets =
         [("bun direct", bun), ("nginx", nginx), ("haproxy", haproxy), ("steady-lb", lb), ("steady full path", full)];
@@ -165,7 +164,7 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
         }
     }
     drop(cluster);
-    Ok(report(&dir, options, &results)?)
+    report(&dir, options, &results)
 }
 
 /// One wrk run: (req/s, p50, p99, p99.9 in ms, errors).

@@ -13,6 +13,25 @@ use crate::scenario;
 /// An app that answers at once.
 pub const HELLO_APP: &str = r#"export default { fetch() { return new Response("hello"); } };"#;
 
+/// A step that GETs `/` of one app (picked by `pick(user index, app count)`) and expects
+/// [`HELLO_APP`]'s answer.
+pub fn hello_step(
+    apps: Arc<Vec<String>>,
+    target: crate::attack::Target,
+    recorder: Arc<Recorder>,
+    pick: fn(usize, usize) -> usize,
+) -> attack::Step {
+    attack::step(move |user| {
+        let (apps, target, recorder) = (apps.clone(), target.clone(), recorder.clone());
+        Box::pin(async move {
+            let app = &apps[pick(user.weighted_users_index, apps.len())];
+            let fetched = attack::get(user, &target, Kind::Read, app, "/").await;
+            recorder.record(Kind::Read, fetched.sent, fetched.outcome(|body| body == "hello"));
+            Ok(())
+        })
+    })
+}
+
 /// Throughput parameters.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Options {
@@ -41,18 +60,7 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     let apps = Arc::new(scenario::deploy_apps(&cluster, HELLO_APP, "hello", options.apps));
     let target = scenario::target(&cluster);
     let recorder = Arc::new(Recorder::new());
-    let step = {
-        let (apps, target, recorder) = (apps.clone(), target.clone(), recorder.clone());
-        attack::step(move |user| {
-            let (apps, target, recorder) = (apps.clone(), target.clone(), recorder.clone());
-            Box::pin(async move {
-                let app = &apps[rand::rng().random_range(0..apps.len())];
-                let fetched = attack::get(user, &target, Kind::Read, app, "/").await;
-                recorder.record(Kind::Read, fetched.sent, fetched.outcome(|body| body == "hello"));
-                Ok(())
-            })
-        })
-    };
+    let step = hello_step(apps, target.clone(), recorder.clone(), |_, count| rand::rng().random_range(0..count));
     let shape = Shape {
         users: options.connections,
         hatch_per_s: options.connections,

@@ -111,9 +111,7 @@ impl Read for Generated {
 }
 
 fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next());
-    kib.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024
+    steady_e2e::rss_bytes(pid).unwrap_or(0)
 }
 
 #[test]
