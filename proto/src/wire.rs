@@ -28,6 +28,16 @@ pub const HEADER_PROBE: &str = "x-steady-probe";
 /// forwarded again, so two hosts with different views cannot bounce a request between them.
 pub const HEADER_FORWARDED_BY: &str = "x-steady-forwarded-by";
 
+/// Header the LB sets on an API call it forwards: the owner the caller's token belongs to.
+/// The slicer and hosts trust it (they listen only on the private network; the LB strips any
+/// copy a client sent).
+pub const HEADER_OWNER: &str = "x-steady-owner";
+/// Header the LB sets on an API call it forwards: the caller's [`Role`].
+pub const HEADER_ROLE: &str = "x-steady-role";
+/// Header on the answer to an anonymous `run`: the new temporary token that may see and
+/// delete the temporary app (and nothing else) until it expires with it.
+pub const HEADER_NEW_TOKEN: &str = "x-steady-token";
+
 /// Marker in a slice map for a slice that has no owner (no hosts registered yet).
 pub const UNASSIGNED: u16 = u16::MAX;
 
@@ -261,6 +271,120 @@ pub struct ApiError {
     /// A short stable code a script can match (`bad_name`, `bundle_too_large`, ...).
     pub code: String,
     pub message: String,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, on every app; admin calls (hosts, drains, moves, tokens of others). Accepted
+    /// only on the private listener.
+    Admin,
+    /// Deploy and manage its owner's apps.
+    Owner,
+    /// Made for an anonymous `run`: sees and deletes its temporary apps, runs more of them
+    /// (rate-limited), nothing else. Expires with its app.
+    Temporary,
+}
+
+impl Role {
+    /// The role's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+            Role::Temporary => "temporary",
+        }
+    }
+
+    /// Parses [`Role::as_str`].
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "admin" => Some(Role::Admin),
+            "owner" => Some(Role::Owner),
+            "temporary" => Some(Role::Temporary),
+            _ => None,
+        }
+    }
+}
+
+/// What an API call wants to do, as the LB classifies it for the slicer's check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Read one app (status, logs, versions, source).
+    Read,
+    /// Change one app (rollback, env, delete, database writes).
+    Write,
+    /// Deploy a version of an app; claims the name for the caller if nobody holds it.
+    Deploy,
+    /// Deploy a temporary app; the only call open to anonymous callers.
+    Run,
+    /// Calls about the caller's own account (its app list, its tokens, whoami).
+    Account,
+    /// Cluster administration (hosts, drains, moves, history).
+    Admin,
+}
+
+/// The LB's question to the slicer before it forwards an API call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Authorize {
+    /// The bearer token the caller sent, if any.
+    pub token: Option<String>,
+    pub access: Access,
+    /// The app the call is about, for per-app calls.
+    pub app: Option<String>,
+    /// For [`Access::Run`]: how long the temporary app (and a new anonymous token) lives.
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+}
+
+/// Who is calling: the slicer's answer when the call is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    pub owner: String,
+    pub role: Role,
+    /// The public id of the token (never the secret).
+    pub token_id: String,
+    /// For an anonymous `run`: the secret of the temporary token made for it, shown once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_token: Option<String>,
+}
+
+/// A token as listed (the secret is never stored, only its SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub owner: String,
+    pub role: Role,
+    pub label: String,
+    pub created_at_ms: u64,
+    pub expires_at_ms: Option<u64>,
+    pub revoked_at_ms: Option<u64>,
+}
+
+/// A request for a new token (`POST /v1/tokens`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewToken {
+    /// The owner; defaults to the caller's own. Only an admin names another.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Defaults to `owner`. Only an admin makes admin tokens.
+    #[serde(default)]
+    pub role: Option<Role>,
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Lifetime in seconds; none means until revoked.
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+}
+
+/// A new token: its listing and its secret, shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    pub token: String,
 }
 
 #[cfg(test)]

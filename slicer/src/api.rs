@@ -82,6 +82,16 @@ impl Slicer {
         }
     }
 
+    /// Reads from the store (no new table).
+    pub(crate) fn read<T>(&self, read: impl FnOnce(&Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        read(&self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// Applies a change to the store that the routing table does not show (tokens, claims).
+    pub(crate) fn write<T, E>(&self, write: impl FnOnce(&mut Store) -> Result<T, E>) -> Result<T, E> {
+        write(&mut self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
     /// Applies `change` to the store and republishes the table.
     pub(crate) fn change<T>(&self, change: impl FnOnce(&mut Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut store = self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -115,10 +125,11 @@ pub fn router(slicer: Arc<Slicer>) -> Router {
         .route("/v1/apps", get(list_apps))
         .route("/v1/apps/{name}", put(app_deployed).delete(app_deleted))
         .route("/v1/apps/{name}/release", post(app_released))
+        .merge(crate::access::routes())
         .with_state(slicer)
 }
 
-struct Failure(StatusCode, &'static str, String);
+pub(crate) struct Failure(pub StatusCode, pub &'static str, pub String);
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
@@ -142,7 +153,8 @@ impl From<StoreError> for Failure {
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -268,9 +280,25 @@ async fn watch_table(State(slicer): State<Arc<Slicer>>, Query(query): Query<Watc
     Json(table)
 }
 
-async fn list_apps(State(slicer): State<Arc<Slicer>>) -> Json<serde_json::Value> {
+/// Every app, with its owner; only the caller's own unless the LB says it is an admin (or the
+/// call came straight to the slicer, on the private network).
+async fn list_apps(
+    State(slicer): State<Arc<Slicer>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<serde_json::Value>, Failure> {
     let table = slicer.table.borrow().clone();
-    Json(serde_json::json!({ "apps": table.apps }))
+    let caller = crate::access::Caller::of(&headers);
+    let claims = slicer.read(|store| store.claims())?;
+    let mut apps = Vec::with_capacity(table.apps.len());
+    for app in &table.apps {
+        let owner = claims.get(&app.name).map_or(crate::identity::ADMIN_OWNER, String::as_str);
+        if caller.sees_owner(owner) {
+            let mut entry = serde_json::to_value(app).unwrap_or_default();
+            entry["owner"] = owner.into();
+            apps.push(entry);
+        }
+    }
+    Ok(Json(serde_json::json!({ "apps": apps })))
 }
 
 async fn app_deployed(

@@ -16,6 +16,11 @@ pub struct Config {
     /// Directory for the slicer's SQLite database.
     #[arg(long, default_value = ".steady/slicer")]
     pub data: PathBuf,
+    /// The admin token's file: read at start, or made (mode 0600) if it does not exist.
+    /// Defaults to `<data>/admin.token`. Give its content to `steady login` on an operator's
+    /// machine; `steady token create --owner NAME` then makes tokens for the platform's users.
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
     /// Once listening, write `{"api": "<addr>"}` to this file (atomically), for supervisors.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
@@ -37,6 +42,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// Where the admin token is kept.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.admin_token_file.clone().unwrap_or_else(|| self.data.join("admin.token"))
+    }
+
     /// The mover's limits.
     pub fn mover(&self) -> crate::mover::MoverConfig {
         crate::mover::MoverConfig {

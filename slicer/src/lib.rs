@@ -6,9 +6,11 @@
 //! load balancers watch ([`api`]). When the assignment changes, the [`mover`] takes apps to
 //! their new hosts live; [`balance`] rebalances by the load hosts report.
 
+pub mod access;
 pub mod api;
 pub mod balance;
 pub mod config;
+pub mod identity;
 pub mod metrics;
 pub mod mover;
 pub mod planner;

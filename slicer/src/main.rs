@@ -10,6 +10,9 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     std::fs::create_dir_all(&config.data).with_context(|| format!("creating {}", config.data.display()))?;
     let store = Store::open(&config.data.join("slicer.db")).context("opening the slicer database")?;
+    let mut store = store;
+    let admin = steady_slicer::identity::admin_secret(&config.admin_token_path())?;
+    store.set_admin_token(&admin, api::now_ms())?;
     let slicer = api::Slicer::new(store)?;
     tokio::spawn(slicer.clone().expire_hosts(config.host_timeout_ms));
     tokio::spawn(steady_slicer::mover::run(slicer.clone(), config.mover()));

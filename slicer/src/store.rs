@@ -67,8 +67,19 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let connection = Connection::open(path)?;
         connection.execute_batch(SCHEMA)?;
+        connection.execute_batch(crate::identity::SCHEMA)?;
         migrate(&connection)?;
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        crate::identity::claim_unclaimed(&connection, now_ms as u64)?;
         Ok(Self { connection })
+    }
+
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    pub(crate) fn connection_mut(&mut self) -> &mut Connection {
+        &mut self.connection
     }
 
     /// Adds a host, or updates the addresses of a known one (hosts keep their id across
@@ -162,6 +173,11 @@ impl Store {
                 deployed.expires_at_ms.map(|v| v as i64)
             ],
         )?;
+        // An app recorded without going through the API's check belongs to the admin.
+        tx.execute(
+            "INSERT OR IGNORE INTO claims (name, owner, claimed_at_ms) VALUES (?1, ?2, ?3)",
+            params![name, crate::identity::ADMIN_OWNER, now_ms as i64],
+        )?;
         let table_version = bump_version(&tx, &format!("app {} recorded on {}", name, host_id))?;
         tx.commit()?;
         Ok(table_version)
@@ -174,7 +190,13 @@ impl Store {
         let holder: Option<String> =
             tx.query_row("SELECT host_id FROM apps WHERE name = ?1", [name], |r| r.get(0)).optional()?;
         match holder {
-            None => return table_version(&tx),
+            None => {
+                // A claim whose app never came up is freed with the delete.
+                tx.execute("DELETE FROM claims WHERE name = ?1", [name])?;
+                let version = table_version(&tx)?;
+                tx.commit()?;
+                return Ok(version);
+            }
             Some(holder) if holder != host_id => {
                 return Err(StoreError::NotOwner {
                     app: name.into(),
@@ -186,6 +208,7 @@ impl Store {
             Some(_) => {}
         }
         tx.execute("DELETE FROM apps WHERE name = ?1", [name])?;
+        tx.execute("DELETE FROM claims WHERE name = ?1", [name])?;
         let version = bump_version(&tx, &format!("app {} deleted", name))?;
         tx.commit()?;
         Ok(version)
