@@ -56,6 +56,10 @@ pub struct Config {
     /// Worker threads per listener.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Temporary apps one client address may start per minute without a token (`steady run`
+    /// while signed out, or the dashboard's anonymous Run); past it: 429.
+    #[arg(long, default_value_t = crate::gateway::ANONYMOUS_RUNS_PER_MINUTE_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    pub anonymous_runs_per_minute_max: u32,
     /// Directory for the LB's own files (the upgrade socket).
     #[arg(long, default_value = ".steady/lb")]
     pub data: PathBuf,

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod edge;
+pub mod gateway;
 pub mod limits;
 pub mod metrics;
 pub mod pages;

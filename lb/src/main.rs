@@ -40,6 +40,13 @@ fn main() {
     let routes = Routes::new();
     steady_lb::watch::fetch_first(config.slicer, &routes, config.first_table_wait_ms);
     let metrics = std::sync::Arc::new(steady_lb::metrics::Metrics::default());
+    let gateway = std::sync::Arc::new(steady_lb::gateway::Gateway::new(
+        routes.clone(),
+        config.slicer,
+        &config.domains[0],
+        config.public,
+        config.anonymous_runs_per_minute_max,
+    ));
 
     let mut public = pingora::proxy::http_proxy_service(
         &server.configuration,
@@ -49,15 +56,14 @@ fn main() {
             config.edge_limits(),
             steady_lb::limits::Limits::new(config.client_requests_per_second_max, config.app_in_flight_max),
             metrics.clone(),
+            gateway.clone(),
         )
         .with_upstream_read_timeout_ms(config.upstream_read_timeout_ms),
     );
     public.add_tcp(&config.public.to_string());
     public.threads = Some(config.threads);
-    let mut private = pingora::proxy::http_proxy_service(
-        &server.configuration,
-        PrivateProxy::new(routes.clone(), metrics, config.slicer, &config.domains[0], config.public),
-    );
+    let mut private =
+        pingora::proxy::http_proxy_service(&server.configuration, PrivateProxy::new(routes.clone(), metrics, gateway));
     private.add_tcp(&config.private.to_string());
     private.threads = Some(1);
     let watch =

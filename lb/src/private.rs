@@ -1,58 +1,32 @@
-//! The private listener: the API. `/v1/apps/<name>[/<action>]` goes to the host that holds the
-//! app (or, for a new app, the owner of its slice); everything else under `/v1` goes to the slicer. `/readyz` is answered by the LB.
+//! The private listener: the whole API (see [`crate::gateway`]: `/v1/apps/<name>[/<action>]`
+//! goes to the host that holds the app, the rest to the slicer), and the LB's own `/metrics`
+//! and `/readyz`, which need no token (the private network is trusted to scrape them).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use steady_proto::wire::{HEADER_TABLE_VERSION, HEADER_URL};
 
-use crate::config::DEPLOY_TABLE_WAIT_MS;
+use crate::gateway::{ApiCtx, Gateway, Listener};
 use crate::pages;
 use crate::routing::Routes;
 use crate::upstream;
 
-/// Per-request state: the chosen upstream.
-#[derive(Default)]
-pub struct ApiCtx {
-    upstream: Option<SocketAddr>,
-    app: Option<String>,
-}
-
-/// The private API proxy.
+/// The private API proxy: the whole API through the [`Gateway`], plus the LB's own metrics
+/// and readiness.
 pub struct PrivateProxy {
     routes: Arc<Routes>,
     metrics: Arc<crate::metrics::Metrics>,
-    slicer: SocketAddr,
-    /// Public base of app URLs: `http://{app}.<domain>[:port]` is built from these.
-    url_domain: String,
-    url_port_suffix: String,
+    gateway: Arc<Gateway>,
 }
 
 impl PrivateProxy {
-    /// A proxy that sends app calls by `routes` and the rest to `slicer`. App URLs it reports
-    /// are under `domain` on the public listener `public`.
-    pub fn new(
-        routes: Arc<Routes>,
-        metrics: Arc<crate::metrics::Metrics>,
-        slicer: SocketAddr,
-        domain: &str,
-        public: SocketAddr,
-    ) -> Self {
-        let url_port_suffix = if public.port() == 80 { String::new() } else { format!(":{}", public.port()) };
-        Self { routes, metrics, slicer, url_domain: domain.to_owned(), url_port_suffix }
+    /// A proxy that sends API calls through `gateway`.
+    pub fn new(routes: Arc<Routes>, metrics: Arc<crate::metrics::Metrics>, gateway: Arc<Gateway>) -> Self {
+        Self { routes, metrics, gateway }
     }
-}
-
-/// The app named by a per-app call: `/v1/apps/<name>` or `/v1/apps/<name>/<more>`.
-fn app_of_path(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("/v1/apps/")?;
-    let name = rest.split_once('/').map_or(rest, |(name, _)| name);
-    (!name.is_empty()).then_some(name)
 }
 
 #[async_trait]
@@ -64,7 +38,7 @@ impl ProxyHttp for PrivateProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut ApiCtx) -> pingora::Result<bool> {
-        let path = session.req_header().uri.path().to_owned();
+        let path = session.req_header().uri.path();
         if path == "/metrics" {
             self.metrics.table_version.set(self.routes.current().version as i64);
             let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -81,81 +55,28 @@ impl ProxyHttp for PrivateProxy {
             pages::respond(session, status, "text/plain; charset=utf-8", body).await?;
             return Ok(true);
         }
-        let Some(app) = app_of_path(&path) else {
-            ctx.upstream = Some(self.slicer);
-            return Ok(false);
-        };
-        if let Err(error) = steady_proto::name::validate(app) {
-            let body = serde_json::json!({ "code": "bad_name", "message": error.to_string() }).to_string();
-            pages::respond(session, 400, "application/json", body).await?;
-            return Ok(true);
-        }
-        match self.routes.current().api_host(app) {
-            Some(owner) => {
-                ctx.upstream = Some(owner.api);
-                ctx.app = Some(app.to_owned());
-            }
-            None => {
-                let body =
-                    serde_json::json!({ "code": "no_hosts", "message": "no host is registered to run apps yet" })
-                        .to_string();
-                pages::respond(session, 503, "application/json", body).await?;
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        self.gateway.admit(session, ctx, Listener::Private).await
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut ApiCtx) -> pingora::Result<Box<HttpPeer>> {
-        let addr = ctx.upstream.ok_or_else(|| pingora::Error::new_str("no upstream chosen"))?;
-        Ok(upstream::peer(addr, None))
+        Ok(upstream::peer(self.gateway.upstream(ctx)?, None))
     }
 
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         request: &mut RequestHeader,
-        _ctx: &mut ApiCtx,
+        ctx: &mut ApiCtx,
     ) -> pingora::Result<()> {
-        upstream::strip_internal_headers(request);
-        upstream::strip_hop_by_hop(request);
-        let client = session.client_addr().and_then(|a| a.as_inet()).copied();
-        upstream::set_forwarded(request, client)
+        self.gateway.upstream_request(session, request, ctx)
     }
 
-    /// A deploy answer names the table version that includes the app; hold it until this LB
-    /// has that table, so the URL the CLI prints works at once.
     async fn response_filter(
         &self,
         _session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut ApiCtx,
     ) -> pingora::Result<()> {
-        let wanted =
-            response.headers.get(HEADER_TABLE_VERSION).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        if let Some(version) = wanted {
-            if !self.routes.wait_for(version, Duration::from_millis(DEPLOY_TABLE_WAIT_MS)).await {
-                tracing::warn!(version, "deploy answered before this LB saw its table");
-            }
-            if let Some(app) = &ctx.app {
-                response
-                    .insert_header(HEADER_URL, format!("http://{app}.{}{}/", self.url_domain, self.url_port_suffix))?;
-            }
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn per_app_paths_name_the_app() {
-        use super::app_of_path;
-        assert_eq!(app_of_path("/v1/apps/hello/deploy"), Some("hello"));
-        assert_eq!(app_of_path("/v1/apps/hello/logs"), Some("hello"));
-        assert_eq!(app_of_path("/v1/apps"), None);
-        assert_eq!(app_of_path("/v1/apps/hello"), Some("hello"));
-        assert_eq!(app_of_path("/v1/apps/"), None);
-        assert_eq!(app_of_path("/v1/hosts"), None);
+        self.gateway.response(response, ctx).await
     }
 }

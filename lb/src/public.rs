@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use steady_proto::name::{app_from_host, is_apex};
 use steady_proto::wire::HEADER_APP;
 
 use crate::edge::{self, EdgeLimits};
+use crate::gateway::{ApiCtx, Gateway, Listener};
 use crate::limits::{Limited, Limits};
 use crate::metrics::{LimitLabels, Metrics, RequestLabels};
 use crate::pages;
@@ -29,6 +30,8 @@ pub struct RequestCtx {
     body_bytes: u64,
     /// The request's place among its app's requests in flight.
     app_place: Option<pingora_limits::inflight::Guard>,
+    /// Set for an API call to the apex domain (`/v1/...`): it goes through the gateway.
+    api: Option<ApiCtx>,
 }
 
 /// Times a request whose connection to its host failed is tried again (100, 200, 400 ms apart).
@@ -44,6 +47,7 @@ pub struct PublicProxy {
     limits: EdgeLimits,
     rates: Limits,
     upstream_read_timeout_ms: Option<u64>,
+    gateway: Arc<Gateway>,
 }
 
 impl PublicProxy {
@@ -54,9 +58,11 @@ impl PublicProxy {
         limits: EdgeLimits,
         rates: Limits,
         metrics: Arc<Metrics>,
+        gateway: Arc<Gateway>,
     ) -> Self {
         assert!(!domains.is_empty(), "the LB serves at least one domain");
-        Self { routes, domains, metrics, prober: Prober::default(), limits, rates, upstream_read_timeout_ms: None }
+        let prober = Prober::default();
+        Self { routes, domains, metrics, prober, limits, rates, upstream_read_timeout_ms: None, gateway }
     }
 
     /// Bounds each wait on a host (past it: 504).
@@ -107,13 +113,17 @@ impl ProxyHttp for PublicProxy {
             return Ok(true);
         }
         let host = host_of(session.req_header()).to_ascii_lowercase();
-        if self.domains.iter().any(|d| is_apex(&host, d)) {
-            pages::respond(session, 200, "text/html; charset=utf-8", pages::apex()).await?;
-            return Ok(true);
-        }
         let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         if let Some(limited) = client.and_then(|ip| self.rates.admit_client(ip).err()) {
             return self.too_many(session, limited).await;
+        }
+        if self.domains.iter().any(|d| is_apex(&host, d)) {
+            if session.req_header().uri.path().starts_with("/v1/") {
+                let api = ctx.api.insert(ApiCtx::default());
+                return self.gateway.admit(session, api, Listener::Public).await;
+            }
+            pages::respond(session, 200, "text/html; charset=utf-8", pages::apex()).await?;
+            return Ok(true);
         }
         let Some(app) = self.domains.iter().find_map(|d| app_from_host(&host, d)) else {
             pages::respond(session, 404, "text/html; charset=utf-8", pages::unknown_host()).await?;
@@ -164,6 +174,10 @@ impl ProxyHttp for PublicProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
+        if let Some(api) = &ctx.api {
+            // API calls wait as long as they need (a deploy's trial, a followed log).
+            return Ok(upstream::peer(self.gateway.upstream(api)?, None));
+        }
         let addr = ctx.ingress.ok_or_else(|| pingora::Error::new_str("no route chosen"))?;
         if ctx.connect_failures > 0 {
             // A host daemon restarting (a crash, an upgrade) is back within a few hundred ms.
@@ -213,11 +227,26 @@ impl ProxyHttp for PublicProxy {
         request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        if let Some(api) = &ctx.api {
+            return self.gateway.upstream_request(session, request, api);
+        }
         upstream::strip_internal_headers(request);
         upstream::strip_hop_by_hop(request);
         request.insert_header(HEADER_APP, ctx.app.as_str())?;
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
         upstream::set_forwarded(request, client)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        match &ctx.api {
+            Some(api) => self.gateway.response(response, api).await,
+            None => Ok(()),
+        }
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&pingora::Error>, ctx: &mut RequestCtx) {

@@ -77,7 +77,10 @@ async fn authorize(State(slicer): State<Arc<Slicer>>, Json(ask): Json<Authorize>
     Ok(Json(principal))
 }
 
-async fn list_tokens(State(slicer): State<Arc<Slicer>>, headers: HeaderMap) -> Result<Json<serde_json::Value>, Failure> {
+async fn list_tokens(
+    State(slicer): State<Arc<Slicer>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, Failure> {
     let caller = Caller::of(&headers);
     let tokens: Vec<TokenInfo> = slicer.read(|store| store.tokens(caller.scope()))?;
     Ok(Json(serde_json::json!({ "tokens": tokens })))

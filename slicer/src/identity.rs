@@ -54,7 +54,9 @@ CREATE INDEX IF NOT EXISTS claims_owner ON claims (owner);
 /// Why a call is refused; each maps to one HTTP status and a stable code.
 #[derive(Debug, thiserror::Error)]
 pub enum Denied {
-    #[error("this call needs a token: sign in with `steady login` (anonymous callers may only `steady run` temporary apps)")]
+    #[error(
+        "this call needs a token: sign in with `steady login` (anonymous callers may only `steady run` temporary apps)"
+    )]
     LoginRequired,
     #[error("the token is not valid (mistyped, revoked or expired); sign in again with `steady login`")]
     BadToken,
@@ -114,9 +116,7 @@ pub fn validate_owner(owner: &str) -> Result<(), Denied> {
         && !owner.starts_with('-')
         && !owner.ends_with('-');
     if !valid {
-        let message = format!(
-            "owner {owner:?} must be 1 to {OWNER_BYTES_MAX} lowercase letters, digits and inner '-'"
-        );
+        let message = format!("owner {owner:?} must be 1 to {OWNER_BYTES_MAX} lowercase letters, digits and inner '-'");
         return Err(Denied::BadRequest(message));
     }
     Ok(())
@@ -223,11 +223,10 @@ impl Store {
             return Err(Denied::BadRequest(format!("a label is at most {LABEL_BYTES_MAX} bytes of plain text")));
         }
         let tx = self.connection_mut().transaction()?;
-        let held: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM tokens WHERE owner = ?1 AND revoked_at_ms IS NULL",
-            [owner],
-            |r| r.get(0),
-        )?;
+        let held: i64 =
+            tx.query_row("SELECT COUNT(*) FROM tokens WHERE owner = ?1 AND revoked_at_ms IS NULL", [owner], |r| {
+                r.get(0)
+            })?;
         if held >= TOKENS_PER_OWNER_MAX {
             let message = format!("{owner} holds {held} tokens, the most allowed; revoke one first");
             return Err(Denied::Full(message));
@@ -293,10 +292,7 @@ fn principal_of(tx: &Transaction, secret: &str, now_ms: u64) -> Result<Principal
 fn anonymous(tx: &Transaction, ttl_s: Option<u64>, now_ms: u64) -> Result<Principal, Denied> {
     let ttl_s = ttl_s.ok_or(Denied::LoginRequired)?.clamp(1, TEMPORARY_TTL_S_MAX);
     // Expired anonymous tokens are dropped here, so the table stays bounded.
-    tx.execute(
-        "DELETE FROM tokens WHERE role = 'temporary' AND expires_at_ms <= ?1",
-        [now_ms as i64],
-    )?;
+    tx.execute("DELETE FROM tokens WHERE role = 'temporary' AND expires_at_ms <= ?1", [now_ms as i64])?;
     let alive: i64 = tx.query_row("SELECT COUNT(*) FROM tokens WHERE role = 'temporary'", [], |r| r.get(0))?;
     if alive >= TEMPORARY_TOKENS_MAX {
         return Err(Denied::Full("too many anonymous apps are running; sign in to deploy".into()));
@@ -402,7 +398,10 @@ mod tests {
         let bob = store.create_token("bob", Role::Owner, "", None, 1).unwrap().token;
         store.authorize(&ask(Some(&alice), Access::Deploy, Some("shop")), 2).unwrap();
         store.authorize(&ask(Some(&alice), Access::Read, Some("shop")), 3).unwrap();
-        assert!(matches!(store.authorize(&ask(Some(&bob), Access::Deploy, Some("shop")), 4), Err(Denied::NameTaken(_))));
+        assert!(matches!(
+            store.authorize(&ask(Some(&bob), Access::Deploy, Some("shop")), 4),
+            Err(Denied::NameTaken(_))
+        ));
         assert!(matches!(store.authorize(&ask(Some(&bob), Access::Read, Some("shop")), 4), Err(Denied::NotFound(_))));
         assert!(matches!(store.authorize(&ask(Some(&bob), Access::Write, Some("shop")), 4), Err(Denied::NotFound(_))));
         assert!(matches!(store.authorize(&ask(Some(&bob), Access::Admin, None), 4), Err(Denied::AdminOnly)));
@@ -420,7 +419,10 @@ mod tests {
         let deploy = store.authorize(&ask(Some(&token), Access::Deploy, Some("tmp-2")), 2);
         assert!(matches!(deploy, Err(Denied::TemporaryOnly)));
         // The token dies with its app's time to live (60 s).
-        assert!(matches!(store.authorize(&ask(Some(&token), Access::Read, Some("tmp-1")), 61_000), Err(Denied::BadToken)));
+        assert!(matches!(
+            store.authorize(&ask(Some(&token), Access::Read, Some("tmp-1")), 61_000),
+            Err(Denied::BadToken)
+        ));
     }
 
     #[test]
@@ -432,7 +434,10 @@ mod tests {
         assert!(matches!(other, Err(Denied::UnknownToken(_))), "bob cannot revoke alice's token");
         store.revoke_token(&created.info.id, Some("alice"), 3).unwrap();
         assert!(matches!(store.authorize(&ask(Some(&created.token), Access::Account, None), 4), Err(Denied::BadToken)));
-        assert!(matches!(store.authorize(&ask(Some("stdy_nonsense"), Access::Account, None), 4), Err(Denied::BadToken)));
+        assert!(matches!(
+            store.authorize(&ask(Some("stdy_nonsense"), Access::Account, None), 4),
+            Err(Denied::BadToken)
+        ));
     }
 
     #[test]
