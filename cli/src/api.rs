@@ -4,23 +4,25 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use steady_proto::wire::{
-    ApiError, AppEntry, AppStatus, DeployResult, RequestRecord, Rollback, VersionInfo, HEADER_URL,
+    ApiError, AppStatus, CreatedToken, DeployResult, NewToken, RequestRecord, Rollback, TokenInfo, VersionInfo,
+    HEADER_NEW_TOKEN, HEADER_URL,
 };
 
-use crate::exit::{Failure, CONFLICT, FAILED, NETWORK, NOT_FOUND};
+use crate::exit::{Failure, AUTH, CONFLICT, FAILED, NETWORK, NOT_FOUND};
 
 /// The API address `steady up` serves on by default.
 pub const DEFAULT_API: &str = "127.0.0.1:8081";
 const REQUEST_TIMEOUT_MS: u64 = 120_000;
 const CONNECT_TIMEOUT_MS: u64 = 5_000;
 
-/// An API client.
 /// Backups and restores move whole databases: they get longer than other calls.
 const LONG_OPERATION_TIMEOUT: Duration = Duration::from_secs(900);
 
+/// An API client, with the caller's token on every call.
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 /// What `deploy` prints.
@@ -29,22 +31,94 @@ pub struct Deployed {
     #[serde(flatten)]
     pub result: DeployResult,
     pub url: String,
+    /// For an anonymous run: the token that may see and delete the temporary app.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// An app as `GET /v1/apps` lists it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ListedApp {
+    #[serde(flatten)]
+    pub entry: steady_proto::wire::AppEntry,
+    #[serde(default)]
+    pub owner: String,
 }
 
 #[derive(Deserialize)]
 struct AppList {
-    apps: Vec<AppEntry>,
+    apps: Vec<ListedApp>,
+}
+
+/// Who a token belongs to.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Whoami {
+    pub owner: String,
+    pub role: steady_proto::wire::Role,
+    pub token_id: String,
 }
 
 impl Client {
-    /// A client for `api` (`host:port` or `http://host:port`).
-    pub fn new(api: &str) -> anyhow::Result<Self> {
-        let base = if api.contains("://") { api.trim_end_matches('/').to_owned() } else { format!("http://{api}") };
+    /// A client for `api` (`host:port` or `http://host:port`), calling with `token`.
+    pub fn new(api: &str, token: Option<&str>) -> anyhow::Result<Self> {
+        let base = crate::config::base_url(api);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .default_headers(Self::headers(token)?)
             .build()?;
-        Ok(Self { base, http })
+        Ok(Self { base, http, token: token.map(str::to_owned) })
+    }
+
+    fn headers(token: Option<&str>) -> anyhow::Result<reqwest::header::HeaderMap> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                Failure::new(crate::exit::USAGE, "bad_token", "the token holds characters a header cannot carry")
+            })?;
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        Ok(headers)
+    }
+
+    /// The API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Who the token belongs to.
+    pub async fn whoami(&self) -> anyhow::Result<Whoami> {
+        self.get(format!("{}/v1/whoami", self.base)).await
+    }
+
+    /// The caller's tokens (every token, for an admin).
+    pub async fn tokens(&self) -> anyhow::Result<Vec<TokenInfo>> {
+        #[derive(Deserialize)]
+        struct Tokens {
+            tokens: Vec<TokenInfo>,
+        }
+        Ok(self.get::<Tokens>(format!("{}/v1/tokens", self.base)).await?.tokens)
+    }
+
+    /// Makes a token.
+    pub async fn create_token(&self, new: &NewToken) -> anyhow::Result<CreatedToken> {
+        let request = self.http.post(format!("{}/v1/tokens", self.base)).json(new);
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        self.decode(response).await
+    }
+
+    /// Revokes token `id`.
+    pub async fn revoke_token(&self, id: &str) -> anyhow::Result<TokenInfo> {
+        let response =
+            self.http.delete(format!("{}/v1/tokens/{id}", self.base)).send().await.map_err(|e| self.unreachable(e))?;
+        self.decode(response).await
+    }
+
+    /// The app's state and its public URL.
+    pub async fn status_with_url(&self, name: &str) -> anyhow::Result<(AppStatus, String)> {
+        let response = self.http.get(self.app_url(name, "")).send().await.map_err(|e| self.unreachable(e))?;
+        let url = response.headers().get(HEADER_URL).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        Ok((self.decode(response).await?, url))
     }
 
     fn unreachable(&self, error: reqwest::Error) -> anyhow::Error {
@@ -78,9 +152,10 @@ impl Client {
     }
 
     async fn deployed(&self, response: reqwest::Response) -> anyhow::Result<Deployed> {
-        let app_url = response.headers().get(HEADER_URL).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let (app_url, token) = (header(HEADER_URL).unwrap_or_default(), header(HEADER_NEW_TOKEN));
         let result: DeployResult = self.decode(response).await?;
-        Ok(Deployed { result, url: app_url })
+        Ok(Deployed { result, url: app_url, token })
     }
 
     /// Makes an earlier version current again.
@@ -116,11 +191,6 @@ impl Client {
         Ok(self.get::<Versions>(self.app_url(name, "/versions")).await?.versions)
     }
 
-    /// The app's state on its host.
-    pub async fn status(&self, name: &str) -> anyhow::Result<AppStatus> {
-        self.get(self.app_url(name, "")).await
-    }
-
     /// The last requests of `name`.
     pub async fn requests(&self, name: &str, tail: usize) -> anyhow::Result<Vec<RequestRecord>> {
         #[derive(Deserialize)]
@@ -144,22 +214,31 @@ impl Client {
         tail: usize,
         follow: bool,
         out: &mut impl std::io::Write,
+        json: bool,
     ) -> anyhow::Result<()> {
         let url = self.app_url(name, &format!("/logs?tail={tail}&follow={follow}"));
         // A followed log has no end: no overall timeout, only the connect timeout.
-        let client = reqwest::Client::builder().connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS)).build()?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .default_headers(Self::headers(self.token.as_deref())?)
+            .build()?;
         let mut response = client.get(url).send().await.map_err(|e| self.unreachable(e))?;
         if !response.status().is_success() {
             return self.decode::<serde_json::Value>(response).await.map(drop);
         }
+        let mut lines = LogLines::default();
         while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(e))? {
-            out.write_all(&chunk)?;
+            if json {
+                lines.write_json(&chunk, out)?;
+            } else {
+                out.write_all(&chunk)?;
+            }
             out.flush()?;
         }
+        lines.finish(json, out)?;
         Ok(())
     }
 
-    /// All apps.
     /// The cluster's hosts with their slices and apps, as the slicer sees them.
     pub async fn hosts(&self) -> anyhow::Result<serde_json::Value> {
         let response =
@@ -174,7 +253,8 @@ impl Client {
         self.decode(response).await
     }
 
-    pub async fn apps(&self) -> anyhow::Result<Vec<AppEntry>> {
+    /// The caller's apps (every app, for an admin).
+    pub async fn apps(&self) -> anyhow::Result<Vec<ListedApp>> {
         let response = self.http.get(format!("{}/v1/apps", self.base)).send().await.map_err(|e| self.unreachable(e))?;
         let list: AppList = self.decode(response).await?;
         Ok(list.apps)
@@ -188,6 +268,7 @@ impl Client {
                 .map_err(|e| anyhow::anyhow!("the API answered {status} with unexpected content: {e}"));
         }
         let code = match status.as_u16() {
+            401 | 403 => AUTH,
             404 => NOT_FOUND,
             409 => CONFLICT,
             502..=504 => NETWORK,
@@ -206,5 +287,41 @@ impl Client {
             failure.detail = lines.iter().filter_map(|l| l.as_str().map(str::to_owned)).collect();
         }
         Err(failure.into())
+    }
+}
+
+/// Longest log line `--json` turns into one object; a longer one is cut there.
+const LOG_LINE_BYTES_MAX: usize = 64 * 1024;
+
+/// Splits a log stream into lines for `--json` (one object per line).
+#[derive(Default)]
+struct LogLines {
+    partial: Vec<u8>,
+}
+
+impl LogLines {
+    fn write_json(&mut self, chunk: &[u8], out: &mut impl std::io::Write) -> std::io::Result<()> {
+        for &byte in chunk {
+            if byte == b'\n' {
+                self.emit(out)?;
+            } else if self.partial.len() < LOG_LINE_BYTES_MAX {
+                self.partial.push(byte);
+            }
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let line = String::from_utf8_lossy(&self.partial);
+        writeln!(out, "{}", serde_json::json!({ "line": line }))?;
+        self.partial.clear();
+        Ok(())
+    }
+
+    fn finish(&mut self, json: bool, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        if json && !self.partial.is_empty() {
+            self.emit(out)?;
+        }
+        Ok(())
     }
 }

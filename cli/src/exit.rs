@@ -17,6 +17,8 @@ pub struct Failure {
 pub const FAILED: i32 = 1;
 /// Usage error (clap uses 2 too).
 pub const USAGE: i32 = 2;
+/// Not signed in, a bad or revoked token, or a call the token may not make.
+pub const AUTH: i32 = 3;
 /// The app or thing named does not exist.
 pub const NOT_FOUND: i32 = 4;
 /// Conflicts with the state on the server.

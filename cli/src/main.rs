@@ -4,9 +4,11 @@
 //! with Bun and uploads it; `steady apps` lists what runs. Exit codes are stable for scripts:
 //! see [`exit`].
 
+mod account;
 mod api;
 mod bundle;
 mod cluster;
+mod config;
 mod exit;
 mod names;
 mod tools;
@@ -20,9 +22,13 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, after_help = EXAMPLES)]
 struct Cli {
-    /// Address of steady's API (the load balancer's private port).
-    #[arg(long, global = true, env = "STEADY_API", default_value = api::DEFAULT_API)]
-    api: String,
+    /// Address of steady's API: the load balancer's private port (`host:port`), or a platform's
+    /// apex URL (`https://steady.page`). Default: the config file's, else 127.0.0.1:8081.
+    #[arg(long, global = true, env = "STEADY_API")]
+    api: Option<String>,
+    /// Token to call the API with. Default: the config file's token for the API (`steady login`).
+    #[arg(long, global = true, env = "STEADY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print machine-readable JSON on stdout (errors as JSON on stderr).
     #[arg(long, global = true)]
     json: bool,
@@ -39,7 +45,11 @@ const EXAMPLES: &str = "Examples:
   steady logs hello --follow          stream an app's log
   steady rollback hello               serve the previous version again
 
-Exit codes: 0 ok, 1 refused or failed, 2 usage, 4 not found, 5 conflict, 6 network.";
+  steady login                        sign in (paste a token); saved in ~/.config/steady/config.yaml
+  steady completions bash > ~/.local/share/bash-completion/completions/steady
+
+Exit codes: 0 ok, 1 refused or failed, 2 usage, 3 not signed in or not allowed, 4 not found,
+5 conflict, 6 network.";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -126,6 +136,34 @@ or a package.json naming its entry. Dependencies in package.json must be install
         #[arg(long)]
         at: Option<String>,
     },
+    /// Open an app's URL in the browser ($BROWSER, else xdg-open); prints the URL too.
+    Open {
+        name: String,
+        /// Only print the URL.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Sign in: check a token with the API and save it in the config file for that API.
+    ///
+    /// The token comes from --token / STEADY_TOKEN, else from stdin (paste it). An operator
+    /// finds the admin token in the slicer's data folder (`admin.token`; `steady up` signs in
+    /// with it by itself) and makes tokens for users with `steady token create --owner NAME`.
+    ///
+    /// Example: steady login --api https://steady.page
+    Login,
+    /// Forget the token saved for the API.
+    Logout,
+    /// Show who the token belongs to.
+    Whoami,
+    /// Make, list and revoke tokens.
+    Token {
+        #[command(subcommand)]
+        action: account::TokenAction,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// Example: steady completions zsh > "${fpath[1]}/_steady"
+    Completions { shell: clap_complete::Shell },
     /// Delete an app with its data and logs.
     Delete {
         name: String,
@@ -173,9 +211,23 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = api::Client::new(&cli.api)?;
+    if let Command::Completions { shell } = cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "steady", &mut std::io::stdout());
+        return Ok(());
+    }
+    let file = config::ConfigFile::load()?;
+    let api = cli.api.clone().or_else(|| file.api.clone()).unwrap_or_else(|| api::DEFAULT_API.to_owned());
+    let token = cli.token.clone().or_else(|| file.token_for(&api).map(str::to_owned));
+    let client = api::Client::new(&api, token.as_deref())?;
     match cli.command {
-        Command::Up(args) => up::run(args, &cli.api).await,
+        Command::Completions { .. } => unreachable!("answered above"),
+        Command::Up(args) => up::run(args, &api).await,
+        Command::Login => account::login(&api, cli.token.as_deref(), file, cli.json).await,
+        Command::Logout => account::logout(&api, file, cli.json),
+        Command::Whoami => account::whoami(&client, cli.json).await,
+        Command::Token { action } => account::token(&client, action, cli.json).await,
+        Command::Open { name, print } => open(&client, &name, print, cli.json).await,
         Command::Deploy { path, name } => deploy(&client, &path, name.as_deref(), cli.json).await,
         Command::Apps => apps(&client, cli.json).await,
         Command::Cluster { action: ClusterAction::Plan { file } } => {
@@ -197,7 +249,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run { path, ttl, name } => run_temporary(&client, &path, ttl, name, cli.json).await,
         Command::Status { name } => status(&client, &name, cli.json).await,
-        Command::Logs { name, follow, tail } => client.logs(&name, tail, follow, &mut std::io::stdout()).await,
+        Command::Logs { name, follow, tail } => {
+            client.logs(&name, tail, follow, &mut std::io::stdout(), cli.json).await
+        }
         Command::Requests { name, tail } => requests(&client, &name, tail, cli.json).await,
         Command::Versions { name } => versions(&client, &name, cli.json).await,
         Command::Rollback { name, version } => {
@@ -254,6 +308,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Opens the app's URL in the browser, or prints it.
+async fn open(client: &api::Client, name: &str, print: bool, json: bool) -> anyhow::Result<()> {
+    let (_, url) = client.status_with_url(name).await?;
+    anyhow::ensure!(!url.is_empty(), "the API did not say where {name} answers; is the load balancer up to date?");
+    if json {
+        println!("{}", serde_json::json!({ "name": name, "url": url }));
+    } else {
+        println!("{url}");
+    }
+    if print {
+        return Ok(());
+    }
+    let browser = std::env::var("BROWSER").ok().filter(|b| !b.trim().is_empty());
+    let opener = browser.unwrap_or_else(|| "xdg-open".to_owned());
+    // $BROWSER may hold arguments ("firefox --new-tab"): run it through the shell, URL as $1.
+    let status = std::process::Command::new("sh")
+        .args(["-c", &format!("{opener} \"$1\""), "steady-open", &url])
+        .stdin(std::process::Stdio::null())
+        .status();
+    match status {
+        Ok(status) if status.success() => Ok(()),
+        _ => {
+            eprintln!("could not start a browser ({opener}); open the URL above yourself, or set $BROWSER");
+            Ok(())
+        }
+    }
+}
+
 fn print_deployed(deployed: &api::Deployed, json: bool, verb: &str) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(deployed)?);
@@ -280,17 +362,24 @@ async fn run_temporary(
     let deployed = client.deploy(&built.name, built.archive, Some(ttl.as_secs().max(1))).await?;
     if !json {
         eprintln!("temporary app {name} lives for {}", humantime::format_duration(ttl));
+        if let Some(token) = &deployed.token {
+            eprintln!("you are not signed in: this token sees and deletes the app until it expires:");
+            eprintln!("  STEADY_TOKEN={token}");
+        }
     }
     print_deployed(&deployed, json, "running")
 }
 
 async fn status(client: &api::Client, name: &str, json: bool) -> anyhow::Result<()> {
-    let status = client.status(name).await?;
+    let (status, url) = client.status_with_url(name).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        let mut value = serde_json::to_value(&status)?;
+        value["url"] = url.into();
+        println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
     println!("name:       {}", status.name);
+    println!("url:        {url}");
     println!("host:       {}", status.host_id);
     println!("version:    {}", status.version);
     println!("state:      {}{}", status.state, status.pid.map(|p| format!(" (pid {p})")).unwrap_or_default());
@@ -372,13 +461,12 @@ async fn apps(client: &api::Client, json: bool) -> anyhow::Result<()> {
         println!("no apps yet: deploy one with `steady deploy PATH`");
         return Ok(());
     }
-    let width = apps.iter().map(|a| a.name.len()).max().unwrap_or(4).max(4);
-    println!("{:<width$}  {:<10}  {:>7}  UPDATED", "NAME", "HOST", "VERSION");
+    let width = apps.iter().map(|a| a.entry.name.len()).max().unwrap_or(4).max(4);
+    println!("{:<width$}  {:<12}  {:<10}  {:>7}  UPDATED", "NAME", "OWNER", "HOST", "VERSION");
     for app in apps {
-        let updated = humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(app.updated_at_ms),
-        );
-        println!("{:<width$}  {:<10}  {:>7}  {updated}", app.name, app.host_id, app.version);
+        let (app, owner) = (app.entry, app.owner);
+        let updated = time(app.updated_at_ms);
+        println!("{:<width$}  {owner:<12}  {:<10}  {:>7}  {updated}", app.name, app.host_id, app.version);
     }
     Ok(())
 }

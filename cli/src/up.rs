@@ -78,7 +78,14 @@ pub async fn run(args: UpArgs, api: &str) -> anyhow::Result<()> {
     let port = if args.http.port() == 80 { String::new() } else { format!(":{}", args.http.port()) };
     eprintln!("steady is up: {} hosts, API on {api}, apps at http://<name>.{}{port}/", args.hosts, args.domain);
     eprintln!("logs in {}; press Ctrl-C to stop", data.join("logs").display());
-    let deployed = deploy_examples(&args.deploy, api).await;
+    let admin = std::fs::read_to_string(data.join("slicer").join("admin.token"))
+        .context("reading the admin token the slicer made")?
+        .trim()
+        .to_owned();
+    if let Err(error) = sign_in(api, &admin).await {
+        eprintln!("could not save the admin token in the config file: {error:#}");
+    }
+    let deployed = deploy_examples(&args.deploy, api, &admin).await;
     if let Err(error) = deployed {
         crate::exit::report(&error, false);
     }
@@ -247,8 +254,25 @@ async fn wait_lb_ready(daemons: &mut [Daemon], api: SocketAddr) -> anyhow::Resul
     }
 }
 
-async fn deploy_examples(paths: &[PathBuf], api: SocketAddr) -> anyhow::Result<()> {
-    let client = crate::api::Client::new(&api.to_string())?;
+/// Saves the admin token for `api` in the config file unless a token that works is saved
+/// there already, so `steady deploy` and friends work at once on this machine.
+async fn sign_in(api: SocketAddr, admin: &str) -> anyhow::Result<()> {
+    let mut file = crate::config::ConfigFile::load()?;
+    let api = api.to_string();
+    if let Some(saved) = file.token_for(&api) {
+        if crate::api::Client::new(&api, Some(saved))?.whoami().await.is_ok() {
+            return Ok(());
+        }
+    }
+    file.tokens.insert(crate::config::base_url(&api), admin.to_owned());
+    file.api.get_or_insert_with(|| crate::config::base_url(&api));
+    let path = file.save()?;
+    eprintln!("signed in to {api} as admin (token saved in {})", path.display());
+    Ok(())
+}
+
+async fn deploy_examples(paths: &[PathBuf], api: SocketAddr, token: &str) -> anyhow::Result<()> {
+    let client = crate::api::Client::new(&api.to_string(), Some(token))?;
     for path in paths {
         let built = crate::bundle::build(path, None)?;
         let deployed = client.deploy(&built.name, built.archive, None).await?;

@@ -176,7 +176,11 @@ pub struct Cluster {
     pub public: SocketAddr,
     pub private: SocketAddr,
     pub domain: String,
+    /// The admin token the slicer made (in its data folder).
+    pub admin_token: String,
     http: reqwest::blocking::Client,
+    /// A client that calls the API with the admin token.
+    api_http: reqwest::blocking::Client,
     host_flags: Vec<String>,
     slicer_args: Vec<String>,
     /// More load balancers beside `lb`, started with [`Cluster::add_lb`].
@@ -226,6 +230,8 @@ impl Cluster {
         let hosts = (1..=host_count).map(|i| start_host(&root, i, &slicer_addr, &host_flags)).collect();
         let Lb { daemon: lb, public, private } = start_lb(&root, "lb", &slicer_addr);
         let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client");
+        let admin_token = admin_token(&root.join("slicer"));
+        let api_http = api_client(&admin_token);
         let domain = "localhost".into();
         let more_lbs = Vec::new();
         let cluster = Self {
@@ -237,7 +243,9 @@ impl Cluster {
             public,
             private,
             domain,
+            admin_token,
             http,
+            api_http,
             host_flags,
             slicer_args,
             more_lbs,
@@ -315,7 +323,14 @@ impl Cluster {
 
     /// Runs the `steady` CLI against this cluster's API.
     pub fn steady(&self, args: &[&str]) -> Output {
-        steady_command(args).env("STEADY_API", self.private.to_string()).output().expect("running steady")
+        self.steady_as(&self.admin_token, args)
+    }
+
+    /// Runs the `steady` CLI against this cluster's API with `token`.
+    pub fn steady_as(&self, token: &str, args: &[&str]) -> Output {
+        let command = &mut steady_command(args);
+        command.env("STEADY_API", self.private.to_string()).env("STEADY_TOKEN", token);
+        command.output().expect("running steady")
     }
 
     /// Deploys `source` (a folder) as `name` with the CLI; panics with its output on failure.
@@ -336,7 +351,8 @@ impl Cluster {
 
     /// The slicer's routing table, read through the LB's private listener.
     pub fn table(&self) -> RoutingTable {
-        self.http.get(format!("http://{}/v1/table", self.private)).send().and_then(|r| r.json()).expect("routing table")
+        let url = format!("http://{}/v1/table", self.private);
+        self.api_http.get(url).send().and_then(|r| r.json()).expect("routing table")
     }
 
     /// Stops host `index` gracefully and starts it again on the same data and addresses.
@@ -370,13 +386,13 @@ impl Cluster {
 
     /// GET an API path on the private listener, as JSON.
     pub fn api_get(&self, path: &str) -> serde_json::Value {
-        let response = self.http.get(format!("http://{}{path}", self.private)).send().expect("API request");
+        let response = self.api_http.get(format!("http://{}{path}", self.private)).send().expect("API request");
         response.json().expect("API answers JSON")
     }
 
     /// POST an API path on the private listener (empty body), as JSON.
     pub fn api_post(&self, path: &str) -> serde_json::Value {
-        let response = self.http.post(format!("http://{}{path}", self.private)).send().expect("API request");
+        let response = self.api_http.post(format!("http://{}{path}", self.private)).send().expect("API request");
         response.json().expect("API answers JSON")
     }
 
@@ -388,7 +404,7 @@ impl Cluster {
     /// The app's log as text.
     pub fn app_log(&self, app: &str) -> String {
         let url = format!("http://{}/v1/apps/{app}/logs?tail=1000", self.private);
-        self.http.get(url).send().and_then(|r| r.text()).expect("app log")
+        self.api_http.get(url).send().and_then(|r| r.text()).expect("app log")
     }
 
     /// The tail of every daemon's log, for failure reports.
@@ -502,11 +518,28 @@ fn free_addr(ip: &str) -> SocketAddr {
     format!("{ip}:{}", free_port(ip)).parse().expect("socket address")
 }
 
-/// A `steady` CLI command with the tools on PATH.
+/// A `steady` CLI command with the tools on PATH, no API or token from the environment, and a
+/// config folder of its own (`XDG_CONFIG_HOME`, empty unless the test writes one there).
 pub fn steady_command(args: &[&str]) -> Command {
     let mut command = Command::new(bin_dir().join("steady"));
-    command.args(args).env("PATH", tools_path()).env_remove("STEADY_API");
+    command.args(args).env("PATH", tools_path()).env_remove("STEADY_API").env_remove("STEADY_TOKEN");
+    command.env("XDG_CONFIG_HOME", std::env::temp_dir().join(format!("steady-e2e-config-{}", std::process::id())));
     command
+}
+
+/// The admin token a slicer made in its data folder `slicer_data`.
+pub fn admin_token(slicer_data: &Path) -> String {
+    let file = slicer_data.join("admin.token");
+    std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display())).trim().to_owned()
+}
+
+/// An HTTP client that sends `token` as its bearer token on every request.
+pub fn api_client(token: &str) -> reqwest::blocking::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("a token fits a header");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    let builder = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).default_headers(headers);
+    builder.build().expect("http client")
 }
 
 /// Status, stdout and stderr of a finished command, for assertion messages.

@@ -280,8 +280,8 @@ impl Gateway {
     }
 
     /// A deploy answer names the table version that includes the app; it is held until this LB
-    /// has that table, so the URL the CLI prints works at once. An anonymous run's answer
-    /// carries its new token.
+    /// has that table, so the URL the CLI prints works at once. Every per-app answer carries
+    /// the app's URL, and an anonymous run's answer its new token.
     pub async fn response(&self, response: &mut ResponseHeader, ctx: &ApiCtx) -> pingora::Result<()> {
         let wanted =
             response.headers.get(HEADER_TABLE_VERSION).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
@@ -289,10 +289,9 @@ impl Gateway {
             if !self.routes.wait_for(version, Duration::from_millis(DEPLOY_TABLE_WAIT_MS)).await {
                 tracing::warn!(version, "deploy answered before this LB saw its table");
             }
-            if let Some(app) = &ctx.app {
-                response
-                    .insert_header(HEADER_URL, format!("http://{app}.{}{}/", self.url_domain, self.url_port_suffix))?;
-            }
+        }
+        if let Some(app) = &ctx.app {
+            response.insert_header(HEADER_URL, format!("http://{app}.{}{}/", self.url_domain, self.url_port_suffix))?;
         }
         if let Some(token) = ctx.principal.as_ref().and_then(|p| p.new_token.as_deref()) {
             response.insert_header(HEADER_NEW_TOKEN, token)?;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use steady_e2e::{bin_dir, describe, eventually, free_port, steady_command, workspace, Daemon};
+use steady_e2e::{admin_token, bin_dir, describe, eventually, free_port, steady_command, workspace, Daemon};
 
 #[test]
 fn the_command_lines_a_cluster_file_plans_run_a_working_cluster() {
@@ -51,7 +51,9 @@ fn the_command_lines_a_cluster_file_plans_run_a_working_cluster() {
         text.starts_with("ready").then_some(())
     });
     let hello = workspace().join("examples/hello").display().to_string();
-    let output = steady_command(&["deploy", &hello, "--name", "planned"]).env("STEADY_API", &lb_private).output();
+    let token = admin_token(&dir.path().join("data").join("slicer"));
+    let deploy = &mut steady_command(&["deploy", &hello, "--name", "planned"]);
+    let output = deploy.env("STEADY_API", &lb_private).env("STEADY_TOKEN", &token).output();
     let output = output.expect("deploy");
     assert!(output.status.success(), "{}", describe(&output));
     let answer = http.get(format!("http://{lb_public}/")).header("host", "planned.localhost").send().expect("answer");

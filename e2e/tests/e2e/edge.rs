@@ -213,14 +213,20 @@ fn a_host_that_does_not_answer_in_time_is_a_504_and_the_api_is_not_on_the_public
     assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
     assert_eq!(request("/").0, 200, "the app serves other requests");
 
-    // The API lives on the private listener only: on the public one these are app paths.
+    // The admin's view of the API lives on the private listener only: on the public one an
+    // admin token is refused, and without a token nothing is listed.
+    let admin = format!("Authorization: Bearer {}\r\n", cluster.admin_token);
     for host in ["localhost", "127.0.0.1"] {
-        let (status, text) =
-            raw(lb, format!("GET /v1/apps HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes());
-        assert!(!text.contains("\"hangs\""), "the public listener listed apps for Host {host}: {status}");
+        for auth in ["", admin.as_str()] {
+            let request = format!("GET /v1/apps HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n");
+            let (status, text) = raw(lb, request.as_bytes());
+            assert!(!text.contains("\"hangs\""), "the public listener listed apps for Host {host}: {status}");
+        }
     }
     let private = cluster.more_lbs[index].private;
-    let (status, text) = raw(private, b"GET /v1/apps HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let request = |auth: &str| format!("GET /v1/apps HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    assert_eq!(raw(private, request("").as_bytes()).0, 401, "the API wants a token");
+    let (status, text) = raw(private, request(&admin).as_bytes());
     assert_eq!(status, 200);
     assert!(text.contains("\"hangs\""), "{text}");
 }

@@ -183,6 +183,7 @@ fn logs_follow_live_and_requests_are_logged() {
 
     let mut follower = steady_command(&["logs", "chatty", "--follow", "--tail", "0"])
         .env("STEADY_API", cluster.private.to_string())
+        .env("STEADY_TOKEN", &cluster.admin_token)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

@@ -5,29 +5,45 @@ use std::time::Duration;
 
 use steady_e2e::{alive, descendants, describe, eventually, free_port, steady_command, write_app};
 
-struct Up {
+pub struct Up {
     child: Child,
-    api: String,
-    http: String,
+    pub api: String,
+    pub http: String,
+    /// The CLI's config folder (`XDG_CONFIG_HOME`) for this test's commands.
+    pub config: std::path::PathBuf,
 }
 
 impl Up {
-    fn start(data: &std::path::Path, http: &str, api: &str) -> Self {
+    /// Starts `steady up` on `data` with the CLI config in `config`; returns once it is ready
+    /// and has signed the CLI in.
+    pub fn start(data: &std::path::Path, config: &std::path::Path, http: &str, api: &str) -> Self {
         use std::os::unix::process::CommandExt;
-        let child =
-            steady_command(&["up", "--http", http, "--api", api, "--data", data.to_str().unwrap(), "--hosts", "2"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .process_group(0)
-                .spawn()
-                .expect("steady up");
-        let up = Self { child, api: api.into(), http: http.into() };
+        let args = ["up", "--http", http, "--api", api, "--data", data.to_str().unwrap(), "--hosts", "2"];
+        let child = steady_command(&args)
+            .env("XDG_CONFIG_HOME", config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("steady up");
+        let up = Self { child, api: api.into(), http: http.into(), config: config.to_owned() };
         eventually("steady up ready", || {
             let ready = reqwest::blocking::get(format!("http://{}/readyz", up.api)).ok()?;
             ready.status().is_success().then_some(())
         });
+        eventually("steady up to sign the CLI in", || {
+            let text = std::fs::read_to_string(config.join("steady/config.yaml")).ok()?;
+            text.contains(&format!("http://{api}:")).then_some(())
+        });
         up
+    }
+
+    /// A CLI command against this platform, with the config `steady up` signed in.
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut command = steady_command(args);
+        command.env("STEADY_API", &self.api).env("XDG_CONFIG_HOME", &self.config);
+        command
     }
 
     /// Every process in `steady up`'s tree right now.
@@ -45,7 +61,7 @@ impl Up {
         assert!(status.success(), "steady up exited with {status}");
     }
 
-    fn get(&self, app: &str) -> (u16, String) {
+    pub fn get(&self, app: &str) -> (u16, String) {
         let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
         let response =
             client.get(format!("http://{}/", self.http)).header("host", format!("{app}.localhost")).send().unwrap();
@@ -72,10 +88,10 @@ fn up_serves_the_same_apps_after_a_restart_and_ctrl_c_leaves_nothing() {
     let http = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     let api = format!("127.0.0.1:{}", free_port("127.0.0.1"));
 
-    let up = Up::start(&data, &http, &api);
+    let config = dir.path().join("config");
+    let up = Up::start(&data, &config, &http, &api);
     let app = write_app(dir.path(), "kept", "export default { fetch: () => new Response('still here') };\n");
-    let deploy =
-        steady_command(&["deploy", app.to_str().unwrap(), "--name", "kept"]).env("STEADY_API", &api).output().unwrap();
+    let deploy = up.command(&["deploy", app.to_str().unwrap(), "--name", "kept"]).output().unwrap();
     assert!(deploy.status.success(), "{}", describe(&deploy));
     let url = String::from_utf8_lossy(&deploy.stdout).trim().to_owned();
     assert_eq!(url, format!("http://kept.localhost:{}/", http.rsplit(':').next().unwrap()));
@@ -85,9 +101,9 @@ fn up_serves_the_same_apps_after_a_restart_and_ctrl_c_leaves_nothing() {
     up.interrupt();
     eventually("every process of steady up to be gone", || processes.iter().all(|&p| !alive(p)).then_some(()));
 
-    let again = Up::start(&data, &http, &api);
+    let again = Up::start(&data, &config, &http, &api);
     assert_eq!(again.get("kept"), (200, "still here".to_owned()), "the second run serves the first run's app");
-    let apps = steady_command(&["apps", "--json"]).env("STEADY_API", &api).output().unwrap();
+    let apps = again.command(&["apps", "--json"]).output().unwrap();
     let apps: serde_json::Value = serde_json::from_slice(&apps.stdout).unwrap();
     assert_eq!(apps[0]["name"], "kept");
     again.interrupt();
