@@ -3,6 +3,7 @@
 
 mod access;
 mod cluster_file;
+mod commands;
 mod durability;
 mod edge;
 mod hostd;
