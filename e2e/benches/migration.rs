@@ -101,7 +101,7 @@ fn main() {
     let bundle = load::bundle(COUNTER_APP, cluster.dir.path());
     let apps: Vec<String> = (0..apps_count).map(|i| format!("mb-{i}")).collect();
     for app in &apps {
-        load::deploy_bundle(cluster.private, app, &bundle);
+        load::deploy_bundle(&cluster, app, &bundle);
     }
     steady_e2e::eventually("moves after the deploys", || moves_settled(&cluster).then_some(()));
 

@@ -321,6 +321,11 @@ impl Cluster {
         });
     }
 
+    /// An HTTP client that calls the API with the admin token.
+    pub fn api(&self) -> &reqwest::blocking::Client {
+        &self.api_http
+    }
+
     /// Runs the `steady` CLI against this cluster's API.
     pub fn steady(&self, args: &[&str]) -> Output {
         self.steady_as(&self.admin_token, args)

@@ -62,9 +62,11 @@ pub fn bundle(source: &str, dir: &Path) -> Vec<u8> {
 }
 
 /// Deploys `bundle` as `name` through the API at `private`; panics unless it is created.
-pub fn deploy_bundle(private: SocketAddr, name: &str, bundle: &[u8]) {
-    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
-    let response = http.post(format!("http://{private}/v1/apps/{name}/deploy")).body(bundle.to_vec()).send();
+pub fn deploy_bundle(cluster: &crate::Cluster, name: &str, bundle: &[u8]) {
+    let private = cluster.private;
+    let request =
+        cluster.api().post(format!("http://{private}/v1/apps/{name}/deploy")).timeout(Duration::from_secs(60));
+    let response = request.body(bundle.to_vec()).send();
     let response = response.expect("deploy request");
     let status = response.status().as_u16();
     assert!(status == 201 || status == 200, "deploy of {name}: {status} {}", response.text().unwrap_or_default());

@@ -29,9 +29,8 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     let dir = scenario::report_dir(options.out.as_deref(), "cold-storm");
     let cluster = scenario::start_cluster(options.hosts, 2, &[], &[]);
     let apps = Arc::new(scenario::deploy_apps(&cluster, HELLO_APP, "cold", options.apps));
-    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build()?;
     for app in apps.iter() {
-        let response = http.post(format!("http://{}/v1/apps/{app}/sleep", cluster.private)).send()?;
+        let response = cluster.api().post(format!("http://{}/v1/apps/{app}/sleep", cluster.private)).send()?;
         anyhow::ensure!(response.status().is_success(), "putting {app} to sleep: {}", response.status());
     }
     let target = scenario::target(&cluster);

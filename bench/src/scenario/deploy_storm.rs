@@ -40,17 +40,20 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     let recorder = Arc::new(Recorder::new());
     let next = Arc::new(AtomicUsize::new(0));
     let (private, total) = (cluster.private, options.apps);
+    let authorization = format!("Bearer {}", cluster.admin_token);
     let step = {
         let recorder = recorder.clone();
         attack::step(move |user| {
             let (bundle, recorder, next) = (bundle.clone(), recorder.clone(), next.clone());
+            let authorization = authorization.clone();
             Box::pin(async move {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 if index >= total {
                     return Ok(());
                 }
                 let url = format!("http://{private}/v1/apps/storm-{index}/deploy");
-                let builder = user.get_request_builder(&GooseMethod::Post, &url)?;
+                let builder =
+                    user.get_request_builder(&GooseMethod::Post, &url)?.header("authorization", authorization);
                 let builder =
                     builder.body(bundle.to_vec()).timeout(Duration::from_millis(scenario::REQUEST_TIMEOUT_MS));
                 let sent = Instant::now();

@@ -16,7 +16,7 @@ fn cluster_with_apps(host_flags: &[&str], slicer_flags: &[&str]) -> (Cluster, Ve
     let bundle = load::bundle(COUNTER_APP, cluster.dir.path());
     let apps: Vec<String> = (0..APPS).map(|i| format!("mv-{i}")).collect();
     for app in &apps {
-        load::deploy_bundle(cluster.private, app, &bundle);
+        load::deploy_bundle(&cluster, app, &bundle);
     }
     let version = cluster.table().version;
     wait_lbs(&cluster, version);
