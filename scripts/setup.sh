@@ -8,6 +8,7 @@ tools="$root/.tools"
 BUN_VERSION=1.4.5
 LITESTREAM_VERSION=0.5.17
 S3S_FS_VERSION=0.14.1
+SCHEMATHESIS_VERSION=4.32.5
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 
@@ -53,6 +54,14 @@ if [ ! -x "$tools/bin/s3s-fs" ] || [ "$("$tools/bin/s3s-fs" --version)" != "s3s-
   say "building s3s-fs $S3S_FS_VERSION with cargo install (a few minutes)"
   cargo install --quiet --locked --root "$tools/cargo" s3s-fs --version "$S3S_FS_VERSION" --features binary
   ln -sf "$tools/cargo/bin/s3s-fs" "$tools/bin/s3s-fs"
+fi
+
+# The API's schema-driven fuzzer, for the OpenAPI test.
+if [ ! -x "$tools/bin/st" ] || ! "$tools/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  say "installing schemathesis $SCHEMATHESIS_VERSION from PyPI"
+  python3 -m venv "$tools/schemathesis"
+  "$tools/schemathesis/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+  ln -sf "$tools/schemathesis/bin/st" "$tools/bin/st"
 fi
 
 # The Hono example resolves its dependency here, as a user's machine would before deploying.

@@ -150,6 +150,9 @@ fn deploy_failure(name: &str, error: DeployError) -> Response {
         DeployError::Membership(MembershipError::NotOwner(_)) => failure(StatusCode::CONFLICT, "not_owner", message),
         DeployError::Membership(_) => failure(StatusCode::SERVICE_UNAVAILABLE, "slicer_unavailable", message),
         DeployError::Storage(_) => failure(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", message),
+        DeployError::Data(crate::replica::ReplicaError::NoStateAt { .. }) => {
+            failure(StatusCode::UNPROCESSABLE_ENTITY, "no_state_at", message)
+        }
         DeployError::Data(_) => failure(StatusCode::SERVICE_UNAVAILABLE, "data_unavailable", message),
         DeployError::Store(_) | DeployError::Io(_) => internal(message),
     }

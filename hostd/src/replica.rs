@@ -155,6 +155,8 @@ pub enum ReplicaError {
     Manifest { app: String, message: String },
     #[error("restoring {database:?} of {app:?} failed: {message}")]
     Restore { app: String, database: String, message: String },
+    #[error("the replica of {database:?} of {app:?} holds no state as of {at} (it begins later); pick a later time")]
+    NoStateAt { app: String, database: String, at: String },
     #[error("the restored {database:?} of {app:?} failed its integrity check: {message}")]
     Integrity { app: String, database: String, message: String },
     #[error("app data files: {0}")]
@@ -634,6 +636,10 @@ impl Replicator {
         };
         if !output.status.success() {
             let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
+            // Litestream's words for a time before the replica's first snapshot.
+            if let (Some(at), true) = (at, text.contains("timestamp does not exist")) {
+                return Err(ReplicaError::NoStateAt { app: app.into(), database: database.into(), at: at.into() });
+            }
             text.truncate(OUTPUT_BYTES_MAX);
             return Err(failed(format!("{}: {}", output.status, text.trim())));
         }

@@ -10,6 +10,7 @@ mod hostd;
 mod limits;
 mod metrics;
 mod migration;
+mod openapi;
 mod protocols;
 mod request_path;
 mod sandbox;
