@@ -21,6 +21,8 @@ use crate::upstream;
 pub struct ApiCtx {
     upstream: Option<SocketAddr>,
     app: Option<String>,
+    /// The call's place among all requests a stopping LB waits for (a deploy answer is one).
+    _in_flight: Option<crate::drain::InFlightGuard>,
 }
 
 /// The private API proxy.
@@ -31,6 +33,7 @@ pub struct PrivateProxy {
     /// Public base of app URLs: `http://{app}.<domain>[:port]` is built from these.
     url_domain: String,
     url_port_suffix: String,
+    in_flight: crate::drain::InFlight,
 }
 
 impl PrivateProxy {
@@ -44,7 +47,13 @@ impl PrivateProxy {
         public: SocketAddr,
     ) -> Self {
         let url_port_suffix = if public.port() == 80 { String::new() } else { format!(":{}", public.port()) };
-        Self { routes, metrics, slicer, url_domain: domain.to_owned(), url_port_suffix }
+        let in_flight = crate::drain::InFlight::default();
+        Self { routes, metrics, slicer, url_domain: domain.to_owned(), url_port_suffix, in_flight }
+    }
+
+    /// Counts this proxy's calls in `in_flight` (which a stopping LB waits for).
+    pub fn with_in_flight(self, in_flight: crate::drain::InFlight) -> Self {
+        Self { in_flight, ..self }
     }
 }
 
@@ -60,7 +69,7 @@ impl ProxyHttp for PrivateProxy {
     type CTX = ApiCtx;
 
     fn new_ctx(&self) -> ApiCtx {
-        ApiCtx::default()
+        ApiCtx { _in_flight: Some(self.in_flight.enter()), ..ApiCtx::default() }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut ApiCtx) -> pingora::Result<bool> {
@@ -120,7 +129,7 @@ impl ProxyHttp for PrivateProxy {
         upstream::strip_internal_headers(request);
         upstream::strip_hop_by_hop(request);
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
-        upstream::set_forwarded(request, client)
+        upstream::set_forwarded(request, client, "http")
     }
 
     /// A deploy answer names the table version that includes the app; hold it until this LB

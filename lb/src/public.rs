@@ -9,7 +9,9 @@ use pingora::upstreams::peer::HttpPeer;
 use steady_proto::name::{app_from_host, is_apex};
 use steady_proto::wire::HEADER_APP;
 
+use crate::drain::{InFlight, InFlightGuard};
 use crate::edge::{self, EdgeLimits};
+use crate::header_deadline;
 use crate::limits::{Limited, Limits};
 use crate::metrics::{LimitLabels, Metrics, RequestLabels};
 use crate::pages;
@@ -29,6 +31,8 @@ pub struct RequestCtx {
     body_bytes: u64,
     /// The request's place among its app's requests in flight.
     app_place: Option<pingora_limits::inflight::Guard>,
+    /// The request's place among all requests a stopping LB waits for.
+    _in_flight: Option<InFlightGuard>,
 }
 
 /// Times a request whose connection to its host failed is tried again (100, 200, 400 ms apart).
@@ -44,6 +48,7 @@ pub struct PublicProxy {
     limits: EdgeLimits,
     rates: Limits,
     upstream_read_timeout_ms: Option<u64>,
+    in_flight: InFlight,
 }
 
 impl PublicProxy {
@@ -56,7 +61,14 @@ impl PublicProxy {
         metrics: Arc<Metrics>,
     ) -> Self {
         assert!(!domains.is_empty(), "the LB serves at least one domain");
-        Self { routes, domains, metrics, prober: Prober::default(), limits, rates, upstream_read_timeout_ms: None }
+        let prober = Prober::default();
+        let in_flight = InFlight::default();
+        Self { routes, domains, metrics, prober, limits, rates, upstream_read_timeout_ms: None, in_flight }
+    }
+
+    /// Counts this proxy's requests in `in_flight` (which a stopping LB waits for).
+    pub fn with_in_flight(self, in_flight: InFlight) -> Self {
+        Self { in_flight, ..self }
     }
 
     /// Bounds each wait on a host (past it: 504).
@@ -93,7 +105,13 @@ impl ProxyHttp for PublicProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        // pingora makes the context right after it read the request's header.
+        RequestCtx { _in_flight: Some(self.in_flight.enter()), ..RequestCtx::default() }
+    }
+
+    async fn early_request_filter(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> pingora::Result<()> {
+        header_deadline::header_read();
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
@@ -217,7 +235,8 @@ impl ProxyHttp for PublicProxy {
         upstream::strip_hop_by_hop(request);
         request.insert_header(HEADER_APP, ctx.app.as_str())?;
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
-        upstream::set_forwarded(request, client)
+        let tls = session.digest().is_some_and(|digest| digest.ssl_digest.is_some());
+        upstream::set_forwarded(request, client, if tls { "https" } else { "http" })
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&pingora::Error>, ctx: &mut RequestCtx) {
