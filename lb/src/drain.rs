@@ -2,9 +2,10 @@
 //!
 //! On SIGTERM (and on SIGQUIT, after handing its sockets to a new process) pingora stops
 //! accepting, closes idle keep-alive connections and then waits a fixed grace period before it
-//! drops every task, finished or not. [`InFlight`] counts the requests both proxies are
-//! working on, and [`Drain`] ends the process as soon as that count is zero after the stop was
-//! broadcast, or when `drain_timeout_ms` has passed — so a stop takes as long as the slowest
+//! drops every task, finished or not. [`InFlight`] counts the public listeners' sessions
+//! (`sessions`) and the private proxy's calls, and [`Drain`] ends the process once that count
+//! is zero after the stop was broadcast (and at least `sessions::STOP_SETTLE_MS` after it,
+//! while late requests may still arrive), or when `drain_timeout_ms` has passed — so a stop takes as long as the slowest
 //! request, not a fixed grace period. pingora's grace period is set just above the drain bound
 //! as a backstop.
 
@@ -19,11 +20,11 @@ use pingora::services::background::BackgroundService;
 /// How often the drain looks at the count once the stop has begun.
 const DRAIN_POLL_MS: u64 = 20;
 
-/// The number of requests the LB is working on, across its listeners.
+/// The number of sessions and calls the LB is working on, across its listeners.
 #[derive(Debug, Clone, Default)]
 pub struct InFlight(Arc<AtomicUsize>);
 
-/// One request's place in [`InFlight`]; dropping it (with the request's context) gives it back.
+/// One session's or call's place in [`InFlight`]; dropping it gives it back.
 #[derive(Debug)]
 pub struct InFlightGuard(Arc<AtomicUsize>);
 
@@ -71,7 +72,8 @@ impl BackgroundService for Drain {
         let started = Instant::now();
         tracing::info!(in_flight = self.in_flight.count(), "stopping: waiting for requests in flight");
         let poll = Duration::from_millis(DRAIN_POLL_MS);
-        while self.in_flight.count() > 0 && started.elapsed() < self.timeout {
+        let settle = Duration::from_millis(crate::sessions::STOP_SETTLE_MS);
+        while (self.in_flight.count() > 0 || started.elapsed() < settle) && started.elapsed() < self.timeout {
             tokio::time::sleep(poll).await;
         }
         let left = self.in_flight.count();

@@ -9,13 +9,12 @@
 //!
 //! The public proxy listens in plain HTTP and, with certificates, in TLS ([`certs`]: picked by
 //! SNI, reloaded on SIGHUP); each request header must arrive within a total deadline
-//! ([`header_deadline`]); a stop waits for the requests in flight ([`drain`]).
+//! ([`sessions`]); a stop waits for the requests in flight ([`drain`]).
 
 pub mod certs;
 pub mod config;
 pub mod drain;
 pub mod edge;
-pub mod header_deadline;
 pub mod limits;
 pub mod metrics;
 pub mod pages;
@@ -23,5 +22,6 @@ pub mod private;
 pub mod probe;
 pub mod public;
 pub mod routing;
+pub mod sessions;
 pub mod upstream;
 pub mod watch;

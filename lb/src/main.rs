@@ -11,7 +11,7 @@ use pingora::services::background::background_service;
 use steady_lb::certs::{CertReloader, CertStore};
 use steady_lb::config::Config;
 use steady_lb::drain::{Drain, InFlight};
-use steady_lb::header_deadline::HeaderDeadline;
+use steady_lb::sessions::PublicSessions;
 use steady_lb::{private::PrivateProxy, public::PublicProxy, routing::Routes, watch::SlicerWatch};
 
 /// Seconds in-flight work gets after pingora's grace period, before its runtimes are dropped.
@@ -63,11 +63,11 @@ fn main() {
         steady_lb::limits::Limits::new(config.client_requests_per_second_max, config.app_in_flight_max),
         metrics.clone(),
     )
-    .with_upstream_read_timeout_ms(config.upstream_read_timeout_ms)
-    .with_in_flight(in_flight.clone());
-    let public_app = HeaderDeadline::new(
+    .with_upstream_read_timeout_ms(config.upstream_read_timeout_ms);
+    let public_app = PublicSessions::new(
         pingora::proxy::http_proxy(&server.configuration, public_proxy),
         config.header_read_timeout_ms,
+        in_flight.clone(),
     );
     let mut public = pingora::services::listening::Service::new("public".into(), public_app);
     public.add_tcp(&config.public.to_string());

@@ -9,14 +9,13 @@ use pingora::upstreams::peer::HttpPeer;
 use steady_proto::name::{app_from_host, is_apex};
 use steady_proto::wire::HEADER_APP;
 
-use crate::drain::{InFlight, InFlightGuard};
 use crate::edge::{self, EdgeLimits};
-use crate::header_deadline;
 use crate::limits::{Limited, Limits};
 use crate::metrics::{LimitLabels, Metrics, RequestLabels};
 use crate::pages;
 use crate::probe::Prober;
 use crate::routing::{Route, Routes};
+use crate::sessions;
 use crate::upstream;
 
 /// Per-request state: where the request goes.
@@ -31,8 +30,6 @@ pub struct RequestCtx {
     body_bytes: u64,
     /// The request's place among its app's requests in flight.
     app_place: Option<pingora_limits::inflight::Guard>,
-    /// The request's place among all requests a stopping LB waits for.
-    _in_flight: Option<InFlightGuard>,
 }
 
 /// Times a request whose connection to its host failed is tried again (100, 200, 400 ms apart).
@@ -48,7 +45,6 @@ pub struct PublicProxy {
     limits: EdgeLimits,
     rates: Limits,
     upstream_read_timeout_ms: Option<u64>,
-    in_flight: InFlight,
 }
 
 impl PublicProxy {
@@ -61,14 +57,7 @@ impl PublicProxy {
         metrics: Arc<Metrics>,
     ) -> Self {
         assert!(!domains.is_empty(), "the LB serves at least one domain");
-        let prober = Prober::default();
-        let in_flight = InFlight::default();
-        Self { routes, domains, metrics, prober, limits, rates, upstream_read_timeout_ms: None, in_flight }
-    }
-
-    /// Counts this proxy's requests in `in_flight` (which a stopping LB waits for).
-    pub fn with_in_flight(self, in_flight: InFlight) -> Self {
-        Self { in_flight, ..self }
+        Self { routes, domains, metrics, prober: Prober::default(), limits, rates, upstream_read_timeout_ms: None }
     }
 
     /// Bounds each wait on a host (past it: 504).
@@ -105,12 +94,11 @@ impl ProxyHttp for PublicProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        // pingora makes the context right after it read the request's header.
-        RequestCtx { _in_flight: Some(self.in_flight.enter()), ..RequestCtx::default() }
+        RequestCtx::default()
     }
 
     async fn early_request_filter(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> pingora::Result<()> {
-        header_deadline::header_read();
+        sessions::header_read();
         Ok(())
     }
 

@@ -1,8 +1,9 @@
-//! A total deadline for reading a request's header on the public listeners.
+//! What wraps every HTTP session on the public listeners: a total deadline for reading a
+//! request's header, and the part of a graceful stop pingora leaves open.
 //!
-//! pingora bounds each read of a request header (60 s) but not their sum, so a client that
+//! **Header deadline.** pingora bounds each read of a request header (60 s) but not their sum, so a client that
 //! trickles a byte every few seconds would hold its connection forever. pingora has no hook
-//! before or during its header read, so [`HeaderDeadline`] wraps the proxy as an HTTP app:
+//! before or during its header read, so [`PublicSessions`] wraps the proxy as an HTTP app:
 //! each request's processing runs with a flag in a task-local, the proxy's first filter sets
 //! the flag once the header is parsed ([`header_read`]), and if the deadline passes before
 //! that, the wrapper drops the request's future, which closes the connection (as nginx does
@@ -10,6 +11,12 @@
 //! for a request: the accept (after the TLS handshake), or the end of the previous response on
 //! a keep-alive connection — so it also bounds how long an idle keep-alive connection stays
 //! open (HAProxy's `timeout http-request` does the same when no keep-alive timeout is set).
+//!
+//! **Stop.** When a stop is broadcast, pingora wakes every connection waiting for a request
+//! header and drops it — including one accepted a moment before whose request is still on its
+//! way (a TLS handshake finishing, say). [`PublicSessions`] passes that wake-up on only
+//! [`STOP_SETTLE_MS`] later, so such a request is still read and served, and counts each
+//! session in [`InFlight`] so the drain waits for it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,50 +28,63 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 
+use crate::drain::InFlight;
+
+/// How long after a stop is broadcast connections still get to deliver a request header. Far
+/// longer than a handshake on a healthy connection; short enough not to delay a stop.
+pub const STOP_SETTLE_MS: u64 = 500;
+
 tokio::task_local! {
     /// Set once the header of the request being processed on this task has been read.
     static HEADER_READ: Arc<AtomicBool>;
 }
 
 /// Tells the deadline around this request that its header has been read in full. Called from
-/// the proxy's first filter; outside a [`HeaderDeadline`] it does nothing.
+/// the proxy's first filter; outside a [`PublicSessions`] it does nothing.
 pub fn header_read() {
     let _ = HEADER_READ.try_with(|read| read.store(true, Ordering::Release));
 }
 
-/// An HTTP app (`A`, the pingora proxy) whose requests must arrive whole within `timeout`.
-pub struct HeaderDeadline<A> {
+/// An HTTP app (`A`, the pingora proxy) whose requests must arrive whole within a deadline
+/// and whose sessions a stopping LB waits for.
+pub struct PublicSessions<A> {
     inner: Arc<A>,
-    timeout: Duration,
+    header_timeout: Duration,
+    in_flight: InFlight,
 }
 
-impl<A> HeaderDeadline<A> {
-    /// Wraps `inner`; each request header must be read within `timeout_ms`.
-    pub fn new(inner: A, timeout_ms: u64) -> Self {
-        assert!(timeout_ms > 0, "a header deadline of zero would refuse every request");
-        Self { inner: Arc::new(inner), timeout: Duration::from_millis(timeout_ms) }
+impl<A> PublicSessions<A> {
+    /// Wraps `inner`; each request header must be read within `header_timeout_ms`, and each
+    /// session counts in `in_flight` while it lasts.
+    pub fn new(inner: A, header_timeout_ms: u64, in_flight: InFlight) -> Self {
+        assert!(header_timeout_ms > 0, "a header deadline of zero would refuse every request");
+        Self { inner: Arc::new(inner), header_timeout: Duration::from_millis(header_timeout_ms), in_flight }
     }
 }
 
 #[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeaderDeadline<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for PublicSessions<A> {
     async fn process_new_http(
         self: &Arc<Self>,
         session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
+        let _in_flight = self.in_flight.enter();
         let read = Arc::new(AtomicBool::new(false));
         let request = HEADER_READ.scope(read.clone(), self.inner.process_new_http(session, shutdown));
         tokio::pin!(request);
         tokio::select! {
             done = &mut request => return done,
-            () = tokio::time::sleep(self.timeout) => {}
+            () = tokio::time::sleep(self.header_timeout) => {}
         }
         if read.load(Ordering::Acquire) {
             // The header came in time; the rest of the request has its own bounds.
             return request.await;
         }
-        tracing::debug!(timeout_ms = self.timeout.as_millis() as u64, "request header not read in time; closing");
+        tracing::debug!(
+            timeout_ms = self.header_timeout.as_millis() as u64,
+            "request header not read in time; closing"
+        );
         None
     }
 
@@ -77,6 +97,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeaderDeadline<
     }
 
     async fn http_cleanup(&self) {
+        // pingora calls this when the stop is broadcast; see the module's "Stop".
+        tokio::time::sleep(Duration::from_millis(STOP_SETTLE_MS)).await;
         self.inner.http_cleanup().await
     }
 
