@@ -7,6 +7,7 @@
 
 pub mod load;
 pub mod s3;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -126,6 +127,25 @@ impl Daemon {
         }
     }
 
+    /// Sends `signal` to the daemon's own process (not its group), e.g. SIGHUP to reload.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling a process this harness started and has not reaped yet.
+        let result = unsafe { libc::kill(self.pid() as i32, signal) };
+        assert_eq!(result, 0, "signal {signal} to {}", self.name);
+    }
+
+    /// Waits (bounded by `timeout`) for the daemon to exit by itself; returns whether it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.exited() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
     /// Graceful stop (SIGTERM).
     pub fn stop(&mut self) {
         self.stop_with(libc::SIGTERM);
@@ -192,6 +212,8 @@ pub struct Lb {
     pub daemon: Daemon,
     pub public: SocketAddr,
     pub private: SocketAddr,
+    /// Its command line, for an upgrade to a new process with the same flags.
+    pub args: Vec<String>,
 }
 
 /// The answer to a plain HTTP request.
@@ -228,7 +250,7 @@ impl Cluster {
         let (slicer, slicer_addr) = start_slicer(&root, "127.0.0.1:0", &slicer_args);
         let host_flags = strings(host_flags);
         let hosts = (1..=host_count).map(|i| start_host(&root, i, &slicer_addr, &host_flags)).collect();
-        let Lb { daemon: lb, public, private } = start_lb(&root, "lb", &slicer_addr);
+        let Lb { daemon: lb, public, private, .. } = start_lb(&root, "lb", &slicer_addr);
         let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client");
         let admin_token = admin_token(&root.join("slicer"));
         let api_http = api_client(&admin_token);
@@ -294,6 +316,27 @@ impl Cluster {
             let text = self.http.get(format!("http://{private}/readyz")).send().ok()?.text().ok()?;
             text.starts_with("ready").then_some(())
         });
+    }
+
+    /// Upgrades LB `index` of `more_lbs` as an operator would: starts a new process with the
+    /// same flags and `--upgrade`, sends the old one SIGQUIT (it hands its listening sockets
+    /// over, keeps serving a few seconds, drains and exits) and returns once the old one has
+    /// exited and the new one serves a routing table. Returns how long the old one took to exit.
+    pub fn upgrade_lb(&mut self, index: usize) -> Duration {
+        let lb = &mut self.more_lbs[index];
+        let args = [lb.args.clone(), strings(&["--upgrade"])].concat();
+        let next = Daemon::start(self.dir.path(), &lb.daemon.name, "steady-lb", &args);
+        let started = Instant::now();
+        lb.daemon.signal(libc::SIGQUIT);
+        assert!(lb.daemon.wait_exit(Duration::from_secs(30)), "the old LB did not exit after SIGQUIT");
+        let old_exit = started.elapsed();
+        lb.daemon = next;
+        let private = lb.private;
+        eventually("the upgraded LB's routing table", || {
+            let text = self.http.get(format!("http://{private}/readyz")).send().ok()?.text().ok()?;
+            text.starts_with("ready").then_some(())
+        });
+        old_exit
     }
 
     /// Kills host `index` with SIGKILL (its whole process group, as a service manager does to a
@@ -472,7 +515,7 @@ fn start_lb_on(root: &Path, name: &str, slicer: &str, public: SocketAddr, privat
         &path(&root.join(name)),
     ]);
     let args = [args, flags.to_vec()].concat();
-    Lb { daemon: Daemon::start(root, name, "steady-lb", &args), public, private }
+    Lb { daemon: Daemon::start(root, name, "steady-lb", &args), public, private, args }
 }
 
 fn start_host(root: &Path, index: usize, slicer: &str, flags: &[String]) -> Host {

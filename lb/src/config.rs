@@ -8,10 +8,16 @@ use std::path::PathBuf;
 pub const DEPLOY_TABLE_WAIT_MS: u64 = 3_000;
 /// Timeout for connecting to a host or the slicer.
 pub const UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// Default total time a client has to send a request's header on the public listeners.
+pub const HEADER_READ_TIMEOUT_MS: u64 = 15_000;
+/// Default longest a stopping LB waits for its requests in flight.
+pub const DRAIN_TIMEOUT_MS: u64 = 10_000;
+/// Most certificates (domains) on the TLS listener.
+pub const TLS_CERTS_MAX: usize = 64;
 
 /// `steady-lb`: routes app traffic and API calls to the right host.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_help = AFTER_HELP)]
 pub struct Config {
     /// Public listener for app traffic (`Host: <app>.<domain>`).
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -22,6 +28,26 @@ pub struct Config {
     /// Slicer API address (`host:port`).
     #[arg(long, default_value = "127.0.0.1:8082", env = "STEADY_SLICER")]
     pub slicer: SocketAddr,
+    /// TLS listener for app traffic (HTTPS), beside the plain `--public` one; needs `--tls-cert`.
+    #[arg(long)]
+    pub tls_listen: Option<SocketAddr>,
+    /// A domain's certificate for the TLS listener: `<domain>=<chain.pem>,<key.pem>`, the chain
+    /// (leaf first) covering `<domain>` and `*.<domain>`. Repeat per domain; each must be a
+    /// `--domain`. SIGHUP reloads the files in place; a file that fails keeps the old certificate.
+    #[arg(long = "tls-cert", value_name = "DOMAIN=CHAIN,KEY")]
+    pub tls_certs: Vec<crate::certs::CertSource>,
+    /// Total time a client has to send a request's header on the public listeners (also the
+    /// longest an idle keep-alive connection stays open); past it the connection is closed.
+    #[arg(long, default_value_t = HEADER_READ_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(100..=300_000))]
+    pub header_read_timeout_ms: u64,
+    /// Longest a stopping LB (SIGTERM, or SIGQUIT for an upgrade) waits for requests in flight.
+    #[arg(long, default_value_t = DRAIN_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub drain_timeout_ms: u64,
+    /// Take the listening sockets over from the steady-lb running with the same `--data` (send
+    /// it SIGQUIT after starting this one): a restart with new flags or a new binary that
+    /// refuses no connection.
+    #[arg(long)]
+    pub upgrade: bool,
     /// Domains apps answer under; repeat for several (`--domain steady.page --domain steady.sh`).
     #[arg(long = "domain", default_value = "localhost")]
     pub domains: Vec<String>,
@@ -90,6 +116,72 @@ impl Config {
         if let Some(bad) = self.domains.iter().find(|d| d.is_empty() || d.starts_with('.') || d.contains(':')) {
             return Err(format!("--domain {bad:?} is not a domain name"));
         }
+        self.validate_tls()?;
         Ok(self)
+    }
+
+    fn validate_tls(&self) -> Result<(), String> {
+        match (self.tls_listen, self.tls_certs.is_empty()) {
+            (Some(_), true) => return Err("--tls-listen needs at least one --tls-cert".into()),
+            (None, false) => return Err("--tls-cert needs --tls-listen".into()),
+            _ => {}
+        }
+        if let Some(tls) = self.tls_listen {
+            if tls == self.public || tls == self.private {
+                return Err("--tls-listen must differ from --public and --private".into());
+            }
+        }
+        if self.tls_certs.len() > TLS_CERTS_MAX {
+            return Err(format!("at most {TLS_CERTS_MAX} --tls-cert"));
+        }
+        for (index, cert) in self.tls_certs.iter().enumerate() {
+            if !self.domains.iter().any(|d| d.eq_ignore_ascii_case(&cert.domain)) {
+                return Err(format!("--tls-cert for {:?}, which is not a --domain", cert.domain));
+            }
+            if self.tls_certs[..index].iter().any(|other| other.domain == cert.domain) {
+                return Err(format!("two --tls-cert for {:?}", cert.domain));
+            }
+        }
+        Ok(())
+    }
+}
+
+const AFTER_HELP: &str = "\
+Example, HTTPS for two domains beside plain HTTP:
+  steady-lb --domain steady.page --domain steady.sh --public 0.0.0.0:80 --tls-listen 0.0.0.0:443 \\
+    --tls-cert steady.page=/etc/steady/tls/steady.page/fullchain.pem,/etc/steady/tls/steady.page/privkey.pem \\
+    --tls-cert steady.sh=/etc/steady/tls/steady.sh/fullchain.pem,/etc/steady/tls/steady.sh/privkey.pem
+
+Signals: SIGHUP reloads the certificates in place; SIGTERM stops accepting and exits once the
+requests in flight are done (at most --drain-timeout-ms); SIGINT stops at once. To change flags
+or the binary without refusing a connection, start the new process with --upgrade and the same
+--data, then send the old one SIGQUIT: it hands its sockets over and drains.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config(args: &[&str]) -> Result<Config, String> {
+        Config::try_parse_from(std::iter::once("steady-lb").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())
+            .and_then(Config::validate)
+    }
+
+    #[test]
+    fn tls_flags_are_checked_together() {
+        let cert = "steady.page=/c.pem,/k.pem";
+        assert!(config(&[]).is_ok());
+        assert!(config(&["--domain", "steady.page", "--tls-listen", "127.0.0.1:8443", "--tls-cert", cert]).is_ok());
+        let errors = [
+            vec!["--tls-listen", "127.0.0.1:8443"],
+            vec!["--domain", "steady.page", "--tls-cert", cert],
+            vec!["--tls-listen", "127.0.0.1:8443", "--tls-cert", cert],
+            vec!["--domain", "steady.page", "--tls-listen", "127.0.0.1:8080", "--tls-cert", cert],
+            vec!["--domain", "steady.page", "--tls-listen", "127.0.0.1:8443", "--tls-cert", cert, "--tls-cert", cert],
+        ];
+        for args in errors {
+            assert!(config(&args).is_err(), "{args:?}");
+        }
     }
 }

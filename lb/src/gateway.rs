@@ -63,6 +63,15 @@ pub struct ApiCtx {
     upstream: Option<SocketAddr>,
     app: Option<String>,
     principal: Option<Principal>,
+    /// The call's place among all requests a stopping LB waits for (a deploy answer is one).
+    _in_flight: Option<crate::drain::InFlightGuard>,
+}
+
+impl ApiCtx {
+    /// State for a call counted among those a stopping LB waits for.
+    pub fn counted(guard: crate::drain::InFlightGuard) -> Self {
+        Self { _in_flight: Some(guard), ..Self::default() }
+    }
 }
 
 /// The gateway: routes, the slicer's address and the anonymous-run limit.
@@ -261,12 +270,14 @@ impl Gateway {
         ctx.upstream.ok_or_else(|| pingora::Error::new_str("no upstream chosen"))
     }
 
-    /// Strips what a client must not send on, and says who is calling.
+    /// Strips what a client must not send on, and says who is calling (`proto`: the scheme the
+    /// call came in with).
     pub fn upstream_request(
         &self,
         session: &Session,
         request: &mut RequestHeader,
         ctx: &ApiCtx,
+        proto: &str,
     ) -> pingora::Result<()> {
         upstream::strip_internal_headers(request);
         upstream::strip_hop_by_hop(request);
@@ -276,7 +287,7 @@ impl Gateway {
             request.insert_header(HEADER_ROLE, principal.role.as_str())?;
         }
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
-        upstream::set_forwarded(request, client)
+        upstream::set_forwarded(request, client, proto)
     }
 
     /// A deploy answer names the table version that includes the app; it is held until this LB

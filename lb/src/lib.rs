@@ -6,8 +6,14 @@
 //! 404 page ([`public`]); the private one carries the API to the owning host or the slicer
 //! ([`private`]). The table is fed by a long-poll watch of the slicer ([`watch`]); between
 //! updates, and while the slicer is down, the LB keeps routing on its last table.
+//!
+//! The public proxy listens in plain HTTP and, with certificates, in TLS ([`certs`]: picked by
+//! SNI, reloaded on SIGHUP); each request header must arrive within a total deadline
+//! ([`sessions`]); a stop waits for the requests in flight ([`drain`]).
 
+pub mod certs;
 pub mod config;
+pub mod drain;
 pub mod edge;
 pub mod gateway;
 pub mod limits;
@@ -17,5 +23,6 @@ pub mod private;
 pub mod probe;
 pub mod public;
 pub mod routing;
+pub mod sessions;
 pub mod upstream;
 pub mod watch;

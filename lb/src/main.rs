@@ -1,14 +1,20 @@
-//! `steady-lb`: builds the pingora server with the public and private proxies and the slicer
-//! watch, then runs until SIGINT (fast stop) or SIGTERM (graceful stop).
+//! `steady-lb`: builds the pingora server with the public (plain and TLS) and private proxies,
+//! the slicer watch, the certificate reloader and the drain, then runs until SIGINT (fast
+//! stop), SIGTERM (graceful stop) or SIGQUIT (hand the sockets to a new process, then drain).
+
+use std::sync::Arc;
 
 use clap::Parser;
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
-use steady_lb::{config::Config, private::PrivateProxy, public::PublicProxy, routing::Routes, watch::SlicerWatch};
+use pingora::services::background::background_service;
+use steady_lb::certs::{CertReloader, CertStore};
+use steady_lb::config::Config;
+use steady_lb::drain::{Drain, InFlight};
+use steady_lb::sessions::PublicSessions;
+use steady_lb::{private::PrivateProxy, public::PublicProxy, routing::Routes, watch::SlicerWatch};
 
-/// Seconds the LB keeps serving after SIGTERM before it stops accepting (pingora's default is 300).
-const GRACE_PERIOD_SECONDS: u64 = 1;
-/// Seconds in-flight requests get to finish after that.
+/// Seconds in-flight work gets after pingora's grace period, before its runtimes are dropped.
 const GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
 /// Idle keep-alive connections kept to hosts, across all hosts.
 const UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 1024;
@@ -17,30 +23,39 @@ fn main() {
     steady_daemon::init_tracing();
     let config = match Config::parse().validate() {
         Ok(config) => config,
-        Err(message) => {
-            eprintln!("steady-lb: {message}");
-            std::process::exit(2);
-        }
+        Err(message) => exit_on_bad_config(&message),
     };
     if let Err(error) = std::fs::create_dir_all(&config.data) {
-        eprintln!("steady-lb: creating {}: {error}", config.data.display());
-        std::process::exit(2);
+        exit_on_bad_config(&format!("creating {}: {error}", config.data.display()));
     }
+    // Load the certificates before anything listens: a bad file is a configuration error.
+    let certs = match config.tls_certs.is_empty() {
+        true => None,
+        false => match CertStore::load(config.tls_certs.clone()) {
+            Ok(store) => Some(Arc::new(store)),
+            Err(error) => exit_on_bad_config(&error.to_string()),
+        },
+    };
     let server_conf = ServerConf {
         threads: config.threads,
-        grace_period_seconds: Some(GRACE_PERIOD_SECONDS),
+        // The drain (below) ends the process as soon as requests are done; pingora's fixed grace
+        // period, just above the drain bound, is only a backstop.
+        grace_period_seconds: Some(config.drain_timeout_ms.div_ceil(1000) + 1),
         graceful_shutdown_timeout_seconds: Some(GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS),
         upstream_keepalive_pool_size: UPSTREAM_KEEPALIVE_POOL_SIZE,
         upgrade_sock: config.data.join("upgrade.sock").display().to_string(),
         pid_file: config.data.join("lb.pid").display().to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, server_conf);
+    let opt = Opt { upgrade: config.upgrade, ..Opt::default() };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    // With --upgrade this receives the listening sockets from the running LB.
     server.bootstrap();
     let routes = Routes::new();
     steady_lb::watch::fetch_first(config.slicer, &routes, config.first_table_wait_ms);
-    let metrics = std::sync::Arc::new(steady_lb::metrics::Metrics::default());
-    let gateway = std::sync::Arc::new(steady_lb::gateway::Gateway::new(
+    let metrics = Arc::new(steady_lb::metrics::Metrics::default());
+    let in_flight = InFlight::default();
+    let gateway = Arc::new(steady_lb::gateway::Gateway::new(
         routes.clone(),
         config.slicer,
         &config.domains[0],
@@ -48,30 +63,58 @@ fn main() {
         config.anonymous_runs_per_minute_max,
     ));
 
-    let mut public = pingora::proxy::http_proxy_service(
-        &server.configuration,
-        PublicProxy::new(
-            routes.clone(),
-            config.domains.clone(),
-            config.edge_limits(),
-            steady_lb::limits::Limits::new(config.client_requests_per_second_max, config.app_in_flight_max),
-            metrics.clone(),
-            gateway.clone(),
-        )
-        .with_upstream_read_timeout_ms(config.upstream_read_timeout_ms),
+    let public_proxy = PublicProxy::new(
+        routes.clone(),
+        config.domains.clone(),
+        config.edge_limits(),
+        steady_lb::limits::Limits::new(config.client_requests_per_second_max, config.app_in_flight_max),
+        metrics.clone(),
+        gateway.clone(),
+    )
+    .with_upstream_read_timeout_ms(config.upstream_read_timeout_ms);
+    let public_app = PublicSessions::new(
+        pingora::proxy::http_proxy(&server.configuration, public_proxy),
+        config.header_read_timeout_ms,
+        in_flight.clone(),
     );
+    let mut public = pingora::services::listening::Service::new("public".into(), public_app);
     public.add_tcp(&config.public.to_string());
+    if let (Some(listen), Some(store)) = (config.tls_listen, &certs) {
+        let mut settings = match pingora::listeners::tls::TlsSettings::intermediate("", "") {
+            Ok(settings) => settings,
+            Err(error) => exit_on_bad_config(&format!("TLS settings: {error}")),
+        };
+        settings.set_cert_resolver(store.clone());
+        public.add_tls_with_settings(&listen.to_string(), None, settings);
+    }
     public.threads = Some(config.threads);
-    let mut private =
-        pingora::proxy::http_proxy_service(&server.configuration, PrivateProxy::new(routes.clone(), metrics, gateway));
+    let private_proxy = PrivateProxy::new(routes.clone(), metrics, gateway).with_in_flight(in_flight.clone());
+    let mut private = pingora::proxy::http_proxy_service(&server.configuration, private_proxy);
     private.add_tcp(&config.private.to_string());
     private.threads = Some(1);
-    let watch =
-        pingora::services::background::background_service("slicer watch", SlicerWatch::new(config.slicer, routes));
+    let watch = background_service("slicer watch", SlicerWatch::new(config.slicer, routes));
+    let drain = background_service("drain", Drain::new(in_flight, config.drain_timeout_ms));
 
     server.add_service(public);
     server.add_service(private);
     server.add_service(watch);
-    tracing::info!(public = %config.public, private = %config.private, slicer = %config.slicer, "load balancer starting");
+    server.add_service(drain);
+    if let Some(store) = certs {
+        server.add_service(background_service("certificate reload", CertReloader::new(store)));
+    }
+    tracing::info!(
+        public = %config.public,
+        tls = ?config.tls_listen,
+        private = %config.private,
+        slicer = %config.slicer,
+        upgrade = config.upgrade,
+        "load balancer starting"
+    );
     server.run_forever();
+}
+
+/// Reports a configuration error and exits with code 2.
+fn exit_on_bad_config(message: &str) -> ! {
+    eprintln!("steady-lb: {message}");
+    std::process::exit(2);
 }

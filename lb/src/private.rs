@@ -20,12 +20,18 @@ pub struct PrivateProxy {
     routes: Arc<Routes>,
     metrics: Arc<crate::metrics::Metrics>,
     gateway: Arc<Gateway>,
+    in_flight: crate::drain::InFlight,
 }
 
 impl PrivateProxy {
     /// A proxy that sends API calls through `gateway`.
     pub fn new(routes: Arc<Routes>, metrics: Arc<crate::metrics::Metrics>, gateway: Arc<Gateway>) -> Self {
-        Self { routes, metrics, gateway }
+        Self { routes, metrics, gateway, in_flight: crate::drain::InFlight::default() }
+    }
+
+    /// Counts this proxy's calls in `in_flight` (which a stopping LB waits for).
+    pub fn with_in_flight(self, in_flight: crate::drain::InFlight) -> Self {
+        Self { in_flight, ..self }
     }
 }
 
@@ -34,7 +40,7 @@ impl ProxyHttp for PrivateProxy {
     type CTX = ApiCtx;
 
     fn new_ctx(&self) -> ApiCtx {
-        ApiCtx::default()
+        ApiCtx::counted(self.in_flight.enter())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut ApiCtx) -> pingora::Result<bool> {
@@ -68,7 +74,7 @@ impl ProxyHttp for PrivateProxy {
         request: &mut RequestHeader,
         ctx: &mut ApiCtx,
     ) -> pingora::Result<()> {
-        self.gateway.upstream_request(session, request, ctx)
+        self.gateway.upstream_request(session, request, ctx, "http")
     }
 
     async fn response_filter(

@@ -16,6 +16,7 @@ use crate::metrics::{LimitLabels, Metrics, RequestLabels};
 use crate::pages;
 use crate::probe::Prober;
 use crate::routing::{Route, Routes};
+use crate::sessions;
 use crate::upstream;
 
 /// Per-request state: where the request goes.
@@ -100,6 +101,11 @@ impl ProxyHttp for PublicProxy {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::default()
+    }
+
+    async fn early_request_filter(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> pingora::Result<()> {
+        sessions::header_read();
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
@@ -227,14 +233,16 @@ impl ProxyHttp for PublicProxy {
         request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        let tls = session.digest().is_some_and(|digest| digest.ssl_digest.is_some());
+        let proto = if tls { "https" } else { "http" };
         if let Some(api) = &ctx.api {
-            return self.gateway.upstream_request(session, request, api);
+            return self.gateway.upstream_request(session, request, api, proto);
         }
         upstream::strip_internal_headers(request);
         upstream::strip_hop_by_hop(request);
         request.insert_header(HEADER_APP, ctx.app.as_str())?;
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
-        upstream::set_forwarded(request, client)
+        upstream::set_forwarded(request, client, proto)
     }
 
     async fn response_filter(

@@ -48,9 +48,11 @@ pub fn strip_hop_by_hop(request: &mut RequestHeader) {
     }
 }
 
-/// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` for the client this LB saw. The LB
-/// is the edge: whatever a client claimed in these headers is replaced, not appended to.
-pub fn set_forwarded(request: &mut RequestHeader, client: Option<SocketAddr>) -> pingora::Result<()> {
+/// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` for the client this LB saw and the
+/// scheme it came in on (`http` or `https`). The LB is the edge: whatever a client claimed in
+/// these headers is replaced, not appended to.
+pub fn set_forwarded(request: &mut RequestHeader, client: Option<SocketAddr>, proto: &str) -> pingora::Result<()> {
+    assert!(matches!(proto, "http" | "https"), "a scheme the LB listens with");
     let host = request.headers.get("host").and_then(|v| v.to_str().ok()).map(str::to_owned);
     request.remove_header("forwarded");
     request.remove_header("x-forwarded-for");
@@ -66,8 +68,8 @@ pub fn set_forwarded(request: &mut RequestHeader, client: Option<SocketAddr>) ->
         forwarded.push(format!("host=\"{host}\""));
         request.insert_header("x-forwarded-host", host)?;
     }
-    forwarded.push("proto=http".into());
-    request.insert_header("x-forwarded-proto", "http")?;
+    forwarded.push(format!("proto={proto}"));
+    request.insert_header("x-forwarded-proto", proto.to_owned())?;
     request.insert_header("forwarded", forwarded.join(";"))?;
     Ok(())
 }
@@ -86,7 +88,7 @@ mod tests {
         request.insert_header("x-secret", "1").expect("header");
         request.insert_header("proxy-authorization", "Basic eA==").expect("header");
         strip_hop_by_hop(&mut request);
-        set_forwarded(&mut request, Some("10.1.2.3:5555".parse().expect("address"))).expect("headers");
+        set_forwarded(&mut request, Some("10.1.2.3:5555".parse().expect("address")), "http").expect("headers");
         let header = |name: &str| request.headers.get(name).map(|v| v.to_str().expect("text").to_owned());
         assert_eq!(header("x-forwarded-for").as_deref(), Some("10.1.2.3"));
         assert_eq!(header("x-forwarded-host").as_deref(), Some("a.steady.page"));

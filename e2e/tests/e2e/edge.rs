@@ -230,3 +230,62 @@ fn a_host_that_does_not_answer_in_time_is_a_504_and_the_api_is_not_on_the_public
     assert_eq!(status, 200);
     assert!(text.contains("\"hangs\""), "{text}");
 }
+
+/// Trickles a request header a byte every 100 ms on a fresh connection until the LB closes it
+/// (bounded: 20 s); returns how long the connection lived.
+fn trickle_until_closed(lb: SocketAddr) -> Duration {
+    let mut stream = TcpStream::connect(lb).expect("connect");
+    let started = Instant::now();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: headers.localhost\r\nX-Slow: ").expect("partial header");
+    stream.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+    let mut buffer = [0u8; 1024];
+    while started.elapsed() < Duration::from_secs(20) {
+        if stream.write_all(b"a").is_err() {
+            break;
+        }
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(_) => panic!("the LB answered a header it never got whole"),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    started.elapsed()
+}
+
+#[test]
+fn a_client_trickling_its_header_is_cut_off_at_the_header_deadline() {
+    let mut cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "headers", HEADERS_APP);
+    cluster.deploy(&app, "headers");
+    let index = cluster.add_lb_with(&["--header-read-timeout-ms", "2000"]);
+    let lb = cluster.more_lbs[index].public;
+
+    let (lived, served) = std::thread::scope(|scope| {
+        let tricklers: Vec<_> = (0..8).map(|_| scope.spawn(move || trickle_until_closed(lb))).collect();
+        // Others are served all along, on fresh connections.
+        let mut served = 0;
+        while tricklers.iter().any(|t| !t.is_finished()) && served < 10_000 {
+            let (status, text) = get(lb, "");
+            assert_eq!(status, 200, "a request beside the slow clients: {text}");
+            served += 1;
+        }
+        let lived: Vec<Duration> = tricklers.into_iter().map(|t| t.join().expect("trickler")).collect();
+        (lived, served)
+    });
+    eprintln!("header deadline 2 s: slow clients cut after {lived:?}; {served} other requests served meanwhile");
+    for time in &lived {
+        assert!(*time >= Duration::from_millis(1900), "cut before the deadline: {time:?}");
+        assert!(*time < Duration::from_millis(4000), "cut long after the deadline: {time:?}");
+    }
+    assert!(served > 0);
+    // A client that sends its header promptly still keeps its connection for several requests.
+    let mut stream = TcpStream::connect(lb).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    for _ in 0..3 {
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: headers.localhost\r\n\r\n").expect("request");
+        let mut buffer = [0u8; 4096];
+        let read = stream.read(&mut buffer).expect("answer");
+        assert!(buffer[..read].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buffer[..read]));
+    }
+}

@@ -1,0 +1,111 @@
+//! The LB's own lifecycle: a stop (SIGTERM) lets requests in flight finish, and an upgrade to
+//! a new process (`--upgrade`, then SIGQUIT to the old one) refuses no request.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use steady_e2e::tls::{client_config, TestCa};
+use steady_e2e::{eventually, write_app, Cluster};
+
+use crate::metrics::scrape;
+use crate::tls::{cluster_with_app, tls_lb, tls_loop, wait_for_progress};
+
+/// One plain `GET /` for `host` on a fresh connection; the status, or why there was none.
+fn plain_get(lb: SocketAddr, host: &str) -> Result<u16, String> {
+    let mut stream = TcpStream::connect_timeout(&lb, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(|e| format!("write: {e}"))?;
+    let mut answer = Vec::new();
+    stream.take(1024 * 1024).read_to_end(&mut answer).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&answer);
+    text.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("no answer: {text:?}"))
+}
+
+/// Plain requests on fresh connections until `stop`, counted in `sent`; returns the failures.
+fn plain_loop(lb: SocketAddr, stop: &AtomicBool, sent: &AtomicUsize) -> Vec<String> {
+    let mut failures = Vec::new();
+    while !stop.load(Ordering::Acquire) && sent.load(Ordering::Acquire) < 20_000 {
+        sent.fetch_add(1, Ordering::AcqRel);
+        match plain_get(lb, "a.steady.page") {
+            Ok(200) => {}
+            Ok(status) => failures.push(format!("status {status}")),
+            Err(error) => failures.push(error),
+        }
+    }
+    failures
+}
+
+#[test]
+fn an_upgrade_to_a_new_process_fails_no_request() {
+    let mut cluster = cluster_with_app();
+    let ca = TestCa::new(cluster.dir.path(), "ca");
+    let (page, sh) = (ca.issue("steady.page"), ca.issue("steady.sh"));
+    let (index, tls) = tls_lb(&mut cluster, &[("steady.page", &page), ("steady.sh", &sh)]);
+    let config = client_config(&[ca.cert_path()]);
+    let public = cluster.more_lbs[index].public;
+    let old_pid = cluster.more_lbs[index].daemon.pid();
+
+    let stop = AtomicBool::new(false);
+    let (plain_sent, tls_sent) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let (plain_failures, tls_failures, old_exit) = std::thread::scope(|scope| {
+        let plain = scope.spawn(|| plain_loop(public, &stop, &plain_sent));
+        let secure = scope.spawn(|| tls_loop(tls, "a.steady.page", &config, &stop, &tls_sent));
+        wait_for_progress(&plain_sent, 20);
+        let old_exit = cluster.upgrade_lb(index);
+        // The new process alone serves the same addresses now.
+        wait_for_progress(&plain_sent, 20);
+        wait_for_progress(&tls_sent, 20);
+        stop.store(true, Ordering::Release);
+        (plain.join().expect("plain loop"), secure.join().expect("TLS loop"), old_exit)
+    });
+    let (plain_sent, tls_sent) = (plain_sent.load(Ordering::Acquire), tls_sent.load(Ordering::Acquire));
+    eprintln!(
+        "upgrade: {plain_sent} plain and {tls_sent} TLS requests on fresh connections, {} and {} failed; the old LB exited {:.1} s after SIGQUIT",
+        plain_failures.len(),
+        tls_failures.len(),
+        old_exit.as_secs_f64()
+    );
+    assert!(plain_failures.is_empty(), "plain: {plain_failures:?}");
+    assert!(tls_failures.is_empty(), "TLS: {tls_failures:?}");
+    assert_ne!(cluster.more_lbs[index].daemon.pid(), old_pid);
+    assert_eq!(plain_get(public, "a.steady.sh"), Ok(200));
+}
+
+/// An app that answers after 2 s.
+const SLOW_APP: &str = r#"export default { async fetch() { await Bun.sleep(2000); return new Response("slow"); } };"#;
+
+#[test]
+fn a_stopping_lb_lets_its_requests_in_flight_finish_then_exits() {
+    let mut cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "slow", SLOW_APP);
+    cluster.deploy(&app, "slow");
+    let index = cluster.add_lb_with(&["--drain-timeout-ms", "20000"]);
+    let (public, private) = (cluster.more_lbs[index].public, cluster.more_lbs[index].private);
+
+    std::thread::scope(|scope| {
+        let request = scope.spawn(move || {
+            let started = Instant::now();
+            let answer = plain_get(public, "slow.localhost");
+            (answer, started.elapsed())
+        });
+        eventually("the slow request in flight", || {
+            (scrape(&private.to_string(), "steady_lb_requests_in_flight") == 1.0).then_some(())
+        });
+        let lb = &mut cluster.more_lbs[index].daemon;
+        let stopped = Instant::now();
+        lb.signal(libc::SIGTERM);
+        let (answer, took) = request.join().expect("request thread");
+        assert_eq!(answer, Ok(200), "the request in flight finished");
+        assert!(took >= Duration::from_millis(1500), "it was really in flight ({took:?})");
+        assert!(lb.wait_exit(Duration::from_secs(10)), "the LB exited after its last request");
+        let exited = stopped.elapsed();
+        eprintln!(
+            "stop: the request in flight finished {took:?} after it started; the LB exited {exited:?} after SIGTERM"
+        );
+        // Well before the 20 s drain bound: the LB waits for requests, not for a timer.
+        assert!(exited < Duration::from_secs(6), "exited {exited:?} after SIGTERM");
+    });
+}

@@ -1,0 +1,121 @@
+//! What wraps every HTTP session on the public listeners: a total deadline for reading a
+//! request's header, and the part of a graceful stop pingora leaves open.
+//!
+//! **Header deadline.** pingora bounds each read of a request header (60 s) but not their sum, so a client that
+//! trickles a byte every few seconds would hold its connection forever. pingora has no hook
+//! before or during its header read, so [`PublicSessions`] wraps the proxy as an HTTP app:
+//! each request's processing runs with a flag in a task-local, the proxy's first filter sets
+//! the flag once the header is parsed ([`header_read`]), and if the deadline passes before
+//! that, the wrapper drops the request's future, which closes the connection (as nginx does
+//! for `client_header_timeout`). The deadline runs from the moment the connection is ready
+//! for a request: the accept (after the TLS handshake), or the end of the previous response on
+//! a keep-alive connection — so it also bounds how long an idle keep-alive connection stays
+//! open (HAProxy's `timeout http-request` does the same when no keep-alive timeout is set).
+//!
+//! **Stop.** When a stop is broadcast, pingora wakes every connection waiting for a request
+//! header and drops it — including one accepted a moment before whose request is still on its
+//! way (a TLS handshake finishing, say). [`PublicSessions`] passes that wake-up on only
+//! [`STOP_SETTLE_MS`] later, so such a request is still read and served, and counts each
+//! session in [`InFlight`] so the drain waits for it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+
+use crate::drain::InFlight;
+
+/// How long after a stop is broadcast connections still get to deliver a request header. Far
+/// longer than a handshake on a healthy connection; short enough not to delay a stop.
+pub const STOP_SETTLE_MS: u64 = 500;
+
+tokio::task_local! {
+    /// Set once the header of the request being processed on this task has been read.
+    static HEADER_READ: Arc<AtomicBool>;
+}
+
+/// Tells the deadline around this request that its header has been read in full. Called from
+/// the proxy's first filter; outside a [`PublicSessions`] it does nothing.
+pub fn header_read() {
+    let _ = HEADER_READ.try_with(|read| read.store(true, Ordering::Release));
+}
+
+/// An HTTP app (`A`, the pingora proxy) whose requests must arrive whole within a deadline
+/// and whose sessions a stopping LB waits for.
+pub struct PublicSessions<A> {
+    inner: Arc<A>,
+    header_timeout: Duration,
+    in_flight: InFlight,
+}
+
+impl<A> PublicSessions<A> {
+    /// Wraps `inner`; each request header must be read within `header_timeout_ms`, and each
+    /// session counts in `in_flight` while it lasts.
+    pub fn new(inner: A, header_timeout_ms: u64, in_flight: InFlight) -> Self {
+        assert!(header_timeout_ms > 0, "a header deadline of zero would refuse every request");
+        Self { inner: Arc::new(inner), header_timeout: Duration::from_millis(header_timeout_ms), in_flight }
+    }
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for PublicSessions<A> {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let _in_flight = self.in_flight.enter();
+        let read = Arc::new(AtomicBool::new(false));
+        let request = HEADER_READ.scope(read.clone(), self.inner.process_new_http(session, shutdown));
+        tokio::pin!(request);
+        tokio::select! {
+            done = &mut request => return done,
+            () = tokio::time::sleep(self.header_timeout) => {}
+        }
+        if read.load(Ordering::Acquire) {
+            // The header came in time; the rest of the request has its own bounds.
+            return request.await;
+        }
+        tracing::debug!(
+            timeout_ms = self.header_timeout.as_millis() as u64,
+            "request header not read in time; closing"
+        );
+        None
+    }
+
+    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
+        self.inner.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.inner.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        // pingora calls this when the stop is broadcast; see the module's "Stop".
+        tokio::time::sleep(Duration::from_millis(STOP_SETTLE_MS)).await;
+        self.inner.http_cleanup().await
+    }
+
+    async fn process_custom_session(self: Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        self.inner.clone().process_custom_session(stream, shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_flag_is_seen_only_inside_its_scope() {
+        header_read(); // outside any scope: nothing to set, no panic
+        let read = Arc::new(AtomicBool::new(false));
+        HEADER_READ.scope(read.clone(), async { header_read() }).await;
+        assert!(read.load(Ordering::Acquire));
+    }
+}
