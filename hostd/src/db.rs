@@ -118,8 +118,8 @@ fn execute(connection: &Connection, database: &str, sql: &str, write: bool) -> R
         rows.push(values);
     }
     drop(cursor);
-    // Writes that return no rows run to completion above; only they report changes.
-    let changes = if write && columns.is_empty() { connection.changes() } else { 0 };
+    // A fresh connection: the count is this statement's, for a statement that changes rows.
+    let changes = if write && !statement.readonly() { connection.changes() } else { 0 };
     Ok(DbAnswer { database: database.to_owned(), columns, rows, truncated, changes })
 }
 
