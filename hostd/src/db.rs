@@ -96,7 +96,7 @@ fn execute(connection: &Connection, database: &str, sql: &str, write: bool) -> R
     if !write && !statement.readonly() {
         return Err(QueryError::ReadOnly);
     }
-    let columns: Vec<String> = statement.column_names().into_iter().map(str::to_owned).collect();
+    let columns: Vec<String> = statement.column_names().map(str::to_owned).collect();
     let mut rows = Vec::new();
     let (mut truncated, mut bytes) = (false, 0usize);
     let mut cursor = statement.raw_query();

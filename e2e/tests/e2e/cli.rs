@@ -153,7 +153,7 @@ fn anywhere_on_disk(dir: &Path, needle: &str) -> Option<PathBuf> {
 }
 
 #[test]
-fn env_reaches_the_app_is_sealed_at_rest_and_follows_it_off_a_dead_host() {
+fn env_reaches_the_app_is_sealed_at_rest_and_follows_it_through_a_move_and_a_dead_host() {
     let mut cluster = Cluster::start_full(2, &["--heartbeat-ms", "100"], &["--host-timeout-ms", "1000"]);
     let app = write_app(cluster.dir.path(), "env-app", ENV_APP);
     let deployed = cluster.deploy(&app, "env-app");
@@ -180,10 +180,19 @@ fn env_reaches_the_app_is_sealed_at_rest_and_follows_it_off_a_dead_host() {
     assert!(stored.is_file(), "sealed in the blob store");
     assert_eq!(anywhere_on_disk(cluster.dir.path(), secret), None, "the value is nowhere on disk in plaintext");
 
-    // The holder dies with everything it started; the other host adopts the app and opens
+    // A live move: its holder is drained, the other host restarts it and opens its variables.
+    let first = cluster.hosts.iter().position(|h| deployed["host_id"] == h.id.as_str()).expect("holder");
+    let first_id = cluster.hosts[first].id.clone();
+    let drained = cluster.steady(&["hosts", "drain", &first_id, "--timeout-s", "60"]);
+    assert!(drained.status.success(), "{}", describe(&drained));
+    assert_eq!(cluster.status("env-app")["host_id"], cluster.hosts[1 - first].id.as_str(), "moved");
+    assert_eq!(cluster.get("env-app", "/").body, secret, "the variable followed the live move");
+    assert!(cluster.steady(&["hosts", "undrain", &first_id]).status.success());
+
+    // The new holder dies with everything it started; the first host adopts the app and opens
     // its variables from the blob store.
-    let holder = cluster.hosts.iter().position(|h| deployed["host_id"] == h.id.as_str()).expect("holder");
-    let survivor = cluster.hosts[1 - holder].id.clone();
+    let holder = 1 - first;
+    let survivor = first_id;
     let tree = descendants(cluster.hosts[holder].daemon.pid());
     cluster.hosts[holder].daemon.stop_with(libc::SIGKILL);
     for pid in tree {
