@@ -28,6 +28,7 @@ impl Apps {
     }
 
     /// The names of `name`'s variables, and their values when `reveal`.
+    #[tracing::instrument(skip_all, fields(app = %name))]
     pub async fn env_list(&self, name: &str, reveal: bool) -> Result<EnvList, EnvError> {
         self.env_slot(name)?;
         let vars = self.secrets.load(name).await?;
@@ -37,6 +38,7 @@ impl Apps {
 
     /// Sets `key` to `value` (`Some`) or removes it (`None`) for `name`, then restarts its
     /// running process so the change applies to the next request.
+    #[tracing::instrument(skip_all, fields(app = %name))]
     pub async fn env_change(&self, name: &str, key: &str, value: Option<&str>) -> Result<EnvChange, EnvError> {
         let slot = self.env_slot(name)?;
         let _one_change_at_a_time = slot.deploying.lock().await;

@@ -35,6 +35,7 @@ pub enum DbError {
 
 impl Apps {
     /// Runs `query` on one of `name`'s databases.
+    #[tracing::instrument(skip_all, fields(app = %name))]
     pub async fn db_query(&self, name: &str, query: DbQuery) -> Result<DbAnswer, DbError> {
         let host = |e: &dyn std::fmt::Display| DbError::Host(e.to_string());
         let slot = self.existing_slot(name).map_err(|e| host(&e))?.ok_or_else(|| DbError::Unknown(name.into()))?;

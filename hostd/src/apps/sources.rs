@@ -20,6 +20,7 @@ pub enum SourcesError {
 impl Apps {
     /// The sources of `version` of `name` (the current version when `None`), as a tar archive
     /// with paths relative to the app's folder; also the version they belong to.
+    #[tracing::instrument(skip_all, fields(app = %name))]
     pub async fn sources(&self, name: &str, version: Option<u64>) -> Result<(u64, Vec<u8>), SourcesError> {
         let versions = self.store().versions(name).map_err(DeployError::from)?;
         let current = self.store().current(name).map_err(DeployError::from)?;
