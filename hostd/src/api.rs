@@ -384,7 +384,8 @@ fn env_failure(name: &str, error: EnvError) -> Response {
     let message = error.to_string();
     match error {
         EnvError::Unknown(_) => unknown(name),
-        EnvError::Secrets(SecretsError::NoKey) => failure(StatusCode::SERVICE_UNAVAILABLE, "no_secrets_key", message),
+        // Not 503: the CLI reads 502-504 as "unreachable", and this is the host's configuration.
+        EnvError::Secrets(SecretsError::NoKey) => failure(StatusCode::NOT_IMPLEMENTED, "no_secrets_key", message),
         EnvError::Secrets(SecretsError::Invalid(_) | SecretsError::TooManyKeys | SecretsError::TooLarge) => {
             failure(StatusCode::BAD_REQUEST, "bad_env", message)
         }
@@ -463,7 +464,8 @@ async fn db_query(State(api): State<Api>, Path(name): Path<String>, body: Body) 
                 DbError::NoDatabase { .. } => (StatusCode::NOT_FOUND, "no_database"),
                 DbError::NoSuchDatabase { .. } => (StatusCode::NOT_FOUND, "unknown_database"),
                 DbError::Ambiguous { .. } => (StatusCode::BAD_REQUEST, "ambiguous_database"),
-                DbError::NotRunning(_) => (StatusCode::SERVICE_UNAVAILABLE, "app_not_running"),
+                // The app's state refuses the write (crash loop, moving): a conflict, not an outage.
+                DbError::NotRunning(_) => (StatusCode::CONFLICT, "app_not_running"),
                 DbError::Query(QueryError::Sql(_) | QueryError::NotOneStatement | QueryError::TooLong) => {
                     (StatusCode::BAD_REQUEST, "sql_error")
                 }
