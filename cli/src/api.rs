@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use steady_proto::wire::{
-    ApiError, AppStatus, CreatedToken, DeployResult, NewToken, RequestRecord, Rollback, TokenInfo, VersionInfo,
-    HEADER_NEW_TOKEN, HEADER_URL,
+    ApiError, AppStatus, CreatedToken, DbAnswer, DbQuery, DeployResult, EnvChange, EnvList, NewToken, RequestRecord,
+    Rollback, TokenInfo, VersionInfo, HEADER_NEW_TOKEN, HEADER_URL,
 };
 
 use crate::exit::{Failure, AUTH, CONFLICT, FAILED, NETWORK, NOT_FOUND};
@@ -258,6 +258,47 @@ impl Client {
         let response = self.http.get(format!("{}/v1/apps", self.base)).send().await.map_err(|e| self.unreachable(e))?;
         let list: AppList = self.decode(response).await?;
         Ok(list.apps)
+    }
+
+    /// The sources `version` of `name` was deployed with (the current one by default), as a
+    /// tar archive.
+    pub async fn sources(&self, name: &str, version: Option<u64>) -> anyhow::Result<Vec<u8>> {
+        let query = version.map(|v| format!("?version={v}")).unwrap_or_default();
+        let response = self
+            .http
+            .get(self.app_url(name, &format!("/source{query}")))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if !response.status().is_success() {
+            return self.decode::<serde_json::Value>(response).await.map(|_| Vec::new());
+        }
+        Ok(response.bytes().await.map_err(|e| self.unreachable(e))?.to_vec())
+    }
+
+    /// The names of `name`'s environment variables, and their values when `reveal`.
+    pub async fn env_list(&self, name: &str, reveal: bool) -> anyhow::Result<EnvList> {
+        self.get(self.app_url(name, &format!("/env?reveal={reveal}"))).await
+    }
+
+    /// Sets `key` to `value` (`Some`) or removes it (`None`) in `name`'s environment.
+    pub async fn env_change(&self, name: &str, key: &str, value: Option<&str>) -> anyhow::Result<EnvChange> {
+        let url = self.app_url(name, &format!("/env/{key}"));
+        let request = match value {
+            Some(value) => {
+                self.http.put(url).header("content-type", "text/plain; charset=utf-8").body(value.to_owned())
+            }
+            None => self.http.delete(url),
+        };
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        self.decode(response).await
+    }
+
+    /// Runs one SQL statement on `name`'s database.
+    pub async fn db(&self, name: &str, query: &DbQuery) -> anyhow::Result<DbAnswer> {
+        let request = self.http.post(self.app_url(name, "/db")).json(query);
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        self.decode(response).await
     }
 
     async fn decode<T: serde::de::DeserializeOwned>(&self, response: reqwest::Response) -> anyhow::Result<T> {

@@ -1,5 +1,7 @@
 //! Turning an app folder into a bundle on the user's machine: `bun build` resolves imports and
-//! `package.json` dependencies into one module, so hosts never need the network.
+//! `package.json` dependencies into one module, so hosts never need the network. The bundle
+//! also carries the app's own source files under `source/` (see [`crate::sources`]), so every
+//! version can be pulled back and edited.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,8 +19,10 @@ const BUNDLE_BYTES_MAX: usize = 16 * 1024 * 1024;
 pub struct Built {
     pub name: String,
     pub entry: PathBuf,
-    /// A tar archive holding `index.js`.
+    /// A tar archive holding `index.js` and the sources under `source/`.
     pub archive: Vec<u8>,
+    /// How many source files it carries.
+    pub source_files: usize,
 }
 
 /// Finds the entry, derives or checks the name, runs `bun build` and packs the result.
@@ -30,6 +34,7 @@ pub fn build(path: &Path, name: Option<&str>) -> anyhow::Result<Built> {
     };
     steady_proto::name::validate(&name)
         .map_err(|e| Failure::new(USAGE, "bad_name", format!("{e} (choose one with --name)")))?;
+    let sources = crate::sources::gather(path)?;
     let bun = crate::tools::find("bun")
         .ok_or_else(|| Failure::new(FAILED, "no_bun", "bun not found: install it or run scripts/setup.sh"))?;
     let out = tempfile::tempdir()?;
@@ -45,7 +50,7 @@ pub fn build(path: &Path, name: Option<&str>) -> anyhow::Result<Built> {
         failure.detail = text.lines().map(str::to_owned).collect();
         return Err(failure.into());
     }
-    let archive = pack(out.path())?;
+    let archive = pack(out.path(), &sources)?;
     if archive.len() > BUNDLE_BYTES_MAX {
         anyhow::bail!(Failure::new(
             FAILED,
@@ -53,10 +58,11 @@ pub fn build(path: &Path, name: Option<&str>) -> anyhow::Result<Built> {
             format!("bundle is {} bytes; the limit is {BUNDLE_BYTES_MAX}", archive.len())
         ));
     }
-    Ok(Built { name, entry, archive })
+    Ok(Built { name, entry, archive, source_files: sources.len() })
 }
 
-fn entry_of(path: &Path) -> anyhow::Result<PathBuf> {
+/// The entry file of an app at `path` (a file, or a folder holding one of the usual names).
+pub fn entry_of(path: &Path) -> anyhow::Result<PathBuf> {
     if path.is_file() {
         return Ok(path.to_owned());
     }
@@ -95,9 +101,10 @@ fn default_name(entry: &Path) -> anyhow::Result<String> {
     Ok(name.trim_matches('-').to_owned())
 }
 
-fn pack(dir: &Path) -> anyhow::Result<Vec<u8>> {
+fn pack(dir: &Path, sources: &crate::sources::Files) -> anyhow::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
     builder.mode(tar::HeaderMode::Deterministic);
     builder.append_path_with_name(dir.join("index.js"), "index.js")?;
+    crate::sources::append(&mut builder, sources)?;
     Ok(builder.into_inner()?)
 }

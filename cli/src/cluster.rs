@@ -29,6 +29,14 @@ pub struct ClusterFile {
     pub lbs: Vec<LbSpec>,
     #[serde(default)]
     pub paths: Paths,
+    /// The cluster key for app environment variables (64 hex digits, mode 0600), the same
+    /// file on every host (`openssl rand -hex 32`).
+    #[serde(default = "default_secrets_key_file")]
+    pub secrets_key_file: PathBuf,
+}
+
+fn default_secrets_key_file() -> PathBuf {
+    "/etc/steady/secrets.key".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +174,7 @@ impl ClusterFile {
                 (None, Some(dir)) => ["--storage-dir".into(), dir.display().to_string()],
                 (None, None) => unreachable!("checked: storage names one"),
             });
+            argv.extend(["--secrets-key-file".into(), self.secrets_key_file.display().to_string()]);
             for (flag, tool) in
                 [("--bun", &self.paths.bun), ("--bwrap", &self.paths.bwrap), ("--litestream", &self.paths.litestream)]
             {
@@ -224,6 +233,7 @@ mod tests {
         assert_eq!(launches.len(), 1 + file.hosts.len() + file.lbs.len());
         let host = &launches[1];
         assert!(host.argv.windows(2).any(|w| w[0] == "--slicer" && w[1] == file.slicer.listen.to_string()));
+        assert!(host.argv.windows(2).any(|w| w[0] == "--secrets-key-file" && w[1] == "/etc/steady/secrets.key"));
         let lb = launches.last().expect("an LB");
         assert_eq!(lb.argv.iter().filter(|a| *a == "--domain").count(), file.domains.len());
     }

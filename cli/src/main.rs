@@ -9,8 +9,12 @@ mod api;
 mod bundle;
 mod cluster;
 mod config;
+mod db;
+mod edit;
+mod env;
 mod exit;
 mod names;
+mod sources;
 mod tools;
 mod up;
 
@@ -44,6 +48,9 @@ const EXAMPLES: &str = "Examples:
   steady run scratch.ts --ttl 30m     a temporary app with a random name
   steady logs hello --follow          stream an app's log
   steady rollback hello               serve the previous version again
+  steady edit hello                   edit the sources in $EDITOR and deploy the change
+  steady env set hello API_KEY=abc    a secret the app reads from process.env
+  steady db hello \"SELECT * FROM t\"  query the app's database (--write to change it)
 
   steady login                        sign in (paste a token); saved in ~/.config/steady/config.yaml
   steady completions bash > ~/.local/share/bash-completion/completions/steady
@@ -164,12 +171,69 @@ or a package.json naming its entry. Dependencies in package.json must be install
     ///
     /// Example: steady completions zsh > "${fpath[1]}/_steady"
     Completions { shell: clap_complete::Shell },
+    /// Write the source files a version was deployed with into DIR (default ./NAME).
+    ///
+    /// Every deploy carries the app's own files (not node_modules, hidden folders or .env
+    /// files). Files already in DIR with other content are left alone unless --force.
+    Pull {
+        name: String,
+        dir: Option<PathBuf>,
+        /// The version to pull; the current one by default.
+        #[arg(long)]
+        version: Option<u64>,
+        /// Overwrite files in DIR that differ.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Edit the current version's sources in $VISUAL or $EDITOR (vi by default) and deploy the
+    /// result as the next version. Nothing is deployed when nothing changed; when the build
+    /// fails, the edited files are kept in a directory the error names.
+    Edit { name: String },
+    /// An app's environment variables: secrets it reads from process.env, stored encrypted.
+    ///
+    /// Examples: steady env set hello API_KEY=abc123; steady env set hello API_KEY < key.txt;
+    /// steady env list hello; steady env unset hello API_KEY
+    Env {
+        #[command(subcommand)]
+        action: EnvAction,
+    },
+    /// Run one SQL statement on an app's SQLite database, on its host. Read-only unless --write;
+    /// at most 1,000 rows and 1 MiB are shown, and a statement is stopped after 5 s.
+    ///
+    /// Example: steady db hello "SELECT count(*) FROM visits"
+    Db {
+        name: String,
+        sql: String,
+        /// Allow the statement to change the database.
+        #[arg(long)]
+        write: bool,
+        /// The database file in the app's data directory (when it has several).
+        #[arg(long)]
+        database: Option<String>,
+    },
     /// Delete an app with its data and logs.
     Delete {
         name: String,
         /// Confirm: deletion cannot be undone.
         #[arg(long, short)]
         yes: bool,
+    },
+}
+
+/// What to do with an app's environment variables.
+#[derive(Debug, clap::Subcommand)]
+enum EnvAction {
+    /// Set KEY=VALUE (or KEY alone, the value read from stdin). A running app is restarted so
+    /// the next request sees it.
+    Set { name: String, assignment: String },
+    /// Remove KEY.
+    Unset { name: String, key: String },
+    /// List the variables' names (values only with --reveal).
+    List {
+        name: String,
+        /// Print KEY=VALUE lines, values included.
+        #[arg(long)]
+        reveal: bool,
     },
 }
 
@@ -289,6 +353,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Pull { name, dir, version, force } => edit::pull(&client, &name, dir, version, force, cli.json).await,
+        Command::Edit { name } => edit::edit(&client, &name, cli.json).await,
+        Command::Env { action: EnvAction::Set { name, assignment } } => {
+            env::set(&client, &name, &assignment, cli.json).await
+        }
+        Command::Env { action: EnvAction::Unset { name, key } } => env::unset(&client, &name, &key, cli.json).await,
+        Command::Env { action: EnvAction::List { name, reveal } } => env::list(&client, &name, reveal, cli.json).await,
+        Command::Db { name, sql, write, database } => db::run(&client, &name, sql, write, database, cli.json).await,
         Command::Delete { name, yes } => {
             if !yes {
                 anyhow::bail!(exit::Failure::new(
@@ -445,7 +517,13 @@ async fn versions(client: &api::Client, name: &str, json: bool) -> anyhow::Resul
 async fn deploy(client: &api::Client, path: &std::path::Path, name: Option<&str>, json: bool) -> anyhow::Result<()> {
     let built = bundle::build(path, name)?;
     if !json {
-        eprintln!("bundled {} ({} bytes); deploying as {}…", built.entry.display(), built.archive.len(), built.name);
+        eprintln!(
+            "bundled {} ({} bytes, {} source files); deploying as {}…",
+            built.entry.display(),
+            built.archive.len(),
+            built.source_files,
+            built.name
+        );
     }
     let deployed = client.deploy(&built.name, built.archive, None).await?;
     print_deployed(&deployed, json, "deployed")

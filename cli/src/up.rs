@@ -133,6 +133,7 @@ async fn start_all(
     ];
     let slicer_ready = start(daemons, "slicer", "steady-slicer", slicer_args, data, env, Some(&ready)).await?;
     let slicer_api = slicer_ready["api"].as_str().context("slicer ready file has no api address")?.to_owned();
+    let secrets_key = secrets_key_file(data)?;
     for index in 1..=args.hosts {
         let id = format!("host-{index}");
         let ip = format!("127.0.0.{}", index + 1);
@@ -154,6 +155,8 @@ async fn start_all(
             slicer_api.clone(),
             "--ready-file".into(),
             path(&ready),
+            "--secrets-key-file".into(),
+            path(&secrets_key),
         ];
         let host_args = host_args.into_iter().chain(storage).collect();
         start(daemons, &id, "steady-hostd", host_args, data, env, Some(&ready)).await?;
@@ -172,6 +175,29 @@ async fn start_all(
     ];
     start(daemons, "lb", "steady-lb", lb_args, data, env, None).await?;
     wait_lb_ready(daemons, api).await
+}
+
+/// The cluster key for app environment variables, `<data>/secrets.key`: made once (32 random
+/// bytes as hex, mode 0600) and given to every host, so any host can open what another sealed.
+fn secrets_key_file(data: &Path) -> anyhow::Result<std::path::PathBuf> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = data.join("secrets.key");
+    if file.exists() {
+        return Ok(file);
+    }
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom").and_then(|mut r| r.read_exact(&mut key)).context("reading /dev/urandom")?;
+    let text: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&file)
+        .with_context(|| format!("creating {}", file.display()))?;
+    out.write_all(format!("{text}\n").as_bytes())?;
+    out.sync_all()?;
+    Ok(file)
 }
 
 fn path(p: &Path) -> String {

@@ -556,10 +556,31 @@ fn start_host_in(
         // The hosts of one test cluster share one blob store, as on one machine under `steady up`.
         args.extend(strings(&["--storage-dir", &path(&root.join("storage"))]));
     }
+    if !flags.iter().any(|f| f == "--secrets-key-file") {
+        // And one cluster key, as `steady up` gives them.
+        args.extend(strings(&["--secrets-key-file", &path(&secrets_key_file(root))]));
+    }
     args.extend_from_slice(flags);
     let mut daemon = Daemon::start(root, id, "steady-hostd", &args);
     wait_ready_file(&mut daemon, &ready);
     (data, daemon)
+}
+
+/// The test cluster's key for app environment variables, `<root>/secrets.key`, made on first
+/// use from the kernel's random source (64 hex digits, mode 0600, as `steady up` makes it).
+pub fn secrets_key_file(root: &Path) -> PathBuf {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = root.join("secrets.key");
+    if file.exists() {
+        return file;
+    }
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom").and_then(|mut r| r.read_exact(&mut key)).expect("random key");
+    let text: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let mut out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&file).expect("key file");
+    out.write_all(text.as_bytes()).expect("key file");
+    file
 }
 
 fn free_addr(ip: &str) -> SocketAddr {

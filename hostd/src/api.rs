@@ -1,5 +1,6 @@
-//! The host's control API: deploys, rollbacks, versions, status, logs, request logs and
-//! deletion. Reached through the LB's private port, which sends `/v1/apps/<name>…` here.
+//! The host's control API: deploys, rollbacks, versions, status, logs, request logs,
+//! deletion, and an app's contents: the sources of its versions, its environment variables and
+//! SQL on its database. Reached through the LB's private port, which sends `/v1/apps/<name>…` here.
 
 use std::sync::Arc;
 
@@ -7,17 +8,19 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use futures::StreamExt;
 use serde::Deserialize;
-use steady_proto::wire::{AppEntry, DeployResult, HostEntry, Rollback, HEADER_TABLE_VERSION};
+use steady_proto::wire::{AppEntry, DbQuery, DeployResult, HostEntry, Rollback, HEADER_TABLE_VERSION};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::apps::{Apps, DeployError};
+use crate::apps::{Apps, DbError, DeployError, EnvError, SourcesError};
+use crate::db::QueryError;
 use crate::ingress::failure;
 use crate::membership::MembershipError;
+use crate::secrets::SecretsError;
 
 /// Most log or request lines one request may ask for.
 const TAIL_LINES_MAX: usize = 10_000;
@@ -48,6 +51,10 @@ pub fn router(apps: Arc<Apps>, bundle_size_max_bytes: usize) -> Router {
         .route("/v1/apps/{name}/versions", get(versions))
         .route("/v1/apps/{name}/logs", get(logs))
         .route("/v1/apps/{name}/requests", get(requests))
+        .route("/v1/apps/{name}/source", get(source))
+        .route("/v1/apps/{name}/env", get(env_list))
+        .route("/v1/apps/{name}/env/{key}", put(env_set).delete(env_unset))
+        .route("/v1/apps/{name}/db", post(db_query))
         .route("/v1/moves/{name}/arrive", post(move_arrive))
         .route("/v1/moves/{name}/depart", post(move_depart))
         .route("/v1/moves/{name}/start", post(move_start))
@@ -341,4 +348,135 @@ async fn move_start(State(api): State<Api>, Path(name): Path<String>, Json(entry
         return response;
     }
     step_answer(&name, "start", api.apps.start_arrived(&entry).await)
+}
+
+#[derive(Deserialize)]
+struct SourceQuery {
+    /// The version whose sources to give; the current one when absent.
+    version: Option<u64>,
+}
+
+/// The source files a version was deployed with, as a tar archive (paths relative to the
+/// app's folder).
+async fn source(State(api): State<Api>, Path(name): Path<String>, Query(query): Query<SourceQuery>) -> Response {
+    if let Some(response) = check_name(&name) {
+        return response;
+    }
+    match api.apps.sources(&name, query.version).await {
+        Ok((_, archive)) => ([("content-type", "application/x-tar")], archive).into_response(),
+        Err(error) => {
+            let message = error.to_string();
+            match error {
+                SourcesError::Unknown(_) => unknown(&name),
+                SourcesError::NoSuchVersion { .. } => failure(StatusCode::NOT_FOUND, "unknown_version", message),
+                SourcesError::NoSources { .. } => failure(StatusCode::NOT_FOUND, "no_sources", message),
+                SourcesError::Failed(error) => deploy_failure(&name, error),
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct EnvQuery {
+    /// Include the values, not only the names.
+    #[serde(default)]
+    reveal: bool,
+}
+
+fn env_failure(name: &str, error: EnvError) -> Response {
+    let message = error.to_string();
+    match error {
+        EnvError::Unknown(_) => unknown(name),
+        // Not 503: the CLI reads 502-504 as "unreachable", and this is the host's configuration.
+        EnvError::Secrets(SecretsError::NoKey) => failure(StatusCode::NOT_IMPLEMENTED, "no_secrets_key", message),
+        EnvError::Secrets(SecretsError::Invalid(_) | SecretsError::TooManyKeys | SecretsError::TooLarge) => {
+            failure(StatusCode::BAD_REQUEST, "bad_env", message)
+        }
+        EnvError::Secrets(SecretsError::Storage(_)) => {
+            failure(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", message)
+        }
+        EnvError::Secrets(_) | EnvError::Host(_) => {
+            tracing::error!(app = %name, %message, "environment variables");
+            internal(message)
+        }
+    }
+}
+
+/// The names of an app's variables (`?reveal=true`: with their values).
+async fn env_list(State(api): State<Api>, Path(name): Path<String>, Query(query): Query<EnvQuery>) -> Response {
+    if let Some(response) = check_name(&name) {
+        return response;
+    }
+    match api.apps.env_list(&name, query.reveal).await {
+        Ok(list) => Json(list).into_response(),
+        Err(error) => env_failure(&name, error),
+    }
+}
+
+/// Sets one variable; the body is its value (UTF-8 text).
+async fn env_set(State(api): State<Api>, Path((name, key)): Path<(String, String)>, body: Body) -> Response {
+    if let Some(response) = check_name(&name) {
+        return response;
+    }
+    let limit = steady_proto::env::ENV_VALUE_BYTES_MAX;
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        let message = format!("the value is longer than {limit} bytes (or the upload broke off)");
+        return failure(StatusCode::PAYLOAD_TOO_LARGE, "bad_env", message);
+    };
+    let Ok(value) = std::str::from_utf8(&bytes) else {
+        return failure(StatusCode::BAD_REQUEST, "bad_env", "the value must be UTF-8 text".into());
+    };
+    match api.apps.env_change(&name, &key, Some(value)).await {
+        Ok(change) => Json(change).into_response(),
+        Err(error) => env_failure(&name, error),
+    }
+}
+
+async fn env_unset(State(api): State<Api>, Path((name, key)): Path<(String, String)>) -> Response {
+    if let Some(response) = check_name(&name) {
+        return response;
+    }
+    match api.apps.env_change(&name, &key, None).await {
+        Ok(change) => Json(change).into_response(),
+        Err(error) => env_failure(&name, error),
+    }
+}
+
+/// One SQL statement on the app's database: `{sql, write, database}` → `{columns, rows, …}`.
+async fn db_query(State(api): State<Api>, Path(name): Path<String>, body: Body) -> Response {
+    if let Some(response) = check_name(&name) {
+        return response;
+    }
+    // Room for the statement at its limit, JSON-quoted, and the other fields.
+    let limit = 2 * crate::db::SQL_BYTES_MAX + 1024;
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return failure(StatusCode::PAYLOAD_TOO_LARGE, "sql_too_long", format!("the query is over {limit} bytes"));
+    };
+    let query: DbQuery = match serde_json::from_slice(&bytes) {
+        Ok(query) => query,
+        Err(error) => {
+            return failure(StatusCode::BAD_REQUEST, "bad_query", format!("expected {{sql, write}}: {error}"))
+        }
+    };
+    match api.apps.db_query(&name, query).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(error) => {
+            let message = error.to_string();
+            let (status, code) = match error {
+                DbError::Unknown(_) => return unknown(&name),
+                DbError::NoDatabase { .. } => (StatusCode::NOT_FOUND, "no_database"),
+                DbError::NoSuchDatabase { .. } => (StatusCode::NOT_FOUND, "unknown_database"),
+                DbError::Ambiguous { .. } => (StatusCode::BAD_REQUEST, "ambiguous_database"),
+                // The app's state refuses the write (crash loop, moving): a conflict, not an outage.
+                DbError::NotRunning(_) => (StatusCode::CONFLICT, "app_not_running"),
+                DbError::Query(QueryError::Sql(_) | QueryError::NotOneStatement | QueryError::TooLong) => {
+                    (StatusCode::BAD_REQUEST, "sql_error")
+                }
+                DbError::Query(QueryError::ReadOnly) => (StatusCode::FORBIDDEN, "read_only"),
+                DbError::Query(QueryError::Timeout) => (StatusCode::BAD_REQUEST, "query_timeout"),
+                DbError::Host(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            };
+            failure(status, code, message)
+        }
+    }
 }

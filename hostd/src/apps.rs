@@ -29,9 +29,15 @@ use crate::membership::{Membership, MembershipError};
 use crate::process::{AppProcess, Assignment, StartError};
 use crate::replica::Replicator;
 use crate::schedule::{self, Schedule};
+mod env;
 mod moves;
+mod query;
+mod sources;
 
+pub use env::EnvError;
 pub use moves::{Elsewhere, HELD_REQUESTS_MAX};
+pub use query::DbError;
+pub use sources::SourcesError;
 
 use crate::store::{Current, Outcome, Store, StoreError};
 use crate::warm::{SandboxFactory, WarmPool};
@@ -248,6 +254,8 @@ pub struct Apps {
     started: tokio::sync::Notify,
     /// Apps on their way here or gone from here in a live move.
     moves: moves::MoveState,
+    /// Apps' environment variables, sealed in the blob store.
+    secrets: crate::secrets::Secrets,
 }
 
 impl Apps {
@@ -259,6 +267,7 @@ impl Apps {
         storage: Arc<dyn steady_blob::BlobStore>,
         replicator: Arc<Replicator>,
         membership: Membership,
+        secrets: crate::secrets::Secrets,
     ) -> Self {
         assert!(config.data.is_absolute(), "the data directory is canonical after validation");
         // Host ids are unique in a cluster, data directories on a machine: both name the groups.
@@ -287,6 +296,7 @@ impl Apps {
             table: Mutex::new(None),
             started: tokio::sync::Notify::new(),
             moves: moves::MoveState::default(),
+            secrets,
         }
     }
 
@@ -407,6 +417,12 @@ impl Apps {
         if !trial {
             self.ensure_data(slot).await?;
         }
+        // Read before a sandbox is taken: an app whose variables cannot be read does not start
+        // without them.
+        let secrets = self.secrets.load(&slot.name).await.map_err(|e| StartError::Data(e.to_string()))?;
+        let mut env =
+            vec![("STEADY_APP".into(), slot.name.clone()), ("STEADY_VERSION".into(), current.version.to_string())];
+        env.extend(secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
         let sandbox = self.pool.take().await?;
         let on_exit: Option<crate::process::ExitHook> = (!trial).then(|| {
             let (replicator, app) = (self.replicator.clone(), slot.name.clone());
@@ -422,7 +438,7 @@ impl Apps {
             bundle_dir: self.config.data.join("bundles").join(&current.bundle),
             data_dir: self.app_dir(&slot.name).join(if trial { "trial" } else { "data" }),
             keep_data: !trial,
-            env: vec![("STEADY_APP".into(), slot.name.clone()), ("STEADY_VERSION".into(), version.to_string())],
+            env,
             version,
             log: slot.log.clone(),
             label: if trial { format!("version {version} (trial)") } else { format!("version {version}") },
@@ -836,6 +852,7 @@ impl Apps {
         }
         self.store().delete(name)?;
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.secrets.forget(name);
         slot.log.line("steady", &format!("released: host {holder} holds this app now; local data kept aside"));
         tracing::warn!(app = %name, holder, "app released to another host");
         Ok(())
@@ -915,6 +932,8 @@ impl Apps {
         }
         let archive = self.storage.get(bundle).await?;
         self.unpack(bundle, &archive)?;
+        // Its variables may have changed on the host that had it.
+        self.secrets.forget(&entry.name);
         let now_ms = crate::now_ms();
         let adopted = self.store().adopt(&entry.name, entry.version, bundle, entry.expires_at_ms, now_ms)?;
         if adopted {
@@ -1122,6 +1141,9 @@ impl Apps {
         let replicas = self.storage.list(&format!("replicas/{name}/")).await?;
         for key in &replicas {
             self.storage.delete_key(key).await?;
+        }
+        if let Err(error) = self.secrets.delete(name).await {
+            tracing::warn!(app = %name, %error, "deleting the app's environment variables failed");
         }
         tracing::info!(app = %name, "deleted");
         Ok(true)

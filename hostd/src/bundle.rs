@@ -1,5 +1,8 @@
-//! App bundles: a tar archive whose `index.js` is the bundled module. Validation happens
-//! before anything touches the disk outside a temporary directory.
+//! App bundles: a tar archive whose `index.js` is the bundled module, and (from CLIs that send
+//! them) the app's source files under `source/`. Validation happens before anything touches the
+//! disk outside a temporary directory. Sources are checked but never unpacked: the sandbox
+//! needs only the built module, and every file in a bundle directory is hard-linked into each
+//! sandbox at every start. [`sources`] reads them back out of the stored archive.
 
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
@@ -7,6 +10,12 @@ use std::path::{Component, Path, PathBuf};
 
 /// The file every bundle must contain: the module whose default export has `fetch`.
 pub const ENTRY_FILE: &str = "index.js";
+/// The top-level directory holding the app's source files in a bundle.
+pub const SOURCE_DIR: &str = "source";
+/// Most source files a bundle may carry.
+pub const SOURCE_FILES_MAX: usize = 1_000;
+/// Most bytes of source files a bundle may carry.
+pub const SOURCE_BYTES_MAX: u64 = 8 * 1024 * 1024;
 
 /// Why a bundle was refused. Messages are shown to the user as they are.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +32,12 @@ pub enum BundleError {
     TooLarge(u64),
     #[error("bundle has no {ENTRY_FILE} at its top level")]
     NoEntry,
+    #[error("source entry {0:?} is not a regular file (links and devices are refused)")]
+    BadSourceEntry(String),
+    #[error("bundle carries more than {SOURCE_FILES_MAX} source files")]
+    TooManySourceFiles,
+    #[error("bundle carries more than {SOURCE_BYTES_MAX} bytes of source files")]
+    SourcesTooLarge,
     #[error("storing bundle: {0}")]
     Io(#[from] io::Error),
 }
@@ -71,12 +86,18 @@ fn tempfile_dir(parent: &Path) -> io::Result<PathBuf> {
 fn unpack_into(archive: &[u8], staging: &Path, limits: Limits) -> Result<(), BundleError> {
     let mut tar = tar::Archive::new(archive);
     let (mut files, mut bytes) = (0usize, 0u64);
+    let mut source_budget = SourceBudget::default();
     for entry in tar.entries().map_err(BundleError::NotTar)? {
         let mut entry = entry.map_err(BundleError::NotTar)?;
         let path = entry.path().map_err(BundleError::NotTar)?.into_owned();
         let shown = path.display().to_string();
         let relative = safe_relative(&path).ok_or_else(|| BundleError::PathEscape(shown.clone()))?;
         let kind = entry.header().entry_type();
+        if relative.starts_with(SOURCE_DIR) {
+            // Checked and counted, not unpacked: the tar reader skips the unread content.
+            source_budget.admit(&shown, kind, entry.size())?;
+            continue;
+        }
         if kind.is_dir() {
             std::fs::create_dir_all(staging.join(&relative))?;
             continue;
@@ -104,6 +125,63 @@ fn unpack_into(archive: &[u8], staging: &Path, limits: Limits) -> Result<(), Bun
         return Err(BundleError::NoEntry);
     }
     Ok(())
+}
+
+/// What the source entries of one archive used so far.
+#[derive(Default)]
+struct SourceBudget {
+    files: usize,
+    bytes: u64,
+}
+
+impl SourceBudget {
+    /// Counts one entry under `source/`: directories pass, regular files count against the
+    /// bounds, anything else is refused.
+    fn admit(&mut self, shown: &str, kind: tar::EntryType, size_bytes: u64) -> Result<bool, BundleError> {
+        if kind.is_dir() {
+            return Ok(false);
+        }
+        if !kind.is_file() {
+            return Err(BundleError::BadSourceEntry(shown.to_owned()));
+        }
+        self.files += 1;
+        self.bytes = self.bytes.saturating_add(size_bytes);
+        if self.files > SOURCE_FILES_MAX {
+            return Err(BundleError::TooManySourceFiles);
+        }
+        if self.bytes > SOURCE_BYTES_MAX {
+            return Err(BundleError::SourcesTooLarge);
+        }
+        Ok(true)
+    }
+}
+
+/// The source files of a stored bundle as a tar archive of their own, paths relative to the
+/// app's folder (the `source/` prefix removed); `None` when the bundle carries none (it was
+/// deployed without them). Every entry is checked again, as at deploy.
+pub fn sources(archive: &[u8]) -> Result<Option<Vec<u8>>, BundleError> {
+    let mut tar = tar::Archive::new(archive);
+    let mut out = tar::Builder::new(Vec::new());
+    out.mode(tar::HeaderMode::Deterministic);
+    let mut budget = SourceBudget::default();
+    for entry in tar.entries().map_err(BundleError::NotTar)? {
+        let mut entry = entry.map_err(BundleError::NotTar)?;
+        let path = entry.path().map_err(BundleError::NotTar)?.into_owned();
+        let shown = path.display().to_string();
+        let relative = safe_relative(&path).ok_or_else(|| BundleError::PathEscape(shown.clone()))?;
+        let Ok(inner) = relative.strip_prefix(SOURCE_DIR) else { continue };
+        if !budget.admit(&shown, entry.header().entry_type(), entry.size())? || inner.as_os_str().is_empty() {
+            continue;
+        }
+        let mut data = Vec::with_capacity(entry.size() as usize);
+        (&mut entry).take(SOURCE_BYTES_MAX).read_to_end(&mut data)?;
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        out.append_data(&mut header, inner, data.as_slice())?;
+    }
+    Ok((budget.files > 0).then(|| out.into_inner()).transpose()?)
 }
 
 /// `path` with `.` removed, if it has only normal components.
@@ -177,5 +255,56 @@ mod tests {
         assert!(matches!(unpack(&archive(&many), &dest, LIMITS), Err(BundleError::TooManyFiles(_))));
         assert!(unpack(b"not a tar at all, just some bytes", &dest, LIMITS).is_err());
         assert!(!dest.exists(), "nothing is left behind by a refused bundle");
+    }
+
+    #[test]
+    fn sources_are_checked_kept_out_of_the_bundle_directory_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("b");
+        let bundle = archive(&[("index.js", b"x"), ("source/index.ts", b"ts"), ("source/lib/a.ts", b"a")]);
+        unpack(&bundle, &dest, LIMITS).unwrap();
+        assert!(!dest.join(SOURCE_DIR).exists(), "sources are not unpacked for the sandbox");
+        let read_back = sources(&bundle).unwrap().expect("sources");
+        let mut read = tar::Archive::new(read_back.as_slice());
+        let mut found: Vec<(String, String)> = read
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let mut text = String::new();
+                e.read_to_string(&mut text).unwrap();
+                (e.path().unwrap().display().to_string(), text)
+            })
+            .collect();
+        found.sort();
+        assert_eq!(found, [("index.ts".into(), "ts".into()), ("lib/a.ts".into(), "a".into())]);
+        assert!(sources(&archive(&[("index.js", b"x")])).unwrap().is_none(), "a bundle without sources");
+    }
+
+    #[test]
+    fn refuses_bad_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("b");
+        let escape = unpack(&archive(&[("index.js", b""), ("source/../../x", b"x")]), &dest, LIMITS);
+        assert!(matches!(escape, Err(BundleError::PathEscape(_))), "{escape:?}");
+        let big = vec![b'x'; SOURCE_BYTES_MAX as usize + 1];
+        let large = unpack(&archive(&[("index.js", b""), ("source/big.ts", &big)]), &dest, LIMITS);
+        assert!(matches!(large, Err(BundleError::SourcesTooLarge)), "{large:?}");
+        let names: Vec<String> = (0..=SOURCE_FILES_MAX).map(|i| format!("source/f{i}.ts")).collect();
+        let mut files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b""[..])).collect();
+        files.push(("index.js", b""));
+        let many = unpack(&archive(&files), &dest, Limits { files_max: 10, unpacked_bytes_max: 1024 });
+        assert!(matches!(many, Err(BundleError::TooManySourceFiles)), "{many:?}");
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.append_link(&mut header, "source/link", "/etc/passwd").unwrap();
+        let mut index = tar::Header::new_gnu();
+        index.set_size(0);
+        builder.append_data(&mut index, "index.js", &b""[..]).unwrap();
+        let link = unpack(&builder.into_inner().unwrap(), &dest, LIMITS);
+        assert!(matches!(link, Err(BundleError::BadSourceEntry(_))), "{link:?}");
+        assert!(!dest.exists());
     }
 }

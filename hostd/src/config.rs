@@ -66,6 +66,11 @@ pub struct Config {
     /// `bucket`, `prefix`, `region`, `endpoint`, `path_style`, credentials).
     #[arg(long)]
     pub storage_config: Option<PathBuf>,
+    /// File holding the cluster's key for app environment variables (`steady env`): 64 hex
+    /// digits, the same file on every host, readable only by hostd. Without it apps have no
+    /// variables of their own and `steady env` is refused.
+    #[arg(long)]
+    pub secrets_key_file: Option<PathBuf>,
     /// How often this host tells the slicer it is alive (the slicer's `--host-timeout-ms`
     /// should be several of these).
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(50..=60_000))]

@@ -4,13 +4,16 @@
 //! versions in SQLite ([`store`]), runs each app as Bun inside a bubblewrap sandbox on a Unix
 //! socket ([`sandbox`], [`process`]), started ahead of need ([`warm`]), under kernel limits ([`cgroup`]), starts apps on demand and swaps versions on deploy
 //! ([`apps`]), forwards app traffic from the load balancers to the app's socket ([`ingress`]),
-//! serves its control API ([`api`]) and registers with the slicer ([`membership`]).
+//! serves its control API ([`api`]) and registers with the slicer ([`membership`]). Apps'
+//! environment variables are sealed in the blob store ([`secrets`]); `steady db` runs bounded
+//! SQL on an app's database ([`db`]).
 
 pub mod api;
 pub mod apps;
 pub mod bundle;
 pub mod cgroup;
 pub mod config;
+pub mod db;
 pub mod ingress;
 pub mod log;
 pub mod membership;
@@ -19,6 +22,7 @@ pub mod process;
 pub mod replica;
 pub mod sandbox;
 pub mod schedule;
+pub mod secrets;
 pub mod store;
 pub mod warm;
 

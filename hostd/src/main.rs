@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use steady_hostd::replica::{ReplicaTarget, Replicator};
+use steady_hostd::secrets::Secrets;
 use steady_hostd::{api, apps::Apps, config::Config, ingress, membership::Membership, store::Store};
 use steady_proto::wire::HostEntry;
 
@@ -18,6 +19,13 @@ async fn main() -> anyhow::Result<()> {
         Ok(both) => both,
         Err(message) => {
             eprintln!("steady-hostd: {message}");
+            std::process::exit(2);
+        }
+    };
+    let secrets_key = match config.secrets_key_file.as_deref().map(steady_hostd::secrets::read_key_file).transpose() {
+        Ok(key) => key,
+        Err(error) => {
+            eprintln!("steady-hostd: {error}");
             std::process::exit(2);
         }
     };
@@ -47,7 +55,8 @@ async fn main() -> anyhow::Result<()> {
     let bundle_size_max_bytes = config.bundle_size_max_bytes;
     let request_body_max_bytes = config.request_body_max_bytes;
     let ready_file = config.ready_file.clone();
-    let apps = Arc::new(Apps::new(config, runner, store, blobs, replicator.clone(), membership));
+    let secrets = Secrets::new(secrets_key, blobs.clone());
+    let apps = Arc::new(Apps::new(config, runner, store, blobs, replicator.clone(), membership, secrets));
     tokio::spawn(apps.clone().replicate_new_databases());
     let version = table.version;
     apps.follow(table).await;

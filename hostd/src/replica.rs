@@ -767,7 +767,7 @@ fn is_database_name(name: &str) -> bool {
 }
 
 /// The SQLite files directly in `dir` (by their header), sorted.
-fn databases_in(dir: &Path) -> std::io::Result<Vec<String>> {
+pub fn databases_in(dir: &Path) -> std::io::Result<Vec<String>> {
     use std::io::Read;
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)?.take(DATA_ENTRIES_SCANNED_MAX) {

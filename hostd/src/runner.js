@@ -12,16 +12,19 @@ require("bun:sqlite");
 const entry = process.env.STEADY_ENTRY;
 const socket = process.env.STEADY_SOCKET;
 const CRONS_MAX = 64;
-const ASSIGNMENT_BYTES_MAX = 256 * 1024;
+// The app's environment (up to 1 MiB of names and values, JSON-quoted) rides on this line.
+const ASSIGNMENT_BYTES_MAX = 8 * 1024 * 1024;
 
 async function readAssignment() {
   const reader = Bun.stdin.stream().getReader();
   const decoder = new TextDecoder();
   let text = "";
-  while (!text.includes("\n")) {
+  // Only the newest chunk is searched: a long line arrives in many chunks.
+  for (let chunk = ""; !chunk.includes("\n"); ) {
     const { value, done } = await reader.read();
     if (done) process.exit(0); // hostd let this sandbox go without an app
-    text += decoder.decode(value, { stream: true });
+    chunk = decoder.decode(value, { stream: true });
+    text += chunk;
     if (text.length > ASSIGNMENT_BYTES_MAX) {
       console.error(`steady: assignment longer than ${ASSIGNMENT_BYTES_MAX} bytes`);
       process.exit(78);

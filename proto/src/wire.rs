@@ -265,6 +265,74 @@ pub struct AppStatus {
     pub data_error: Option<String>,
 }
 
+/// An app's environment variables (`GET /v1/apps/<name>/env`): the names always, the values
+/// only when asked for (`?reveal=true`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvList {
+    pub name: String,
+    /// Variable names, sorted.
+    pub keys: Vec<String>,
+    /// Name → value, present only when revealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// The answer to setting or removing one variable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvChange {
+    pub name: String,
+    pub key: String,
+    /// Whether the variable existed before (for an unset: whether anything was removed).
+    pub existed: bool,
+    /// How many variables the app has now.
+    pub keys: usize,
+    /// Whether a running process was restarted so the change applies to the next request.
+    pub restarted: bool,
+    /// Why the restarted process did not start again, if it did not (the change is stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_error: Option<String>,
+}
+
+/// A query against an app's SQLite database (`POST /v1/apps/<name>/db`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbQuery {
+    /// One SQL statement.
+    pub sql: String,
+    /// Allow changes; without it the database is opened read-only.
+    #[serde(default)]
+    pub write: bool,
+    /// The database file in the app's data directory; the app's default one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+}
+
+/// One value of a query result, as SQLite typed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DbValue {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    /// A BLOB, as lowercase hex.
+    Blob {
+        blob_hex: String,
+    },
+}
+
+/// The answer to a [`DbQuery`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DbAnswer {
+    /// The database file queried.
+    pub database: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<DbValue>>,
+    /// Whether rows were left out to stay within the row or size bound.
+    pub truncated: bool,
+    /// Rows the statement inserted, updated or deleted.
+    pub changes: u64,
+}
+
 /// Every API error has this JSON shape, with a message meant for a person.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {

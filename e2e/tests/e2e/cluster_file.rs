@@ -16,13 +16,17 @@ fn the_command_lines_a_cluster_file_plans_run_a_working_cluster() {
         .enumerate()
         .map(|(i, (ingress, api))| format!("  - id: host-{}\n    ingress: {ingress}\n    api: {api}\n", i + 1))
         .collect();
+    let key = dir.path().join("secrets.key");
+    std::fs::write(&key, "42".repeat(32)).expect("key file");
     let file = dir.path().join("cluster.yaml");
     let text = format!(
         "domains: [localhost]\nslicer:\n  listen: {slicer}\nstorage:\n  dir: {storage}\nhosts:\n{host_lines}\
-         lbs:\n  - public: {lb_public}\n    private: {lb_private}\n    threads: 2\npaths:\n  bin: {bin}\n  data: {data}\n",
+         lbs:\n  - public: {lb_public}\n    private: {lb_private}\n    threads: 2\npaths:\n  bin: {bin}\n  data: {data}\n\
+         secrets_key_file: {key}\n",
         storage = dir.path().join("storage").display(),
         bin = bin_dir().display(),
         data = dir.path().join("data").display(),
+        key = key.display(),
     );
     std::fs::write(&file, text).expect("cluster file");
 

@@ -2,6 +2,7 @@
 //! One test binary, so the suite links once.
 
 mod access;
+mod cli;
 mod cluster_file;
 mod commands;
 mod durability;

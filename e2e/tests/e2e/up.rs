@@ -90,19 +90,27 @@ fn up_serves_the_same_apps_after_a_restart_and_ctrl_c_leaves_nothing() {
 
     let config = dir.path().join("config");
     let up = Up::start(&data, &config, &http, &api);
-    let app = write_app(dir.path(), "kept", "export default { fetch: () => new Response('still here') };\n");
+    let source = "export default { fetch: () => new Response(process.env.GREETING ?? 'still here') };\n";
+    let app = write_app(dir.path(), "kept", source);
     let deploy = up.command(&["deploy", app.to_str().unwrap(), "--name", "kept"]).output().unwrap();
     assert!(deploy.status.success(), "{}", describe(&deploy));
     let url = String::from_utf8_lossy(&deploy.stdout).trim().to_owned();
     assert_eq!(url, format!("http://kept.localhost:{}/", http.rsplit(':').next().unwrap()));
     assert_eq!(up.get("kept"), (200, "still here".to_owned()));
+    // The cluster key is made once, private, and opens the variables again in the next run.
+    let key = std::fs::metadata(data.join("secrets.key")).expect("steady up made the cluster key");
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777, 0o600);
+    let set = up.command(&["env", "set", "kept", "GREETING=still here, with a secret"]).output().unwrap();
+    assert!(set.status.success(), "{}", describe(&set));
+    assert_eq!(up.get("kept"), (200, "still here, with a secret".to_owned()));
     let processes = up.tree();
     assert!(processes.len() >= 5, "slicer, 2 hosts, LB and the app run under steady up: {processes:?}");
     up.interrupt();
     eventually("every process of steady up to be gone", || processes.iter().all(|&p| !alive(p)).then_some(()));
 
     let again = Up::start(&data, &config, &http, &api);
-    assert_eq!(again.get("kept"), (200, "still here".to_owned()), "the second run serves the first run's app");
+    let expected = (200, "still here, with a secret".to_owned());
+    assert_eq!(again.get("kept"), expected, "the second run serves the first run's app with its variables");
     let apps = again.command(&["apps", "--json"]).output().unwrap();
     let apps: serde_json::Value = serde_json::from_slice(&apps.stdout).unwrap();
     assert_eq!(apps[0]["name"], "kept");

@@ -197,6 +197,8 @@ impl Apps {
             let archive = self.storage.get(bundle).await?;
             self.unpack(bundle, &archive)?;
         }
+        // Its variables may have changed on the host it comes from since it was last here.
+        self.secrets.forget(&entry.name);
         self.moves.expect(&entry.name);
         tracing::info!(app = %entry.name, "app arriving; its requests are held");
         Ok(())
@@ -234,6 +236,7 @@ impl Apps {
         }
         self.store().delete(name)?;
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.secrets.forget(name);
         let ms = began.elapsed().as_millis();
         slot.log
             .line("steady", &format!("moved to host {}: stopped and sealed in {ms} ms; local data kept aside", to.id));
