@@ -458,6 +458,9 @@ async fn status(client: &api::Client, name: &str, json: bool) -> anyhow::Result<
     if let Some(at) = status.last_start_ms {
         println!("last start: {} ({} ms to listen)", time(at), status.last_start_duration_ms.unwrap_or(0));
     }
+    if let Some(bytes) = status.memory_bytes {
+        println!("memory:     {:.1} MiB", bytes as f64 / (1024.0 * 1024.0));
+    }
     println!("requests:   {}", status.requests_total);
     if status.crashes > 0 {
         println!("crashes:    {} in a row", status.crashes);
