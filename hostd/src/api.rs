@@ -472,7 +472,7 @@ async fn db_query(State(api): State<Api>, Path(name): Path<String>, body: Body) 
                 DbError::Query(QueryError::Sql(_) | QueryError::NotOneStatement | QueryError::TooLong) => {
                     (StatusCode::BAD_REQUEST, "sql_error")
                 }
-                DbError::Query(QueryError::ReadOnly) => (StatusCode::FORBIDDEN, "read_only"),
+                DbError::Query(QueryError::ReadOnly) => (StatusCode::BAD_REQUEST, "read_only"),
                 DbError::Query(QueryError::Timeout) => (StatusCode::BAD_REQUEST, "query_timeout"),
                 DbError::Host(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             };

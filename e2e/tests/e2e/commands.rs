@@ -18,8 +18,19 @@ fn assert_exit(output: &Output, code: i32, says: &str) {
     assert!(stderr.contains(says), "stderr should say {says:?}: {}", describe(output));
 }
 
+/// An app that answers `text` (and `process.env.GREETING` after it) and keeps a database.
 fn app_source(text: &str) -> String {
-    format!("export default {{ fetch(request) {{ console.log('served', new URL(request.url).pathname); return new Response({text:?}); }} }};\n")
+    format!(
+        "import {{ Database }} from 'bun:sqlite';\n\
+         const db = new Database(`${{process.env.STEADY_DATA_DIR}}/notes.db`, {{ create: true }});\n\
+         db.run('CREATE TABLE IF NOT EXISTS seen (path TEXT)');\n\
+         export default {{ fetch(request) {{\n\
+           const path = new URL(request.url).pathname;\n\
+           console.log('served', path);\n\
+           db.run('INSERT INTO seen (path) VALUES (?)', [path]);\n\
+           return new Response({text:?} + (process.env.GREETING ?? ''));\n\
+         }} }};\n"
+    )
 }
 
 #[test]
@@ -68,6 +79,32 @@ fn a_developer_session_from_login_to_delete() {
     assert_eq!(versions.as_array().map(Vec::len), Some(2), "{versions}");
     json(&steady(&["rollback", "notes", "--json"]));
     assert_eq!(up.get("notes"), (200, "v1".to_owned()));
+
+    // The sources come back with `pull`; `edit` deploys what a (scripted) editor changed.
+    let pulled = dir.path().join("pulled");
+    json(&steady(&["pull", "notes", pulled.to_str().unwrap(), "--json"]));
+    assert!(
+        std::fs::read_to_string(pulled.join("index.ts")).unwrap().contains("\"v1\""),
+        "the current version's files"
+    );
+    let editor = dir.path().join("editor.sh");
+    std::fs::write(&editor, "#!/bin/sh\nsed -i 's/\"v1\"/\"v3\"/' \"$@\"\n").unwrap();
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let edit = up.command(&["edit", "notes"]).env("EDITOR", &editor).env_remove("VISUAL").output().unwrap();
+    assert!(edit.status.success(), "{}", describe(&edit));
+    assert_eq!(up.get("notes"), (200, "v3".to_owned()));
+
+    // A secret in the environment, and SQL on the app's database.
+    json(&steady(&["env", "set", "notes", "GREETING=, hello", "--json"]));
+    assert_eq!(json(&steady(&["env", "list", "notes", "--json"]))["keys"], serde_json::json!(["GREETING"]));
+    assert_eq!(up.get("notes"), (200, "v3, hello".to_owned()));
+    let counted = json(&steady(&["db", "notes", "SELECT count(*) AS n FROM seen", "--json"]));
+    assert!(counted["rows"][0][0].as_u64().is_some_and(|n| n >= 1), "{counted}");
+    assert_exit(&steady(&["db", "notes", "DELETE FROM seen"]), 1, "--write");
+    assert_eq!(
+        json(&steady(&["db", "notes", "DELETE FROM seen", "--write", "--json"]))["changes"].as_u64().map(|n| n >= 1),
+        Some(true)
+    );
 
     // `open` hands the URL to $BROWSER.
     let opened = dir.path().join("opened");

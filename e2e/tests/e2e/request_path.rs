@@ -104,7 +104,7 @@ fn an_unknown_app_gets_the_lbs_404_page() {
 #[test]
 fn bad_names_and_bad_bundles_get_a_clear_4xx() {
     let cluster = Cluster::start(1);
-    let http = reqwest::blocking::Client::new();
+    let http = cluster.api();
     let deploy_url = |name: &str| format!("http://{}/v1/apps/{name}/deploy", cluster.private);
 
     let bad = http.post(deploy_url("Bad_Name")).body("x").send().unwrap();
