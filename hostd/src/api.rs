@@ -32,11 +32,12 @@ pub const TTL_SECONDS_MAX: u64 = 7 * 24 * 3600;
 #[derive(Clone)]
 struct Api {
     apps: Arc<Apps>,
+    builder: Arc<crate::build::Builder>,
     bundle_size_max_bytes: usize,
 }
 
 /// Builds the control router.
-pub fn router(apps: Arc<Apps>, bundle_size_max_bytes: usize) -> Router {
+pub fn router(apps: Arc<Apps>, builder: Arc<crate::build::Builder>, bundle_size_max_bytes: usize) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
@@ -59,7 +60,7 @@ pub fn router(apps: Arc<Apps>, bundle_size_max_bytes: usize) -> Router {
         .route("/v1/moves/{name}/depart", post(move_depart))
         .route("/v1/moves/{name}/start", post(move_start))
         .layer(DefaultBodyLimit::disable())
-        .with_state(Api { apps, bundle_size_max_bytes })
+        .with_state(Api { apps, builder, bundle_size_max_bytes })
 }
 
 /// The answer refusing `name`, if it is not a valid app name.
@@ -88,10 +89,17 @@ struct DeployQuery {
     ttl_s: Option<u64>,
 }
 
+/// Sources to build on the host (`application/json` deploys, from the dashboard).
+#[derive(Deserialize)]
+struct SourceDeploy {
+    files: std::collections::BTreeMap<String, String>,
+}
+
 async fn deploy(
     State(api): State<Api>,
     Path(name): Path<String>,
     Query(query): Query<DeployQuery>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Response {
     if let Some(response) = check_name(&name) {
@@ -106,11 +114,42 @@ async fn deploy(
         None => None,
     };
     let limit = api.bundle_size_max_bytes;
-    let Ok(archive) = axum::body::to_bytes(body, limit).await else {
+    let Ok(body) = axum::body::to_bytes(body, limit).await else {
         let message = format!("bundle is larger than the limit of {limit} bytes (or the upload broke off)");
         return failure(StatusCode::PAYLOAD_TOO_LARGE, "bundle_too_large", message);
     };
+    let json =
+        headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("application/json"));
+    let archive = if json {
+        match build_sources(&api, &body).await {
+            Ok(archive) => archive,
+            Err(response) => return response,
+        }
+    } else {
+        body.to_vec()
+    };
     changed(&name, api.apps.deploy(&name, &archive, expires_at_ms).await, StatusCode::CREATED)
+}
+
+/// Builds `{ "files": { path: text } }` into a bundle; a failure is the answer to send.
+async fn build_sources(api: &Api, body: &[u8]) -> Result<Vec<u8>, Response> {
+    use crate::build::BuildError;
+    let sources: SourceDeploy = serde_json::from_slice(body).map_err(|error| {
+        let message = format!("expected {{\"files\": {{\"index.ts\": \"...\"}}}}: {error}");
+        failure(StatusCode::BAD_REQUEST, "bad_sources", message)
+    })?;
+    api.builder.build(&sources.files).await.map_err(|error| {
+        let message = error.to_string();
+        match error {
+            BuildError::BadSources(_) => failure(StatusCode::BAD_REQUEST, "bad_sources", message),
+            BuildError::Failed { log } => {
+                let body = serde_json::json!({ "code": "build_failed", "message": message, "log": log });
+                (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+            }
+            BuildError::Timeout => failure(StatusCode::UNPROCESSABLE_ENTITY, "build_timeout", message),
+            BuildError::Io(_) => internal(message),
+        }
+    })
 }
 
 async fn rollback(State(api): State<Api>, Path(name): Path<String>, body: Option<Json<Rollback>>) -> Response {

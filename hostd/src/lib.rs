@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod apps;
+pub mod build;
 pub mod bundle;
 pub mod cgroup;
 pub mod config;

@@ -53,6 +53,8 @@ async fn main() -> anyhow::Result<()> {
     let table = membership.register().await.context("registering with the slicer")?;
     tracing::info!(ingress = %host.ingress_addr, api = %host.api_addr, table_version = table.version, "host registered");
     let bundle_size_max_bytes = config.bundle_size_max_bytes;
+    let builder =
+        Arc::new(steady_hostd::build::Builder::new(config.bwrap.clone(), config.bun.clone(), data.join("builds")));
     let request_body_max_bytes = config.request_body_max_bytes;
     let ready_file = config.ready_file.clone();
     let secrets = Secrets::new(secrets_key, blobs.clone());
@@ -66,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(apps.clone().keep_warm());
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let ingress_server = serve(ingress_listener, ingress::router(apps.clone(), request_body_max_bytes), stop.clone());
-    let api_server = serve(api_listener, api::router(apps.clone(), bundle_size_max_bytes), stop);
+    let api_server = serve(api_listener, api::router(apps.clone(), builder, bundle_size_max_bytes), stop);
     if let Some(path) = ready_file {
         let ready = serde_json::json!({ "ingress": host.ingress_addr, "api": host.api_addr });
         steady_daemon::write_ready_file(&path, &ready)?;
