@@ -171,3 +171,32 @@ export default { fetch() { const row = db.query("SELECT COUNT(*) AS n FROM hits"
     assert_eq!(cluster.get("migrating", "/").body, "migrating hits=2", "live data and version untouched");
     assert!(!cluster.hosts[0].data.join("apps/migrating/trial").exists(), "the copy is cleaned up");
 }
+
+#[test]
+fn sources_sent_as_json_are_built_on_the_host_and_a_build_error_comes_back() {
+    let cluster = Cluster::start(1);
+    let url = format!("http://{}/v1/apps/built/deploy", cluster.private);
+    let files = serde_json::json!({ "files": {
+        "index.ts": "import { greet } from './lib/greet';\nexport default { fetch: () => new Response(greet('web')) };\n",
+        "lib/greet.ts": "export const greet = (who: string): string => `hello, ${who}`;\n",
+    }});
+    let deployed = cluster.api().post(&url).json(&files).send().unwrap();
+    assert_eq!(deployed.status(), 201, "{}", deployed.text().unwrap_or_default());
+    assert_eq!(cluster.get("built", "/").body, "hello, web");
+    let pulled = cluster.steady(&["pull", "built", cluster.dir.path().join("pulled").to_str().unwrap()]);
+    assert!(pulled.status.success(), "{}", describe(&pulled));
+    assert!(cluster.dir.path().join("pulled/lib/greet.ts").is_file(), "the sources travel with the version");
+
+    let broken =
+        serde_json::json!({ "files": { "index.ts": "export default { fetch: () => new Response(\"x\" };\n" } });
+    let refused = cluster.api().post(&url).json(&broken).send().unwrap();
+    assert_eq!(refused.status(), 422);
+    let error: serde_json::Value = refused.json().unwrap();
+    assert_eq!(error["code"], "build_failed");
+    assert!(error["log"].as_array().is_some_and(|l| !l.is_empty()), "the build's own words: {error}");
+    assert_eq!(cluster.get("built", "/").body, "hello, web", "the old version keeps serving");
+
+    let escape = serde_json::json!({ "files": { "index.ts": "export default {};", "../etc/x.ts": "" } });
+    let refused = cluster.api().post(&url).json(&escape).send().unwrap();
+    assert_eq!(refused.status(), 400);
+}
