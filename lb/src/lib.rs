@@ -13,6 +13,7 @@
 
 pub mod certs;
 pub mod config;
+pub mod dashboard;
 pub mod drain;
 pub mod edge;
 pub mod gateway;

@@ -13,7 +13,7 @@ code{{background:#f2f2f2;padding:.1rem .3rem;border-radius:3px}}</style></head><
     )
 }
 
-/// The page at the apex domain until the dashboard lands there.
+/// The apex domain's page for a path that is not the dashboard's.
 pub fn apex() -> &'static str {
     "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>steady</title></head><body>\
 <h1>steady</h1><p>This is a steady platform. Apps answer at <code>&lt;name&gt;</code> subdomains of this domain.</p>\

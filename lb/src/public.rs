@@ -128,8 +128,7 @@ impl ProxyHttp for PublicProxy {
                 let api = ctx.api.insert(ApiCtx::default());
                 return self.gateway.admit(session, api, Listener::Public).await;
             }
-            pages::respond(session, 200, "text/html; charset=utf-8", pages::apex()).await?;
-            return Ok(true);
+            return crate::dashboard::respond(session).await;
         }
         let Some(app) = self.domains.iter().find_map(|d| app_from_host(&host, d)) else {
             pages::respond(session, 404, "text/html; charset=utf-8", pages::unknown_host()).await?;
