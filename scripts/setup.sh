@@ -9,6 +9,7 @@ BUN_VERSION=1.4.5
 LITESTREAM_VERSION=0.5.17
 S3S_FS_VERSION=0.14.1
 SCHEMATHESIS_VERSION=4.32.5
+PLAYWRIGHT_VERSION=1.65.1
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 
@@ -17,6 +18,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
 command -v bwrap >/dev/null || missing+=(bubblewrap)
+# The dashboard's browser tests drive Debian's Chromium.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 # `--bench`: also the peers and load generator of `steady-bench proxies`.
 if [ "${1:-}" = "--bench" ]; then
   command -v wrk >/dev/null || missing+=(wrk)
@@ -62,6 +65,13 @@ if [ ! -x "$tools/bin/st" ] || ! "$tools/bin/st" --version 2>/dev/null | grep -q
   python3 -m venv "$tools/schemathesis"
   "$tools/schemathesis/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
   ln -sf "$tools/schemathesis/bin/st" "$tools/bin/st"
+fi
+
+# The browser tests' driver (it uses the system's Chromium, never downloads one).
+if [ ! -d "$tools/playwright/node_modules/playwright-core" ] ||
+  ! grep -q "\"version\": \"$PLAYWRIGHT_VERSION\"" "$tools/playwright/node_modules/playwright-core/package.json"; then
+  say "installing playwright-core $PLAYWRIGHT_VERSION from the npm registry"
+  npm install --silent --no-audit --no-fund --prefix "$tools/playwright" "playwright-core@$PLAYWRIGHT_VERSION" >/dev/null
 fi
 
 # The Hono example resolves its dependency here, as a user's machine would before deploying.

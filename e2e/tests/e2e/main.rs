@@ -5,6 +5,7 @@ mod access;
 mod cli;
 mod cluster_file;
 mod commands;
+mod dashboard;
 mod durability;
 mod edge;
 mod hostd;
