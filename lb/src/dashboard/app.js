@@ -204,11 +204,23 @@ async function showApp(name) {
   await refresh();
   const stopLog = followLog(name);
   // The request log has no stream of its own: polled often enough to show a request within a second.
-  const timer = setInterval(() => loadRequests(name).catch(() => {}), 400);
+  let ticks = 0;
+  const timer = setInterval(() => {
+    loadRequests(name).catch(() => {});
+    // State, memory and counts change too: every 2 s is enough for them.
+    if (++ticks % 5 === 0) loadFacts(name).catch(() => {});
+  }, 400);
   leave = () => { clearInterval(timer); stopLog(); };
 }
 
 async function loadApp(name) {
+  const versions = await loadFacts(name);
+  renderVersions(name, versions);
+  await Promise.all([loadRequests(name), loadEnv(name)]);
+}
+
+/// Shows the app's URL and facts; returns its versions.
+async function loadFacts(name) {
   const [{ data: status, headers }, { data: versions }] = await Promise.all([
     api(`/apps/${name}`, { app: name }),
     api(`/apps/${name}/versions`, { app: name }),
@@ -230,8 +242,7 @@ async function loadApp(name) {
     dd.dataset.fact = key.toLowerCase().replace(" ", "-");
     return [dt, dd];
   }));
-  renderVersions(name, versions.versions);
-  await Promise.all([loadRequests(name), loadEnv(name)]);
+  return versions.versions;
 }
 
 function renderVersions(name, versions) {
