@@ -49,7 +49,7 @@ pub fn deploy_apps(cluster: &Cluster, source: &str, prefix: &str, count: usize) 
     let bundle = load::bundle(source, cluster.dir.path());
     let names: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
     for name in &names {
-        load::deploy_bundle(&cluster, name, &bundle);
+        load::deploy_bundle(cluster, name, &bundle);
     }
     names
 }

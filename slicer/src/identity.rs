@@ -267,12 +267,15 @@ impl Store {
     }
 }
 
+/// A token's row as authorization reads it: id, owner, role, expiry, revocation.
+type TokenRow = (String, String, String, Option<i64>, Option<i64>);
+
 /// Who holds `secret`, if it is a live token.
 fn principal_of(tx: &Transaction, secret: &str, now_ms: u64) -> Result<Principal, Denied> {
     if !well_formed(secret) {
         return Err(Denied::BadToken);
     }
-    let found: Option<(String, String, String, Option<i64>, Option<i64>)> = tx
+    let found: Option<TokenRow> = tx
         .query_row(
             "SELECT id, owner, role, expires_at_ms, revoked_at_ms FROM tokens WHERE hash = ?1",
             [hash_of(secret)],
