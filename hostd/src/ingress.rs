@@ -18,8 +18,8 @@ use steady_proto::wire::{
 };
 
 use crate::apps::{Apps, Elsewhere, Lease, WakeError};
-use pool::{AppConnections, Lent};
 use crate::metrics::DropReason;
+use pool::{AppConnections, Lent};
 
 /// Seconds a client is told to wait after a 503 for an app that could not be woken.
 const RETRY_AFTER_SECONDS: u64 = 1;
