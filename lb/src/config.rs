@@ -82,11 +82,6 @@ pub struct Config {
     /// Worker threads per listener.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
-    /// Let a listener's worker threads take tasks from each other (one shared scheduler).
-    /// Off by default: each thread then serves the connections handed to it, as nginx's
-    /// workers do, which saves a cross-thread wake-up per request (see docs/notes.md).
-    #[arg(long)]
-    pub work_stealing: bool,
     /// Temporary apps one client address may start per minute without a token (`steady run`
     /// while signed out, or the dashboard's anonymous Run); past it: 429.
     #[arg(long, default_value_t = crate::gateway::ANONYMOUS_RUNS_PER_MINUTE_MAX, value_parser = clap::value_parser!(u32).range(1..))]

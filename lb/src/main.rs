@@ -38,7 +38,6 @@ fn main() {
     };
     let server_conf = ServerConf {
         threads: config.threads,
-        work_stealing: config.work_stealing,
         // The drain (below) ends the process as soon as requests are done; pingora's fixed grace
         // period, just above the drain bound, is only a backstop.
         grace_period_seconds: Some(config.drain_timeout_ms.div_ceil(1000) + 1),
