@@ -1,5 +1,8 @@
 //! App traffic from the load balancers: find the app, wake it if needed, forward the request
-//! over the app's Unix socket, stream the answer back and write the request log.
+//! over the app's Unix socket (a pooled keep-alive connection, [`pool`]), stream the answer
+//! back and write the request log.
+
+mod pool;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +19,7 @@ use steady_proto::wire::{
 
 use crate::apps::{Apps, Elsewhere, Lease, WakeError};
 use crate::metrics::DropReason;
+use pool::{AppConnections, Lent};
 
 /// Seconds a client is told to wait after a 503 for an app that could not be woken.
 const RETRY_AFTER_SECONDS: u64 = 1;
@@ -26,12 +30,15 @@ const LOGGED_PATH_BYTES_MAX: usize = 512;
 
 /// The ingress router: every path is app traffic. Bodies above `body_max_bytes` are refused.
 pub fn router(apps: Arc<Apps>, body_max_bytes: u64) -> axum::Router {
-    axum::Router::new().fallback(forward).with_state(Ingress { apps, body_max_bytes })
+    let connections = Arc::new(AppConnections::default());
+    axum::Router::new().fallback(forward).with_state(Ingress { apps, connections, body_max_bytes })
 }
 
 #[derive(Clone)]
 struct Ingress {
     apps: Arc<Apps>,
+    /// Idle connections to the apps, shared by every request.
+    connections: Arc<AppConnections>,
     body_max_bytes: u64,
 }
 
@@ -44,10 +51,10 @@ async fn forward(State(ingress): State<Ingress>, request: Request) -> Response {
     // A body without a declared length is cut off at the limit: the app sees it end in error.
     let limit = usize::try_from(ingress.body_max_bytes).unwrap_or(usize::MAX);
     let request = request.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
-    forward_to_app(&ingress.apps, request).await
+    forward_to_app(&ingress.apps, &ingress.connections, request).await
 }
 
-async fn forward_to_app(apps: &Apps, mut request: Request) -> Response {
+async fn forward_to_app(apps: &Apps, connections: &Arc<AppConnections>, mut request: Request) -> Response {
     let Some(app) = request.headers_mut().remove(HEADER_APP) else {
         return failure(StatusCode::BAD_REQUEST, "no_app", "request carries no app header".into());
     };
@@ -68,7 +75,17 @@ async fn forward_to_app(apps: &Apps, mut request: Request) -> Response {
     // A WebSocket (or any `Upgrade`): once the app answers 101, the two connections are joined.
     let client_upgrade = wants_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
     let mut completion = Completion::new(lease, &request);
-    let mut sent = send(&completion.lease.socket, request).await;
+    let mut sent = match client_upgrade {
+        // An upgraded connection is never reused: it gets a connection of its own.
+        Some(_) => send(&completion.lease.socket, request).await,
+        None => match connections.send(&completion.lease.socket, request).await {
+            Ok((response, lent)) => {
+                completion.connection = Some((connections.clone(), lent));
+                Ok(response.map(Body::new))
+            }
+            Err(error) => Err(error),
+        },
+    };
     if let (Some(again), true) = (again, sent.is_err()) {
         // The process may have died under the request (killed, crashed): an idempotent
         // request without a body goes once more to a new process.
@@ -246,10 +263,13 @@ fn moving(app: &str) -> Response {
     unavailable("moving", format!("{app:?} is moving between hosts; try again in a moment"))
 }
 
-/// Follows one request to the end of its response body; on drop it releases the app's lease
-/// and writes the request log line, so streamed answers are logged with their real size.
+/// Follows one request to the end of its response body; on drop it releases the app's lease,
+/// gives the connection back to the pool and writes the request log line, so streamed answers
+/// are logged with their real size.
 struct Completion {
     lease: Lease,
+    /// The pooled connection the request went over, kept until its answer is read.
+    connection: Option<(Arc<AppConnections>, Lent)>,
     at_ms: u64,
     started: Instant,
     method: String,
@@ -270,6 +290,7 @@ impl Completion {
         }
         Self {
             lease,
+            connection: None,
             at_ms: crate::now_ms(),
             started: Instant::now(),
             method: request.method().to_string(),
@@ -291,6 +312,9 @@ impl Drop for Completion {
             bytes: self.bytes,
         };
         self.lease.requests().record(&record);
+        if let Some((connections, lent)) = self.connection.take() {
+            connections.give_back(lent);
+        }
     }
 }
 
