@@ -621,6 +621,19 @@ pub fn describe(output: &Output) -> String {
     )
 }
 
+/// The JSON a successful CLI command printed on stdout; panics with its output otherwise.
+pub fn stdout_json(output: &Output) -> serde_json::Value {
+    assert!(output.status.success(), "{}", describe(output));
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("JSON on stdout ({e}): {}", describe(output)))
+}
+
+/// Asserts a CLI command exited with `code` and said `says` on stderr.
+pub fn assert_exit(output: &Output, code: i32, says: &str) {
+    assert_eq!(output.status.code(), Some(code), "{}", describe(output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(says), "stderr should say {says:?}: {}", describe(output));
+}
+
 /// Writes an app (`index.ts` with `source`) into a new folder under `parent`.
 pub fn write_app(parent: &Path, folder: &str, source: &str) -> PathBuf {
     let dir = parent.join("src").join(folder);

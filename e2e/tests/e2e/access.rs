@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Output;
 use std::time::Duration;
 
-use steady_e2e::{describe, steady_command, write_app, Cluster};
+use steady_e2e::{assert_exit, stdout_json as json, steady_command, write_app, Cluster};
 
 /// A CLI command against `api` as `token` (none: anonymous).
 fn steady_at(api: SocketAddr, token: Option<&str>, args: &[&str]) -> Output {
@@ -17,17 +17,6 @@ fn steady_at(api: SocketAddr, token: Option<&str>, args: &[&str]) -> Output {
         command.env("STEADY_TOKEN", token);
     }
     command.output().expect("running steady")
-}
-
-fn json(output: &Output) -> serde_json::Value {
-    assert!(output.status.success(), "{}", describe(output));
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("JSON on stdout ({e}): {}", describe(output)))
-}
-
-fn assert_exit(output: &Output, code: i32, says: &str) {
-    assert_eq!(output.status.code(), Some(code), "{}", describe(output));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains(says), "stderr should say {says:?}: {}", describe(output));
 }
 
 /// A token for a new owner, made by the admin.

@@ -1,22 +1,9 @@
 //! The `steady` CLI as a developer uses it against `steady up`: sign in, deploy, look, roll
 //! back, open, run, delete, sign out; `--json` parsed back and exit codes checked.
 
-use std::process::Output;
-
-use steady_e2e::{describe, eventually, free_port, steady_command, write_app};
+use steady_e2e::{assert_exit, describe, eventually, free_port, stdout_json as json, steady_command, write_app};
 
 use crate::up::Up;
-
-fn json(output: &Output) -> serde_json::Value {
-    assert!(output.status.success(), "{}", describe(output));
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("JSON on stdout ({e}): {}", describe(output)))
-}
-
-fn assert_exit(output: &Output, code: i32, says: &str) {
-    assert_eq!(output.status.code(), Some(code), "{}", describe(output));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains(says), "stderr should say {says:?}: {}", describe(output));
-}
 
 /// An app that answers `text` (and `process.env.GREETING` after it) and keeps a database.
 fn app_source(text: &str) -> String {
