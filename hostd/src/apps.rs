@@ -543,6 +543,9 @@ impl Apps {
         if self.moves.departed_to(name).is_some() {
             return Err(WakeError::Departed(name.into()));
         }
+        if let Some(lease) = self.lease_running(name)? {
+            return Ok(lease);
+        }
         let current = self.store().current(name)?.ok_or_else(|| WakeError::Unknown(name.into()))?;
         let slot = self.slot(name)?;
         if slot.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.start_queue_max {
@@ -557,6 +560,29 @@ impl Apps {
         }
         slot.requests_total.fetch_add(1, Ordering::AcqRel);
         Ok(Lease { socket, slot })
+    }
+
+    /// A lease on `name`'s live process without asking the store, or `None` when that takes
+    /// the slow path: no slot yet, no live process, or its `serving` lock held (a start, a
+    /// deploy, a drain), so a queue on the lock keeps its bound. A live serving process always
+    /// runs the current version (deploys and rollbacks record a version before they serve it;
+    /// deletion takes the process out first), and SQLite re-plans the current-version query at
+    /// each new app name bound to it, which cost more than the proxying (docs/notes.md).
+    fn lease_running(&self, name: &str) -> Result<Option<Lease>, WakeError> {
+        let Some(slot) = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned() else {
+            return Ok(None);
+        };
+        let Ok(serving) = slot.serving.try_lock() else { return Ok(None) };
+        // As in `wake_slot`: the app may have left since the caller's check (a move's drain).
+        if self.moves.departed_to(name).is_some() {
+            return Err(WakeError::Departed(name.into()));
+        }
+        let Some(process) = serving.as_ref().filter(|p| p.is_alive()) else { return Ok(None) };
+        self.enter(&slot)?;
+        let socket = process.socket.clone();
+        drop(serving);
+        slot.requests_total.fetch_add(1, Ordering::AcqRel);
+        Ok(Some(Lease { socket, slot }))
     }
 
     /// After a request to the process behind `lease` failed before any answer: once hostd has

@@ -178,9 +178,12 @@ impl Store {
             "SELECT a.id, v.version, v.bundle FROM apps a JOIN versions v ON v.app_id = a.id
              WHERE a.name = ?1 AND {condition}"
         );
+        // Every woken request asks for its app's current version: a cached statement skips
+        // SQLite's parse and plan, which cost more than the proxying itself (docs/notes.md).
         let row = self
             .connection
-            .query_row(&sql, values, |r| {
+            .prepare_cached(&sql)?
+            .query_row(values, |r| {
                 Ok(Current { app_id: r.get(0)?, version: r.get::<_, i64>(1)? as u64, bundle: r.get(2)? })
             })
             .optional()?;
