@@ -54,6 +54,25 @@ async fn forward(State(ingress): State<Ingress>, request: Request) -> Response {
     forward_to_app(&ingress.apps, &ingress.connections, request).await
 }
 
+/// Makes a request that came over HTTP/2 (an LB speaking h2c) an HTTP/1.1 one for the app's
+/// socket: the origin-form target, and the `:authority` as `Host` when the client sent none.
+fn as_http1(request: &mut Request) {
+    if request.version() == axum::http::Version::HTTP_11 {
+        return;
+    }
+    *request.version_mut() = axum::http::Version::HTTP_11;
+    if let Some(authority) = request.uri().authority() {
+        if !request.headers().contains_key(axum::http::header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                request.headers_mut().insert(axum::http::header::HOST, host);
+            }
+        }
+    }
+    if let Some(target) = request.uri().path_and_query().cloned() {
+        *request.uri_mut() = target.into();
+    }
+}
+
 async fn forward_to_app(apps: &Apps, connections: &Arc<AppConnections>, mut request: Request) -> Response {
     let Some(app) = request.headers_mut().remove(HEADER_APP) else {
         return failure(StatusCode::BAD_REQUEST, "no_app", "request carries no app header".into());
@@ -65,6 +84,7 @@ async fn forward_to_app(apps: &Apps, connections: &Arc<AppConnections>, mut requ
     }
     let forwarded = request.headers().contains_key(HEADER_FORWARDED_BY);
     strip_internal_headers(&mut request);
+    as_http1(&mut request);
     let lease = match wake_or_redirect(apps, &app).await {
         Ok(lease) => lease,
         Err(Redirect::Forward(to)) if !forwarded => return forward_to_host(apps, &app, to, request).await,

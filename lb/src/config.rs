@@ -82,6 +82,11 @@ pub struct Config {
     /// Worker threads per listener.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// How app traffic reaches host daemons: `http1` (pooled keep-alive connections) or `h2c`
+    /// (HTTP/2 without TLS, many requests multiplexed on one connection per host). WebSocket
+    /// upgrades always use HTTP/1.1.
+    #[arg(long, value_enum, default_value_t = HostProtocol::Http1)]
+    pub host_protocol: HostProtocol,
     /// Temporary apps one client address may start per minute without a token (`steady run`
     /// while signed out, or the dashboard's anonymous Run); past it: 429.
     #[arg(long, default_value_t = crate::gateway::ANONYMOUS_RUNS_PER_MINUTE_MAX, value_parser = clap::value_parser!(u32).range(1..))]
@@ -184,4 +189,13 @@ mod tests {
             assert!(config(&args).is_err(), "{args:?}");
         }
     }
+}
+
+/// The protocol between the LB and host daemons for app traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HostProtocol {
+    /// HTTP/1.1 with pooled keep-alive connections.
+    Http1,
+    /// HTTP/2 with prior knowledge over plain TCP.
+    H2c,
 }

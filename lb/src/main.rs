@@ -76,7 +76,8 @@ fn main() {
         metrics.clone(),
         gateway.clone(),
     )
-    .with_upstream_read_timeout_ms(config.upstream_read_timeout_ms);
+    .with_upstream_read_timeout_ms(config.upstream_read_timeout_ms)
+    .with_host_protocol(config.host_protocol);
     let public_app = PublicSessions::new(
         pingora::proxy::http_proxy(&server.configuration, public_proxy),
         config.header_read_timeout_ms,

@@ -9,6 +9,7 @@ use pingora::upstreams::peer::HttpPeer;
 use steady_proto::name::{app_from_host, is_apex};
 use steady_proto::wire::HEADER_APP;
 
+use crate::config::HostProtocol;
 use crate::edge::{self, EdgeLimits};
 use crate::gateway::{ApiCtx, Gateway, Listener};
 use crate::limits::{Limited, Limits};
@@ -48,6 +49,7 @@ pub struct PublicProxy {
     limits: EdgeLimits,
     rates: Limits,
     upstream_read_timeout_ms: Option<u64>,
+    host_protocol: HostProtocol,
     gateway: Arc<Gateway>,
 }
 
@@ -63,12 +65,18 @@ impl PublicProxy {
     ) -> Self {
         assert!(!domains.is_empty(), "the LB serves at least one domain");
         let prober = Prober::default();
-        Self { routes, domains, metrics, prober, limits, rates, upstream_read_timeout_ms: None, gateway }
+        let host_protocol = HostProtocol::Http1;
+        Self { routes, domains, metrics, prober, limits, rates, upstream_read_timeout_ms: None, host_protocol, gateway }
     }
 
     /// Bounds each wait on a host (past it: 504).
     pub fn with_upstream_read_timeout_ms(self, timeout_ms: u64) -> Self {
         Self { upstream_read_timeout_ms: Some(timeout_ms), ..self }
+    }
+
+    /// Speaks `protocol` to hosts for app traffic (upgrades stay on HTTP/1.1).
+    pub fn with_host_protocol(self, protocol: HostProtocol) -> Self {
+        Self { host_protocol: protocol, ..self }
     }
 }
 
@@ -178,7 +186,7 @@ impl ProxyHttp for PublicProxy {
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
         if let Some(api) = &ctx.api {
             // API calls wait as long as they need (a deploy's trial, a followed log).
             return Ok(upstream::peer(self.gateway.upstream(api)?, None));
@@ -189,7 +197,11 @@ impl ProxyHttp for PublicProxy {
             let backoff_ms = CONNECT_RETRY_BACKOFF_MS_MIN << (ctx.connect_failures - 1);
             tokio::time::sleep(std::time::Duration::from_millis(backoff_ms)).await;
         }
-        Ok(upstream::peer(addr, self.upstream_read_timeout_ms))
+        // An HTTP/2 stream cannot carry an HTTP/1.1 upgrade (WebSockets).
+        Ok(match self.host_protocol {
+            HostProtocol::H2c if !session.is_upgrade_req() => upstream::h2c_peer(addr, self.upstream_read_timeout_ms),
+            _ => upstream::peer(addr, self.upstream_read_timeout_ms),
+        })
     }
 
     fn fail_to_connect(

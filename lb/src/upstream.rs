@@ -19,6 +19,17 @@ pub fn peer(addr: SocketAddr, read_timeout_ms: Option<u64>) -> Box<HttpPeer> {
     Box::new(peer)
 }
 
+/// Concurrent requests on one h2c connection to a host; more open another connection.
+pub const H2C_STREAMS_PER_CONNECTION_MAX: usize = 128;
+
+/// [`peer`] speaking HTTP/2 with prior knowledge (h2c): a host daemon's ingress accepts both.
+pub fn h2c_peer(addr: SocketAddr, read_timeout_ms: Option<u64>) -> Box<HttpPeer> {
+    let mut peer = peer(addr, read_timeout_ms);
+    peer.options.set_http_version(2, 2);
+    peer.options.max_h2_streams = H2C_STREAMS_PER_CONNECTION_MAX;
+    peer
+}
+
 /// Removes every `x-steady-*` header a client sent: only the LB may set them.
 pub fn strip_internal_headers(request: &mut RequestHeader) {
     let internal: Vec<_> =
