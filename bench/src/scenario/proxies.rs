@@ -51,6 +51,9 @@ pub struct Measured {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub errors: u64,
+    /// CPU time the proxy processes spent per request (µs): user + system over the run.
+    /// Fairer than req/s on a machine whose cores the load generator and app share.
+    pub proxy_cpu_us_per_request: Option<f64>,
 }
 
 /// A child process stopped (its process group) when dropped.
@@ -124,7 +127,7 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     )?;
     let bun_path = workspace().join(".tools/bin/bun");
     let data_env = data.display().to_string();
-    let _bun = spawn(
+    let bun_process = spawn(
         &bun_path.display().to_string(),
         &["run", &server.display().to_string()],
         &dir,
@@ -133,38 +136,80 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     wait_listening(bun, "bun")?;
 
     let nginx = addr();
-    let _nginx = start_nginx(&dir, nginx, bun, &threads)?;
+    let nginx_process = start_nginx(&dir, nginx, bun, &threads)?;
     let haproxy = addr();
-    let _haproxy = start_haproxy(&dir, haproxy, bun, &threads)?;
-    let (lb, _lb_daemons) = start_lb_alone(&dir, bun, &threads)?;
-    let cluster = Cluster::start(1);
+    let haproxy_process = start_haproxy(&dir, haproxy, bun, &threads)?;
+    let (lb, lb_daemons) = start_lb_alone(&dir, bun, &threads)?;
+    let mut cluster = Cluster::start(1);
     cluster.deploy(&dir.join("app"), "hello");
-    let full = cluster.public;
+    // The same cluster through a second LB that speaks h2c to the host: the choice of the
+    // LB → host protocol, measured side by side.
+    let h2c = cluster.add_lb_with(&["--host-protocol", "h2c", "--client-requests-per-second-max", "1000000"]);
+    let host_pid = cluster.hosts[0].daemon.pid();
+    let lb_pid = lb_daemons[0].pid();
 
-    let targets =
-        [("bun direct", bun), ("nginx", nginx), ("haproxy", haproxy), ("steady-lb", lb), ("steady full path", full)];
+    let targets: [(&str, SocketAddr, Vec<u32>); 6] = [
+        ("bun direct", bun, vec![bun_process.0.id()]),
+        ("nginx", nginx, vec![nginx_process.0.id()]),
+        ("haproxy", haproxy, vec![haproxy_process.0.id()]),
+        ("steady-lb", lb, vec![lb_pid]),
+        ("steady full path", cluster.public, vec![cluster.lb.pid(), host_pid]),
+        ("full path h2c", cluster.more_lbs[h2c].public, vec![cluster.more_lbs[h2c].daemon.pid(), host_pid]),
+    ];
     let mut results = Vec::new();
     for &connections in &options.connections {
-        for (name, target) in targets {
-            wrk(&dir, target, connections, 2)?;
-            let measured = wrk(&dir, target, connections, options.duration_s)?;
+        for (name, target, groups) in &targets {
+            wrk(&dir, *target, connections, 2)?;
+            let cpu_before = cpu_seconds(groups);
+            let measured = wrk(&dir, *target, connections, options.duration_s)?;
+            let cpu = cpu_seconds(groups) - cpu_before;
+            let requests = measured.0 * options.duration_s as f64;
+            let cpu_us = (requests > 0.0 && *name != "bun direct").then(|| cpu * 1e6 / requests);
             println!(
-                "{name:>17} c={connections:<4} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  errors {}",
-                measured.0, measured.1, measured.2, measured.3, measured.4
+                "{name:>17} c={connections:<4} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  errors {}  proxy CPU {}",
+                measured.0,
+                measured.1,
+                measured.2,
+                measured.3,
+                measured.4,
+                cpu_us.map_or("-".into(), |us| format!("{us:.0} µs/req"))
             );
             results.push(Measured {
-                target: name.into(),
+                target: name.to_string(),
                 connections,
                 requests_per_s: measured.0,
                 p50_ms: measured.1,
                 p99_ms: measured.2,
                 p999_ms: measured.3,
                 errors: measured.4,
+                proxy_cpu_us_per_request: cpu_us,
             });
         }
     }
     drop(cluster);
     report(&dir, options, &results)
+}
+
+/// CPU seconds (user + system) of every process in the process groups `groups`: each proxy
+/// this scenario starts leads its own group (nginx's workers are in their master's; a host
+/// daemon's sandboxed apps are in sessions of their own, so the app is not counted).
+fn cpu_seconds(groups: &[u32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
+    let mut ticks = 0u64;
+    for entry in entries.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // Fields after the command (which may hold spaces): state, ppid, pgrp, … utime (14th
+        // field overall, 12th here) and stime.
+        let Some((_, rest)) = stat.rsplit_once(") ") else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        if groups.contains(&(field(2) as u32)) {
+            ticks += field(11) + field(12);
+        }
+    }
+    ticks as f64 / ticks_per_second
 }
 
 /// One wrk run: (req/s, p50, p99, p99.9 in ms, errors).
@@ -265,6 +310,9 @@ fn start_lb_alone(dir: &Path, bun: SocketAddr, threads: &str) -> anyhow::Result<
         &lb_data,
         "--threads",
         threads,
+        // One load generator on one address: the per-client rate limit would cap the figure.
+        "--client-requests-per-second-max",
+        "1000000",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -284,7 +332,9 @@ fn report(dir: &Path, options: &Options, results: &[Measured]) -> anyhow::Result
             options.duration_s, options.threads
         ),
     );
-    let mut table = String::from("| target | connections | req/s | p50 ms | p99 ms | p99.9 ms | errors | ratio |\n|---|---|---|---|---|---|---|---|\n");
+    let mut table = String::from(
+        "| target | connections | req/s | p50 ms | p99 ms | p99.9 ms | errors | ratio | proxy CPU µs/req |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
     for &connections in &options.connections {
         let of = |name: &str| results.iter().find(|m| m.target == name && m.connections == connections);
         let (Some(bun), Some(nginx), Some(lb), Some(full)) =
@@ -295,11 +345,14 @@ fn report(dir: &Path, options: &Options, results: &[Measured]) -> anyhow::Result
         for m in results.iter().filter(|m| m.connections == connections) {
             let ratio = match m.target.as_str() {
                 "steady-lb" | "haproxy" => format!("{:.2}× nginx", m.requests_per_s / nginx.requests_per_s),
-                "steady full path" => format!("{:.2}× bun direct", m.requests_per_s / bun.requests_per_s),
+                "steady full path" | "full path h2c" => {
+                    format!("{:.2}× bun direct", m.requests_per_s / bun.requests_per_s)
+                }
                 _ => String::new(),
             };
+            let cpu = m.proxy_cpu_us_per_request.map_or("-".into(), |us| format!("{us:.0}"));
             table += &format!(
-                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {ratio} |\n",
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {ratio} | {cpu} |\n",
                 m.target, m.connections, m.requests_per_s, m.p50_ms, m.p99_ms, m.p999_ms, m.errors
             );
         }

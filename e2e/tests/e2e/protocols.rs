@@ -27,9 +27,15 @@ fn a_websocket_carries_messages_both_ways_through_the_lb() {
     let app = write_app(cluster.dir.path(), "echo", ECHO_APP);
     cluster.deploy(&app, "echo");
     assert_eq!(cluster.get("echo", "/").status, 400, "a plain request is the app's to refuse");
-    let mut request = format!("ws://{}/chat", cluster.public).into_client_request().expect("request");
+    assert_websocket_echoes(cluster.public);
+    assert_eq!(cluster.get("echo", "/").status, 400, "the app serves on after the socket closed");
+}
+
+/// Opens a WebSocket to the echo app through `lb` and exchanges a few messages.
+fn assert_websocket_echoes(lb: std::net::SocketAddr) {
+    let mut request = format!("ws://{lb}/chat").into_client_request().expect("request");
     request.headers_mut().insert("host", "echo.localhost".parse().expect("header"));
-    let stream = TcpStream::connect(cluster.public).expect("connect to the LB");
+    let stream = TcpStream::connect(lb).expect("connect to the LB");
     stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     let (mut socket, response) = tungstenite::client(request, stream).expect("WebSocket handshake");
     assert_eq!(response.status().as_u16(), 101);
@@ -39,7 +45,6 @@ fn a_websocket_carries_messages_both_ways_through_the_lb() {
         assert_eq!(socket.read().expect("echo"), Message::text(format!("echo: hello {i}")));
     }
     socket.close(None).expect("close");
-    assert_eq!(cluster.get("echo", "/").status, 400, "the app serves on after the socket closed");
 }
 
 const EVENTS_APP: &str = r#"export default {
@@ -62,12 +67,14 @@ fn server_sent_events_arrive_one_by_one_as_sent() {
     let cluster = Cluster::start(1);
     let app = write_app(cluster.dir.path(), "events", EVENTS_APP);
     cluster.deploy(&app, "events");
+    assert_events_arrive_one_by_one(cluster.public);
+}
+
+/// Reads the events app's stream through `lb` and checks its events came as sent.
+fn assert_events_arrive_one_by_one(lb: std::net::SocketAddr) {
     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
-    let mut response = http
-        .get(format!("http://{}/", cluster.public))
-        .header("host", "events.localhost")
-        .send()
-        .expect("the stream starts");
+    let mut response =
+        http.get(format!("http://{lb}/")).header("host", "events.localhost").send().expect("the stream starts");
     assert_eq!(response.status().as_u16(), 200);
     let (mut text, mut arrivals) = (String::new(), Vec::new());
     let mut buffer = [0u8; 1024];
@@ -153,4 +160,33 @@ fn a_100_mb_upload_streams_through_with_bounded_memory() {
         assert!(growth_mib < 32, "the {name} grew by {growth_mib} MiB for a 100 MiB upload");
     }
     eventually("the app to answer again", || (cluster.get("sink", "/").status == 200).then_some(()));
+}
+
+/// An LB speaking HTTP/2 to hosts (`--host-protocol h2c`) carries what HTTP/1.1 does: events
+/// one by one, a request body to its last byte, headers both ways, and WebSockets (which
+/// stay on HTTP/1.1 to the host).
+#[test]
+fn h2c_to_hosts_carries_events_uploads_and_websockets() {
+    let mut cluster = Cluster::start(1);
+    for (name, source) in [("events", EVENTS_APP), ("sink", COUNT_BYTES_APP), ("echo", ECHO_APP)] {
+        let app = write_app(cluster.dir.path(), name, source);
+        cluster.deploy(&app, name);
+    }
+    let index = cluster.add_lb_with(&["--host-protocol", "h2c"]);
+    let lb = cluster.more_lbs[index].public;
+    assert_events_arrive_one_by_one(lb);
+    const SIZE_BYTES: u64 = 20 * 1024 * 1024;
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
+    let body = reqwest::blocking::Body::sized(Generated { left_bytes: SIZE_BYTES }, SIZE_BYTES);
+    let answer = http
+        .post(format!("http://{lb}/upload?x=1"))
+        .header("host", "sink.localhost")
+        .body(body)
+        .send()
+        .and_then(|r| Ok((r.status().as_u16(), r.text()?)))
+        .expect("the upload is answered");
+    assert_eq!(answer, (200, SIZE_BYTES.to_string()), "the app saw every byte");
+    assert_websocket_echoes(lb);
+    let requests = cluster.steady(&["requests", "sink", "--json"]);
+    assert!(String::from_utf8_lossy(&requests.stdout).contains("/upload"), "the host logged the request");
 }
