@@ -1,9 +1,11 @@
 //! The LB against the proxies operators already trust, on this machine in one run: a small app
 //! (`hello`, constant cost per request) served by Bun directly, behind nginx (upstream keep-alive), behind HAProxy (connection
 //! reuse), behind `steady-lb` alone (routing straight to the same Bun), and through the whole
-//! steady path (LB → host daemon → sandboxed app). Every target gets the same load generator
-//! (wrk, with a Lua hook for p99.9) at each connection count; ratios are against nginx (for the
-//! LB) and against Bun direct (for the full path).
+//! steady path (LB → host daemon → sandboxed app), once over HTTP/1.1 and once over h2c between
+//! LB and host. Every target gets the same load generator (wrk, with a Lua hook for p99.9) at
+//! each connection count; ratios are against nginx (for the LB) and against Bun direct (for the
+//! full path). Beside req/s it prints the proxies' CPU time per request, which the load
+//! generator and the app sharing the cores do not blur as much.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
