@@ -75,9 +75,14 @@ pub fn set_forwarded(request: &mut RequestHeader, client: Option<SocketAddr>, pr
     assert!(matches!(proto, "http" | "https"), "a scheme the LB listens with");
     // A HeaderValue shares the parsed request's bytes: no copy.
     let host = request.headers.get("host").cloned();
-    request.remove_header("forwarded");
-    request.remove_header("x-forwarded-for");
-    request.remove_header("x-forwarded-host");
+    // `insert_header` replaces every value a client sent; a header the LB has no value for is
+    // removed instead, so no claim of the client's goes on.
+    if client.is_none() {
+        request.remove_header("x-forwarded-for");
+    }
+    if host.is_none() {
+        request.remove_header("x-forwarded-host");
+    }
     // `for="[<39 bytes of IPv6>]";host="<253 + 6>";proto=https`: one allocation of this size.
     let mut forwarded = String::with_capacity(FORWARDED_BYTES_TYPICAL);
     if let Some(client) = client {
@@ -118,7 +123,9 @@ mod tests {
         let mut request = RequestHeader::build("GET", b"/", None).expect("request");
         request.insert_header("host", "a.steady.page").expect("header");
         request.insert_header("x-forwarded-for", "6.6.6.6").expect("header");
+        request.append_header("x-forwarded-for", "7.7.7.7").expect("header");
         request.insert_header("forwarded", "for=6.6.6.6").expect("header");
+        request.append_header("forwarded", "for=7.7.7.7").expect("header");
         request.insert_header("connection", "keep-alive, x-secret").expect("header");
         request.insert_header("x-secret", "1").expect("header");
         request.insert_header("proxy-authorization", "Basic eA==").expect("header");
@@ -130,5 +137,19 @@ mod tests {
         assert_eq!(header("forwarded").as_deref(), Some("for=10.1.2.3;host=\"a.steady.page\";proto=http"));
         assert_eq!(header("x-secret"), None);
         assert_eq!(header("proxy-authorization"), None);
+        for name in ["x-forwarded-for", "forwarded"] {
+            assert_eq!(request.headers.get_all(name).iter().count(), 1, "every claimed {name} value is replaced");
+        }
+    }
+
+    #[test]
+    fn without_a_client_address_no_claimed_one_goes_on() {
+        let mut request = RequestHeader::build("GET", b"/", None).expect("request");
+        request.insert_header("x-forwarded-for", "6.6.6.6").expect("header");
+        request.insert_header("x-forwarded-host", "evil.example").expect("header");
+        set_forwarded(&mut request, None, "https").expect("headers");
+        assert!(request.headers.get("x-forwarded-for").is_none());
+        assert!(request.headers.get("x-forwarded-host").is_none(), "no Host, so no forwarded host");
+        assert_eq!(request.headers.get("forwarded").and_then(|v| v.to_str().ok()), Some("proto=https"));
     }
 }
