@@ -1,7 +1,7 @@
 //! The `steady` CLI as a developer uses it against `steady up`: sign in, deploy, look, roll
 //! back, open, run, delete, sign out; `--json` parsed back and exit codes checked.
 
-use steady_e2e::{assert_exit, describe, eventually, free_port, stdout_json as json, steady_command, write_app};
+use steady_e2e::{assert_exit, describe, eventually, stdout_json as json, steady_command, write_app};
 
 use crate::up::Up;
 
@@ -23,9 +23,7 @@ fn app_source(text: &str) -> String {
 #[test]
 fn a_developer_session_from_login_to_delete() {
     let dir = tempfile::tempdir().unwrap();
-    let (http, api) =
-        (format!("127.0.0.1:{}", free_port("127.0.0.1")), format!("127.0.0.1:{}", free_port("127.0.0.1")));
-    let up = Up::start(&dir.path().join("data"), &dir.path().join("config"), &http, &api);
+    let up = Up::start_in(dir.path());
     let steady = |args: &[&str]| up.command(args).output().expect("steady");
 
     // `steady up` signed the CLI in as the admin; the admin makes a user, who signs in.
@@ -38,7 +36,7 @@ fn a_developer_session_from_login_to_delete() {
     let app = write_app(dir.path(), "notes", &app_source("v1"));
     let deployed = json(&steady(&["deploy", app.to_str().unwrap(), "--name", "notes", "--json"]));
     let url = deployed["url"].as_str().unwrap().to_owned();
-    assert_eq!(url, format!("http://notes.localhost:{}/", http.rsplit(':').next().unwrap()));
+    assert_eq!(url, format!("http://notes.localhost:{}/", up.http.rsplit(':').next().unwrap()));
     assert_eq!(up.get("notes"), (200, "v1".to_owned()));
     let apps = json(&steady(&["apps", "--json"]));
     assert_eq!((apps[0]["name"].as_str(), apps[0]["owner"].as_str()), (Some("notes"), Some("dana")));

@@ -4,23 +4,21 @@
 
 use std::process::Command;
 
-use steady_e2e::{describe, free_port, tools_path, workspace};
+use steady_e2e::{describe, tools_path, workspace};
 
 use crate::up::Up;
 
 #[test]
 fn write_run_watch_deploy_break_and_roll_back_from_the_browser() {
     let dir = tempfile::tempdir().unwrap();
-    let (http, api) =
-        (format!("127.0.0.1:{}", free_port("127.0.0.1")), format!("127.0.0.1:{}", free_port("127.0.0.1")));
-    let up = Up::start(&dir.path().join("data"), &dir.path().join("config"), &http, &api);
+    let up = Up::start_in(dir.path());
     let owner = up.command(&["token", "create", "--owner", "dana", "--json"]).output().unwrap();
     assert!(owner.status.success(), "{}", describe(&owner));
     let owner: serde_json::Value = serde_json::from_slice(&owner.stdout).unwrap();
 
     let shots = workspace().join("target/dashboard-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
-    let port = http.rsplit(':').next().unwrap();
+    let port = up.http.rsplit(':').next().unwrap();
     let output = Command::new("node")
         .arg(workspace().join("e2e/browser/dashboard.mjs"))
         .args([&format!("http://localhost:{port}"), owner["token"].as_str().unwrap()])

@@ -5,7 +5,7 @@
 
 use std::process::{Command, Output};
 
-use steady_e2e::{describe, free_port, tools_path, workspace};
+use steady_e2e::{describe, tools_path, workspace};
 
 use crate::up::Up;
 
@@ -39,10 +39,8 @@ fn assert_clean(output: &Output, listener: &str) {
 #[test]
 fn the_api_matches_its_openapi_file_and_fuzzing_finds_no_server_error() {
     let dir = tempfile::tempdir().unwrap();
-    let (http, api) =
-        (format!("127.0.0.1:{}", free_port("127.0.0.1")), format!("127.0.0.1:{}", free_port("127.0.0.1")));
-    let data = dir.path().join("data");
-    let up = Up::start(&data, &dir.path().join("config"), &http, &api);
+    let up = Up::start_in(dir.path());
+    let (data, http, api) = (dir.path().join("data"), &up.http, &up.api);
     let admin = std::fs::read_to_string(data.join("slicer/admin.token")).unwrap().trim().to_owned();
     let hello = workspace().join("examples/hello");
     assert!(up.command(&["deploy", hello.to_str().unwrap(), "--name", "hello"]).output().unwrap().status.success());

@@ -14,6 +14,13 @@ pub struct Up {
 }
 
 impl Up {
+    /// Starts `steady up` in `dir` (`data/` and the CLI's `config/`) on free loopback ports.
+    pub fn start_in(dir: &std::path::Path) -> Self {
+        let (http, api) =
+            (format!("127.0.0.1:{}", free_port("127.0.0.1")), format!("127.0.0.1:{}", free_port("127.0.0.1")));
+        Self::start(&dir.join("data"), &dir.join("config"), &http, &api)
+    }
+
     /// Starts `steady up` on `data` with the CLI config in `config`; returns once it is ready
     /// and has signed the CLI in.
     pub fn start(data: &std::path::Path, config: &std::path::Path, http: &str, api: &str) -> Self {
