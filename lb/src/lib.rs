@@ -9,13 +9,16 @@
 //!
 //! The public proxy listens in plain HTTP and, with certificates, in TLS ([`certs`]: picked by
 //! SNI, reloaded on SIGHUP); each request header must arrive within a total deadline
-//! ([`sessions`]); a stop waits for the requests in flight ([`drain`]).
+//! ([`sessions`]); a stop waits for the requests in flight ([`drain`]). The common app
+//! request (a bodiless `GET`/`HEAD` over HTTP/1.1) skips pingora's proxy phases
+//! ([`fastlane`]); every other request goes through them.
 
 pub mod certs;
 pub mod config;
 pub mod dashboard;
 pub mod drain;
 pub mod edge;
+pub mod fastlane;
 pub mod gateway;
 pub mod limits;
 pub mod metrics;
@@ -23,6 +26,7 @@ pub mod pages;
 pub mod private;
 pub mod probe;
 pub mod public;
+pub mod rewind;
 pub mod routing;
 pub mod sessions;
 pub mod upstream;

@@ -1,5 +1,7 @@
 //! Pages the LB answers itself, without touching a host.
 
+use pingora::protocols::http::ServerSession;
+
 /// The 404 page for a name that is not a deployed app.
 pub fn unknown_app(app: &str) -> String {
     let app = escape(app);
@@ -47,8 +49,10 @@ fn escape(text: &str) -> String {
 }
 
 /// Writes a complete response from the LB itself, keeping the client connection usable.
+/// (A proxy's session passes as its client session: the LB's own pages need none of the
+/// proxy's response modules.)
 pub async fn respond(
-    session: &mut pingora::proxy::Session,
+    session: &mut ServerSession,
     status: u16,
     content_type: &str,
     body: impl Into<bytes::Bytes>,
@@ -58,7 +62,7 @@ pub async fn respond(
 
 /// Like [`respond`], with extra headers.
 pub async fn respond_with(
-    session: &mut pingora::proxy::Session,
+    session: &mut ServerSession,
     status: u16,
     content_type: &str,
     headers: &[(&'static str, &str)],
@@ -72,8 +76,8 @@ pub async fn respond_with(
     header.insert_header("content-type", content_type)?;
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header("cache-control", "no-store")?;
-    session.write_response_header(Box::new(header), false).await?;
-    session.write_response_body(Some(body), true).await
+    session.write_response_header(Box::new(header)).await?;
+    session.write_response_body(body, true).await
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use crate::metrics::{Metrics, ProbeLabels, ProbeOutcome};
 /// Bound on one probe.
 const PROBE_TIMEOUT_MS: u64 = 300;
 
-/// Sends probes over a small keep-alive pool.
+/// Sends probes over a small keep-alive pool (shared by clones).
+#[derive(Clone)]
 pub struct Prober {
     http: reqwest::Client,
 }

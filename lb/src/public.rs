@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::{Method, RequestHeader, ResponseHeader};
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use steady_proto::name::{app_from_host, is_apex};
@@ -40,14 +41,16 @@ pub struct RequestCtx {
 const CONNECT_RETRIES_MAX: u32 = 3;
 const CONNECT_RETRY_BACKOFF_MS_MIN: u64 = 100;
 
-/// The public proxy.
+/// The public proxy. Cloning it shares its routes, limits and metrics (the
+/// [`fastlane`](crate::fastlane) holds a clone).
+#[derive(Clone)]
 pub struct PublicProxy {
     routes: Arc<Routes>,
     domains: Vec<String>,
     metrics: Arc<Metrics>,
     prober: Prober,
     limits: EdgeLimits,
-    rates: Limits,
+    rates: Arc<Limits>,
     upstream_read_timeout_ms: Option<u64>,
     host_protocol: HostProtocol,
     gateway: Arc<Gateway>,
@@ -66,6 +69,7 @@ impl PublicProxy {
         assert!(!domains.is_empty(), "the LB serves at least one domain");
         let prober = Prober::default();
         let host_protocol = HostProtocol::Http1;
+        let rates = Arc::new(rates);
         Self { routes, domains, metrics, prober, limits, rates, upstream_read_timeout_ms: None, host_protocol, gateway }
     }
 
@@ -82,7 +86,7 @@ impl PublicProxy {
 
 impl PublicProxy {
     /// Answers 429 for `limited` (the request goes nowhere).
-    async fn too_many(&self, session: &mut Session, limited: Limited) -> pingora::Result<bool> {
+    pub(crate) async fn too_many(&self, session: &mut ServerSession, limited: Limited) -> pingora::Result<bool> {
         self.metrics.limited.get_or_create(&LimitLabels { limit: limited.label() }).inc();
         let message = match limited {
             Limited::ClientRate => "too many requests from this address; slow down",
@@ -94,7 +98,91 @@ impl PublicProxy {
     }
 }
 
-fn host_of(request: &RequestHeader) -> &str {
+/// Where the fast lane sends a request it may serve: the app and its host's ingress.
+pub(crate) struct FastRoute<'a> {
+    pub app: &'a str,
+    pub ingress: std::net::SocketAddr,
+}
+
+impl PublicProxy {
+    /// `Some` when the request is one the [`fastlane`](crate::fastlane) serves: a `GET` or
+    /// `HEAD` without a body or an upgrade, within the edge limits, for a known app that is not
+    /// moving. Everything else (pages, the API, refusals, bodies, WebSockets, moves) goes to
+    /// the pingora proxy. Looks only, changes nothing: a request it declines is decided again
+    /// by [`ProxyHttp::request_filter`] from scratch.
+    pub(crate) fn fast_route<'a>(&self, request: &RequestHeader, host: &'a str) -> Option<FastRoute<'a>> {
+        if self.host_protocol != HostProtocol::Http1 || !matches!(request.method, Method::GET | Method::HEAD) {
+            return None;
+        }
+        let headers = &request.headers;
+        let no_body = headers.get("content-length").is_none_or(|length| length.as_bytes() == b"0")
+            && !headers.contains_key("transfer-encoding");
+        if !no_body || headers.contains_key("upgrade") || headers.contains_key("expect") {
+            return None;
+        }
+        if edge::check(request, &self.limits).is_err() {
+            return None;
+        }
+        let app = self.domains.iter().find_map(|d| app_from_host(host, d))?;
+        let routes = self.routes.current();
+        match routes.route(app)? {
+            Route::Host(to) if routes.version != 0 => Some(FastRoute { app, ingress: to.ingress }),
+            _ => None,
+        }
+    }
+
+    /// Admits a request for `app` from `client` under the rate and in-flight limits: its place
+    /// among the app's requests in flight, or the limit it hit.
+    pub(crate) fn admit(
+        &self,
+        client: Option<std::net::IpAddr>,
+        app: &str,
+    ) -> Result<pingora_limits::inflight::Guard, Limited> {
+        if let Some(client) = client {
+            self.rates.admit_client(client)?;
+        }
+        self.rates.admit_app(app)
+    }
+
+    /// The headers an app request carries to its host: internal and hop-by-hop ones stripped,
+    /// the app named, the forwarding headers set for `client` and the scheme (`tls`).
+    pub(crate) fn app_request(
+        request: &mut RequestHeader,
+        app: &str,
+        client: Option<std::net::SocketAddr>,
+        tls: bool,
+    ) -> pingora::Result<()> {
+        upstream::strip_internal_headers(request);
+        upstream::strip_hop_by_hop(request);
+        request.insert_header(HEADER_APP, app)?;
+        upstream::set_forwarded(request, client, if tls { "https" } else { "http" })
+    }
+
+    /// A peer for `ingress` with this proxy's upstream read timeout.
+    pub(crate) fn app_peer(&self, ingress: std::net::SocketAddr) -> Box<HttpPeer> {
+        upstream::peer(ingress, self.upstream_read_timeout_ms)
+    }
+
+    /// The metrics of this proxy.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Counts a finished request of `app` ("" when none was chosen) that started at
+    /// `started`, answered with `status` (`None`: no answer was written).
+    pub(crate) fn log(&self, app: String, started: std::time::Instant, status: Option<u16>, failed: bool) {
+        self.metrics.in_flight.dec();
+        self.metrics.duration_seconds.observe(started.elapsed().as_secs_f64());
+        let app = if app.is_empty() { "-".to_owned() } else { app };
+        self.metrics.requests.get_or_create(&RequestLabels { app, status: Metrics::status_class(status) }).inc();
+        if failed {
+            self.metrics.upstream_errors.inc();
+        }
+    }
+}
+
+/// The host a request names (its `Host` header, or the authority of an absolute URI).
+pub(crate) fn host_of(request: &RequestHeader) -> &str {
     request
         .headers
         .get("host")
@@ -249,11 +337,8 @@ impl ProxyHttp for PublicProxy {
         if let Some(api) = &ctx.api {
             return self.gateway.upstream_request(session, request, api, proto);
         }
-        upstream::strip_internal_headers(request);
-        upstream::strip_hop_by_hop(request);
-        request.insert_header(HEADER_APP, ctx.app.as_str())?;
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
-        upstream::set_forwarded(request, client, proto)
+        Self::app_request(request, &ctx.app, client, tls)
     }
 
     async fn response_filter(
@@ -270,13 +355,7 @@ impl ProxyHttp for PublicProxy {
 
     async fn logging(&self, session: &mut Session, error: Option<&pingora::Error>, ctx: &mut RequestCtx) {
         let Some(started) = ctx.started else { return };
-        self.metrics.in_flight.dec();
-        self.metrics.duration_seconds.observe(started.elapsed().as_secs_f64());
-        let status = Metrics::status_class(session.response_written().map(|r| r.status.as_u16()));
-        let app = if ctx.app.is_empty() { "-".to_owned() } else { std::mem::take(&mut ctx.app) };
-        self.metrics.requests.get_or_create(&RequestLabels { app, status }).inc();
-        if error.is_some() {
-            self.metrics.upstream_errors.inc();
-        }
+        let status = session.response_written().map(|r| r.status.as_u16());
+        self.log(std::mem::take(&mut ctx.app), started, status, error.is_some());
     }
 }

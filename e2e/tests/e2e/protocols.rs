@@ -190,3 +190,86 @@ fn h2c_to_hosts_carries_events_uploads_and_websockets() {
     let requests = cluster.steady(&["requests", "sink", "--json"]);
     assert!(String::from_utf8_lossy(&requests.stdout).contains("/upload"), "the host logged the request");
 }
+
+/// Answers with what it got: method, body and the connection's request count.
+const MIRROR_APP: &str = r#"let served = 0;
+export default {
+  async fetch(request) {
+    served++;
+    return Response.json({ served, method: request.method, body: await request.text() });
+  },
+};
+"#;
+
+/// Reads one response with a `Content-Length` from a keep-alive connection: status and body.
+fn read_response(stream: &mut TcpStream) -> (u16, String) {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        assert!(bytes.len() < 64 * 1024, "a response header this long is not the LB's");
+        stream.read_exact(&mut byte).expect("a response header");
+        bytes.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a Content-Length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).expect("the body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Most requests to an app take the LB's fast lane; a request with a body, a malformed one or
+/// one for a page goes through the full proxy. On one keep-alive connection they alternate,
+/// and a body sent in the same packet as its header arrives whole.
+#[test]
+fn one_connection_carries_fast_and_full_proxy_requests_alike() {
+    use std::io::Write;
+    let cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "mirror", MIRROR_APP);
+    cluster.deploy(&app, "mirror");
+    let mut stream = TcpStream::connect(cluster.public).expect("connect to the LB");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).expect("the app's JSON");
+    let body = "x".repeat(3000);
+    let requests = [
+        "GET / HTTP/1.1\r\nHost: mirror.localhost\r\n\r\n".to_owned(),
+        format!("POST / HTTP/1.1\r\nHost: mirror.localhost\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
+        "HEAD / HTTP/1.1\r\nHost: mirror.localhost\r\n\r\n".to_owned(),
+        "GET / HTTP/1.1\r\nHost: nothing-here.localhost\r\n\r\n".to_owned(),
+        "GET /again HTTP/1.1\r\nHost: MIRROR.localhost\r\n\r\n".to_owned(),
+    ];
+    for (i, request) in requests.iter().enumerate() {
+        // One write each: the header read takes the body with it.
+        stream.write_all(request.as_bytes()).expect("send");
+        let (status, text) = if request.starts_with("HEAD") {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                stream.read_exact(&mut byte).expect("a HEAD answer");
+                head.push(byte[0]);
+            }
+            (String::from_utf8_lossy(&head).split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0), String::new())
+        } else {
+            read_response(&mut stream)
+        };
+        match i {
+            0 => assert_eq!((status, json(&text)["method"].as_str()), (200, Some("GET")), "{text}"),
+            1 => {
+                assert_eq!(status, 200, "{text}");
+                assert_eq!(json(&text)["body"].as_str().map(str::len), Some(body.len()), "the body arrived whole");
+            }
+            2 => assert_eq!(status, 200),
+            3 => assert_eq!(status, 404, "the LB's own page for an unknown app"),
+            _ => assert_eq!((status, json(&text)["served"].as_u64()), (200, Some(4)), "{text}"),
+        }
+    }
+    // A malformed request on the same connection is answered and the connection closed.
+    stream.write_all(b"GARBAGE\r\n\r\n").expect("send");
+    let mut rest = String::new();
+    let _ = stream.read_to_string(&mut rest);
+    assert!(rest.starts_with("HTTP/1.1 400"), "{rest}");
+}
