@@ -112,7 +112,7 @@ impl<P: HttpServerApp + Send + Sync + 'static> HttpServerApp for FastLane<P> {
             }
             Ok(None) | Err(_) => return None,
         }
-        let host = host_of(client.req_header()).to_ascii_lowercase();
+        let host = lowercase(host_of(client.req_header()));
         let Some(route) = self.public.fast_route(client.req_header(), &host) else {
             return self.hand_on(client, keepalive, shutdown).await;
         };
@@ -291,6 +291,14 @@ fn host_request(
     request.remove_header("connection");
     request.set_version(http::Version::HTTP_11);
     Ok(request)
+}
+
+/// `text` in lower case, copied only when it has upper-case letters (hosts rarely do).
+fn lowercase(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => std::borrow::Cow::Owned(text.to_ascii_lowercase()),
+        false => std::borrow::Cow::Borrowed(text),
+    }
 }
 
 /// Writes the request header to the host and reads its answer's header (past any 1xx).

@@ -30,6 +30,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// ([`crate::edge::HEADER_BYTES_MAX`]) with room for the read that completes it.
 pub const RECORD_BYTES_MAX: usize = 2 * crate::edge::HEADER_BYTES_MAX + 64 * 1024;
 
+/// Room kept between requests; a larger record is freed once it is no longer needed.
+const KEPT_CAPACITY_BYTES_MAX: usize = 4 * 1024;
+
 /// What was recorded: the bytes, or that there were too many to keep.
 #[derive(Debug, Default)]
 struct Record {
@@ -70,11 +73,15 @@ impl Rewind {
         (!record.overflowed).then_some(bytes)
     }
 
-    /// Stops recording and drops what was kept.
+    /// Stops recording and forgets what was kept (keeping a header's worth of room for the
+    /// next request, so recording does not allocate per request).
     pub fn stop(&self) {
         if self.recording.swap(false, Ordering::AcqRel) {
             let mut record = self.record.lock().expect("record lock");
-            record.bytes = BytesMut::new();
+            if record.bytes.capacity() > KEPT_CAPACITY_BYTES_MAX {
+                record.bytes = BytesMut::new();
+            }
+            record.bytes.clear();
         }
     }
 
