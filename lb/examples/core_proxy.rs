@@ -1,4 +1,14 @@
-//! experiment: pingora-core serial proxy
+//! The floor under the LB's fast lane: pingora's HTTP sessions and connection pool
+//! (pingora-core, no proxy phases) forwarding every request to one fixed upstream in one
+//! straight sequence — header out, header back, body back — with no routing, limits or headers
+//! of ours. Against `bare_proxy` (the same upstream through pingora's proxy) it measures what
+//! the proxy machinery costs; against `steady-lb` what steady's own work on the fast lane
+//! costs (docs/notes.md, "Request path speed").
+//!
+//! ```sh
+//! cargo build --release -p steady-lb --example core_proxy
+//! target/release/examples/core_proxy 127.0.0.1:9000 127.0.0.1:3000   # listen, upstream
+//! ```
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ReusedHttpStream};
 use pingora::connectors::http::v1::Connector;
@@ -11,12 +21,14 @@ use std::sync::Arc;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// One upstream and the pool of connections to it.
 struct Core {
     peer: HttpPeer,
     connector: Connector,
 }
 
 impl Core {
+    /// Forwards the request just read and its answer; `None` when either side failed.
     async fn one(&self, session: &mut ServerSession) -> Option<()> {
         let req = Box::new(session.req_header().clone());
         let (mut up, _reused) = self.connector.get_http_session(&self.peer).await.ok()?;
@@ -56,8 +68,12 @@ impl HttpServerApp for Core {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let listen = args.next().unwrap();
-    let upstream: std::net::SocketAddr = args.next().unwrap().parse().unwrap();
+    let (Some(listen), Some(upstream)) =
+        (args.next(), args.next().and_then(|a| a.parse::<std::net::SocketAddr>().ok()))
+    else {
+        eprintln!("usage: core_proxy <listen host:port> <upstream host:port>");
+        std::process::exit(2);
+    };
     let conf = ServerConf { threads: 2, upstream_keepalive_pool_size: 1024, ..ServerConf::default() };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
