@@ -34,14 +34,10 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 use tokio::sync::Notify;
 
-use crate::public::{host_of, PublicProxy};
+use crate::public::{host_of, PublicProxy, CONNECT_RETRIES_MAX, CONNECT_RETRY_BACKOFF_MS_MIN};
 use crate::rewind::Rewind;
 use crate::sessions;
 
-/// Times a request whose connection to its host failed is tried again, as in the proxy
-/// (100, 200, 400 ms apart).
-const CONNECT_RETRIES_MAX: u32 = 3;
-const CONNECT_RETRY_BACKOFF_MS_MIN: u64 = 100;
 /// Informational (1xx) answers skipped before an app's real answer; more is a broken host.
 const INFORMATIONAL_RESPONSES_MAX: u32 = 8;
 

@@ -38,8 +38,8 @@ pub struct RequestCtx {
 }
 
 /// Times a request whose connection to its host failed is tried again (100, 200, 400 ms apart).
-const CONNECT_RETRIES_MAX: u32 = 3;
-const CONNECT_RETRY_BACKOFF_MS_MIN: u64 = 100;
+pub(crate) const CONNECT_RETRIES_MAX: u32 = 3;
+pub(crate) const CONNECT_RETRY_BACKOFF_MS_MIN: u64 = 100;
 
 /// The public proxy. Cloning it shares its routes, limits and metrics (the
 /// [`fastlane`](crate::fastlane) holds a clone).
