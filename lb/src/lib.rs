@@ -10,8 +10,8 @@
 //! The public proxy listens in plain HTTP and, with certificates, in TLS ([`certs`]: picked by
 //! SNI, reloaded on SIGHUP); each request header must arrive within a total deadline
 //! ([`sessions`]); a stop waits for the requests in flight ([`drain`]). The common app
-//! request (a bodiless `GET`/`HEAD` over HTTP/1.1) skips pingora's proxy phases
-//! ([`fastlane`]); every other request goes through them.
+//! request (a bodiless `GET`/`HEAD` over HTTP/1.1) is served straight from the client's bytes
+//! on pooled host connections ([`fastlane`]); every other request goes through pingora's proxy.
 
 pub mod certs;
 pub mod config;
@@ -26,7 +26,6 @@ pub mod pages;
 pub mod private;
 pub mod probe;
 pub mod public;
-pub mod rewind;
 pub mod routing;
 pub mod sessions;
 pub mod upstream;

@@ -11,8 +11,7 @@ use pingora::services::background::background_service;
 use steady_lb::certs::{CertReloader, CertStore};
 use steady_lb::config::Config;
 use steady_lb::drain::{Drain, InFlight};
-use steady_lb::fastlane::FastLane;
-use steady_lb::rewind::Rewinding;
+use steady_lb::fastlane::{FastLane, LaneTimeouts};
 use steady_lb::sessions::PublicSessions;
 use steady_lb::{private::PrivateProxy, public::PublicProxy, routing::Routes, watch::SlicerWatch};
 
@@ -81,8 +80,12 @@ fn main() {
     .with_upstream_read_timeout_ms(config.upstream_read_timeout_ms)
     .with_host_protocol(config.host_protocol);
     let proxy = pingora::proxy::http_proxy(&server.configuration, public_proxy.clone());
-    let lane = FastLane::new(proxy, public_proxy, &server.configuration);
-    let public_app = Rewinding::new(PublicSessions::new(lane, config.header_read_timeout_ms, in_flight.clone()));
+    let sessions = PublicSessions::new(proxy, config.header_read_timeout_ms, in_flight.clone());
+    let timeouts = LaneTimeouts {
+        header_read_ms: config.header_read_timeout_ms,
+        upstream_read_ms: config.upstream_read_timeout_ms,
+    };
+    let public_app = FastLane::new(sessions, public_proxy, timeouts, in_flight.clone());
     let mut public = pingora::services::listening::Service::new("public".into(), public_app);
     public.add_tcp(&config.public.to_string());
     if let (Some(listen), Some(store)) = (config.tls_listen, &certs) {

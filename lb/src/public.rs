@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pingora::http::{Method, RequestHeader, ResponseHeader};
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -87,14 +87,19 @@ impl PublicProxy {
 impl PublicProxy {
     /// Answers 429 for `limited` (the request goes nowhere).
     pub(crate) async fn too_many(&self, session: &mut ServerSession, limited: Limited) -> pingora::Result<bool> {
+        let body = self.too_many_body(limited);
+        pages::respond_with(session, 429, "application/json", &[("retry-after", "1")], body).await?;
+        Ok(true)
+    }
+
+    /// Counts a request refused for `limited` and returns the body of its 429 answer.
+    pub(crate) fn too_many_body(&self, limited: Limited) -> String {
         self.metrics.limited.get_or_create(&LimitLabels { limit: limited.label() }).inc();
         let message = match limited {
             Limited::ClientRate => "too many requests from this address; slow down",
             Limited::AppInFlight => "this app has too many requests in flight; try again in a moment",
         };
-        let body = serde_json::json!({ "code": limited.label(), "message": message }).to_string();
-        pages::respond_with(session, 429, "application/json", &[("retry-after", "1")], body).await?;
-        Ok(true)
+        serde_json::json!({ "code": limited.label(), "message": message }).to_string()
     }
 }
 
@@ -105,22 +110,24 @@ pub(crate) struct FastRoute<'a> {
 }
 
 impl PublicProxy {
-    /// `Some` when the request is one the [`fastlane`](crate::fastlane) serves: a `GET` or
-    /// `HEAD` without a body or an upgrade, within the edge limits, for a known app that is not
-    /// moving. Everything else (pages, the API, refusals, bodies, WebSockets, moves) goes to
-    /// the pingora proxy. Looks only, changes nothing: a request it declines is decided again
-    /// by [`ProxyHttp::request_filter`] from scratch.
-    pub(crate) fn fast_route<'a>(&self, request: &RequestHeader, host: &'a str) -> Option<FastRoute<'a>> {
-        if self.host_protocol != HostProtocol::Http1 || !matches!(request.method, Method::GET | Method::HEAD) {
-            return None;
-        }
-        let headers = &request.headers;
-        let no_body = headers.get("content-length").is_none_or(|length| length.as_bytes() == b"0")
-            && !headers.contains_key("transfer-encoding");
-        if !no_body || headers.contains_key("upgrade") || headers.contains_key("expect") {
-            return None;
-        }
-        if edge::check(request, &self.limits).is_err() {
+    /// Whether the [`fastlane`](crate::fastlane) serves any request: only while hosts are
+    /// reached over HTTP/1.1 (with h2c, every request takes the proxy).
+    pub(crate) fn lane_open(&self) -> bool {
+        self.host_protocol == HostProtocol::Http1
+    }
+
+    /// The limits every request header is held to.
+    pub(crate) fn edge_limits(&self) -> &EdgeLimits {
+        &self.limits
+    }
+
+    /// `Some` when a request for `host` (lower case) is one the [`fastlane`](crate::fastlane)
+    /// serves, the lane having checked the request itself (a bodiless `GET` or `HEAD` within
+    /// the edge limits): a known app that is not moving. Everything else (pages, the API,
+    /// unknown apps, moves) goes to the pingora proxy. Looks only, changes nothing: a request
+    /// it declines is decided again by [`ProxyHttp::request_filter`] from scratch.
+    pub(crate) fn lane_route<'a>(&self, host: &'a str) -> Option<FastRoute<'a>> {
+        if !self.lane_open() {
             return None;
         }
         let app = self.domains.iter().find_map(|d| app_from_host(host, d))?;
@@ -156,11 +163,6 @@ impl PublicProxy {
         upstream::strip_hop_by_hop(request);
         request.insert_header(HEADER_APP, app)?;
         upstream::set_forwarded(request, client, if tls { "https" } else { "http" })
-    }
-
-    /// A peer for `ingress` with this proxy's upstream read timeout.
-    pub(crate) fn app_peer(&self, ingress: std::net::SocketAddr) -> Box<HttpPeer> {
-        upstream::peer(ingress, self.upstream_read_timeout_ms)
     }
 
     /// The metrics of this proxy.

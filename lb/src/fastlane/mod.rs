@@ -1,0 +1,544 @@
+//! The fast lane: the public listener's common request, served straight from the client's
+//! bytes to a pooled host connection and back, without pingora's HTTP machinery.
+//!
+//! pingora's proxy runs each request through a chain of phases and modules, with the client
+//! and host sides as two tasks joined by a channel, over HTTP sessions that build header maps
+//! and a connection pool that spawns a watcher task per idle connection; measured, that
+//! machinery costs several times what reading, forwarding and answering a request does
+//! (docs/notes.md, "Request path speed"). Most requests to an app need none of it: a `GET` or
+//! `HEAD` with no body and no upgrade, to an app that is not moving. [`FastLane`] owns every
+//! plain HTTP/1.1 public connection, reads each request header into its own buffer and parses
+//! it in place ([`request`]); such a request gets the same admission, headers, retries and
+//! metrics as [`PublicProxy`] gives it, goes to the host on a pooled connection ([`pool`]),
+//! and the answer comes back as the host sends it, its end found from its framing
+//! ([`answer`]).
+//!
+//! Every other request — bodies, WebSockets, HTTP/1.0, moving apps, the LB's pages and API,
+//! refusals, malformed input — goes to the pingora proxy on a session that starts with the
+//! bytes the lane read, so the proxy reads the request as if the lane had never looked; the
+//! connection comes back to the lane after the proxy's answer. Connections that negotiated
+//! HTTP/2 go to the proxy whole.
+
+pub mod answer;
+pub mod pool;
+pub mod request;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Buf, BytesMut};
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::v1::server::HttpSession as ClientSessionV1;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Stream, ALPN};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::{timeout, timeout_at, Instant};
+
+use crate::config::UPSTREAM_CONNECT_TIMEOUT_MS;
+use crate::drain::InFlight;
+use crate::limits::Limited;
+use crate::public::{PublicProxy, CONNECT_RETRIES_MAX, CONNECT_RETRY_BACKOFF_MS_MIN};
+use crate::sessions::STOP_SETTLE_MS;
+use answer::{Chunked, FinalHead, Framing, Head};
+use pool::HostPool;
+use request::{Parsed, LANE_HEADERS_MAX};
+
+/// Bytes a read from either side asks for at once.
+const READ_BYTES: usize = 16 * 1024;
+
+/// Bytes of a host answer's header (and any 1xx before it); past it the host is broken (502).
+const ANSWER_HEADER_BYTES_MAX: usize = 64 * 1024;
+
+/// Informational (1xx) answers skipped before an app's real answer; more is a broken host.
+const INFORMATIONAL_RESPONSES_MAX: u32 = 8;
+
+/// How long one write to a client may wait for the client to read; a client that stops reading
+/// an answer loses its connection after this.
+const CLIENT_WRITE_TIMEOUT_MS: u64 = 60_000;
+
+/// Idle seconds pingora's proxy keeps a handed-on connection waiting for its next request
+/// (pingora's own default); the lane's header deadline bounds it further once it is back.
+const PROXY_KEEPALIVE_S: u64 = 60;
+
+/// The fast lane's timing settings.
+#[derive(Debug, Clone, Copy)]
+pub struct LaneTimeouts {
+    /// A request header must arrive whole within this, from the moment the connection is ready
+    /// for it (so it also bounds an idle keep-alive connection), as in [`crate::sessions`].
+    pub header_read_ms: u64,
+    /// Each wait on a host (past it: 504 before the answer started, a cut answer after).
+    pub upstream_read_ms: u64,
+}
+
+/// How an app request failed, for the client's answer and the metrics.
+#[derive(Debug)]
+enum Failure {
+    /// Nothing usable came from the host: answer with this status (502, 504).
+    Host(u16),
+    /// The answer was under way (its status, if its header went out), or the client went away:
+    /// the connection just closes.
+    Broken(Option<u16>),
+}
+
+/// How one attempt at a host failed.
+#[derive(Debug)]
+enum AttemptError {
+    /// The connection closed before any byte of an answer: a pooled one the host had closed.
+    ClosedUnanswered,
+    /// The host did not answer within the upstream read timeout.
+    TimedOut,
+    /// Anything else the host did wrong.
+    Broken,
+}
+
+/// A request the lane admitted to serve.
+struct Admitted {
+    app: String,
+    ingress: SocketAddr,
+    head: bool,
+    close: bool,
+}
+
+/// What the lane made of the bytes at the start of its buffer.
+enum Next {
+    Serve(Admitted),
+    HandOn,
+}
+
+/// The buffers one client connection reuses from request to request.
+struct Buffers {
+    /// Bytes read from the client and not yet used.
+    client: BytesMut,
+    /// Bytes read from the host.
+    host: BytesMut,
+    /// The header being written (to the host, then to the client).
+    out: Vec<u8>,
+}
+
+/// The public listener's connection app: serves the common request itself and hands every
+/// other one to `A`, pingora's proxy around the same [`PublicProxy`] (with its session
+/// wrapper, [`crate::sessions::PublicSessions`]).
+pub struct FastLane<A> {
+    inner: Arc<A>,
+    public: PublicProxy,
+    pool: HostPool,
+    header_timeout: Duration,
+    upstream_read_timeout: Duration,
+    in_flight: InFlight,
+    /// Set when the service stops: a connection waiting for its next request closes.
+    stopping: AtomicBool,
+    stop: Notify,
+}
+
+impl<A> FastLane<A> {
+    /// A lane in front of `inner`, deciding and serving with `public`'s routes and limits,
+    /// counting its connections in `in_flight` for the drain.
+    pub fn new(inner: A, public: PublicProxy, timeouts: LaneTimeouts, in_flight: InFlight) -> Self {
+        assert!(timeouts.header_read_ms > 0 && timeouts.upstream_read_ms > 0, "zero timeouts refuse everything");
+        Self {
+            inner: Arc::new(inner),
+            public,
+            pool: HostPool::default(),
+            header_timeout: Duration::from_millis(timeouts.header_read_ms),
+            upstream_read_timeout: Duration::from_millis(timeouts.upstream_read_ms),
+            in_flight,
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
+        }
+    }
+
+    /// Resolves once the service is stopping.
+    async fn stopped(&self) {
+        let notified = self.stop.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !self.stopping.load(Ordering::Acquire) {
+            notified.await;
+        }
+    }
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for FastLane<A> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let negotiated_other = matches!(stream.selected_alpn_proto(), Some(ALPN::H2 | ALPN::Custom(_)));
+        if negotiated_other || !self.public.lane_open() {
+            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        }
+        self.run(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        // Like the proxy's sessions (crate::sessions, "Stop"): a request on its way when the stop
+        // is broadcast still gets read and served.
+        let own = async {
+            tokio::time::sleep(Duration::from_millis(STOP_SETTLE_MS)).await;
+            self.stopping.store(true, Ordering::Release);
+            self.stop.notify_waiters();
+        };
+        tokio::join!(own, self.inner.http_cleanup());
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
+    /// Serves one client connection until it closes, handing requests on as needed.
+    async fn run(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let tls = stream.get_ssl_digest().is_some();
+        let client = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let mut buffers =
+            Buffers { client: BytesMut::with_capacity(READ_BYTES), host: BytesMut::new(), out: Vec::new() };
+        loop {
+            let _in_flight = self.in_flight.enter();
+            let next = self.next_request(&mut stream, &mut buffers, client, tls).await?;
+            match next {
+                Next::HandOn => {
+                    let read = buffers.client.split();
+                    stream = self.hand_on(stream, read, shutdown).await?;
+                }
+                Next::Serve(mut admitted) => {
+                    admitted.close |= *shutdown.borrow();
+                    if !self.serve(&mut stream, &mut buffers, admitted, client).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads until the buffer starts with a whole request header (within the header deadline,
+    /// unless the service stops), then decides it; `None` when the connection is done.
+    async fn next_request(
+        &self,
+        stream: &mut Stream,
+        buffers: &mut Buffers,
+        client: Option<SocketAddr>,
+        tls: bool,
+    ) -> Option<Next> {
+        let deadline = Instant::now() + self.header_timeout;
+        loop {
+            if !buffers.client.is_empty() {
+                if let Some(next) = self.decide(buffers, client, tls) {
+                    return Some(next);
+                }
+            }
+            buffers.client.reserve(READ_BYTES);
+            let read = tokio::select! {
+                biased;
+                read = timeout_at(deadline, stream.read_buf(&mut buffers.client)) => read,
+                () = self.stopped() => return None,
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    let timeout_ms = self.header_timeout.as_millis() as u64;
+                    tracing::debug!(timeout_ms, "request header not read in time; closing");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Decides the request at the start of the client buffer: `None` while its header is
+    /// incomplete. A request the lane serves leaves the buffer (what follows it stays), and its
+    /// header for the host is in `buffers.out`.
+    fn decide(&self, buffers: &mut Buffers, client: Option<SocketAddr>, tls: bool) -> Option<Next> {
+        let mut headers = [httparse::EMPTY_HEADER; LANE_HEADERS_MAX];
+        let (admitted, header_bytes) = match request::parse(&buffers.client, &mut headers, self.public.edge_limits()) {
+            Parsed::Partial => return None,
+            Parsed::HandOn => return Some(Next::HandOn),
+            Parsed::Serve(request) => {
+                let host = lowercase(request.host);
+                let Some(route) = self.public.lane_route(&host) else { return Some(Next::HandOn) };
+                crate::sessions::header_read();
+                request::write_host_request(&mut buffers.out, &request, route.app, client, tls);
+                let admitted = Admitted {
+                    app: route.app.to_owned(),
+                    ingress: route.ingress,
+                    head: request.is_head(),
+                    close: request.close,
+                };
+                (admitted, request.header_bytes)
+            }
+        };
+        buffers.client.advance(header_bytes);
+        Some(Next::Serve(admitted))
+    }
+
+    /// Gives the request to the proxy on a session that starts with the bytes the lane read;
+    /// returns the connection when the proxy is done with it and it can carry another request.
+    async fn hand_on(self: &Arc<Self>, stream: Stream, read: BytesMut, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let mut session = ClientSessionV1::new(stream);
+        session.set_server_keepalive((!*shutdown.borrow()).then_some(PROXY_KEEPALIVE_S));
+        session.set_keepalive_reuses_remaining(self.inner.server_options().and_then(|o| o.keepalive_request_limit));
+        session.set_pipelined_prefix(read);
+        let reused = self.inner.process_new_http(ServerSession::H1(session), shutdown).await?;
+        // The proxy leaves pipelining off, so it keeps no bytes of a next request: a session
+        // that read past its request is not reused, and the stream comes back clean.
+        let (stream, _settings) = reused.consume();
+        Some(stream)
+    }
+
+    /// Serves an admitted request; returns whether the client connection can carry another.
+    async fn serve(
+        &self,
+        stream: &mut Stream,
+        buffers: &mut Buffers,
+        admitted: Admitted,
+        client: Option<SocketAddr>,
+    ) -> bool {
+        let started = std::time::Instant::now();
+        self.public.metrics().in_flight.inc();
+        let place = match self.public.admit(client.map(|a| a.ip()), &admitted.app) {
+            Ok(place) => place,
+            Err(limited) => {
+                let answered = self.too_many(stream, limited, admitted.close).await;
+                self.public.log(admitted.app, started, answered.then_some(429), false);
+                return answered && !admitted.close;
+            }
+        };
+        let outcome = self.exchange(stream, buffers, &admitted).await;
+        drop(place);
+        match outcome {
+            Ok(head) => {
+                self.public.log(admitted.app, started, Some(head.status), false);
+                !head.client_closes
+            }
+            Err(Failure::Host(status)) => {
+                let answered = write_error(stream, status).await;
+                self.public.log(admitted.app, started, answered.then_some(status), true);
+                false
+            }
+            Err(Failure::Broken(status)) => {
+                self.public.log(admitted.app, started, status, true);
+                false
+            }
+        }
+    }
+
+    /// Answers 429 for `limited`; whether the answer was written.
+    async fn too_many(&self, stream: &mut Stream, limited: Limited, close: bool) -> bool {
+        let body = self.public.too_many_body(limited);
+        let mut answer = format!(
+            "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+             content-length: {}\r\n",
+            body.len()
+        );
+        answer.push_str(if close { "connection: close\r\n\r\n" } else { "\r\n" });
+        answer.push_str(&body);
+        write_client(stream, answer.as_bytes()).await.is_ok()
+    }
+
+    /// Sends the request to the host and its answer back to the client; the answer's header.
+    async fn exchange(
+        &self,
+        stream: &mut Stream,
+        buffers: &mut Buffers,
+        admitted: &Admitted,
+    ) -> Result<FinalHead, Failure> {
+        let (mut host, head) = self.ask(buffers, admitted).await?;
+        let host_keeps = self.relay(&mut host, stream, buffers, &head).await?;
+        if host_keeps {
+            self.pool.give(admitted.ingress, host);
+        }
+        Ok(head)
+    }
+
+    /// Sends the request header (in `buffers.out`) and reads the answer's header into
+    /// `buffers.host`, over a pooled connection or a new one; on return `buffers.out` holds
+    /// the client's answer header. A request goes again when nothing reached the host (a
+    /// failed connect, up to [`CONNECT_RETRIES_MAX`] times) or when a pooled connection the
+    /// host had closed got no answer (once; the lane serves only `GET` and `HEAD`, which may
+    /// be repeated).
+    async fn ask(&self, buffers: &mut Buffers, admitted: &Admitted) -> Result<(TcpStream, FinalHead), Failure> {
+        let (mut connect_failures, mut stale_retried) = (0u32, false);
+        loop {
+            let (mut host, reused) = match self.pool.take(admitted.ingress) {
+                Some(host) => (host, true),
+                None => match connect(admitted.ingress).await {
+                    Ok(host) => (host, false),
+                    Err(error) => {
+                        connect_failures += 1;
+                        if connect_failures > CONNECT_RETRIES_MAX {
+                            tracing::debug!(app = %admitted.app, %error, "host unreachable");
+                            return Err(Failure::Host(502));
+                        }
+                        self.public.metrics().connect_retries.inc();
+                        let backoff_ms = CONNECT_RETRY_BACKOFF_MS_MIN << (connect_failures - 1);
+                        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                        continue;
+                    }
+                },
+            };
+            match self.attempt(&mut host, buffers, admitted).await {
+                Ok(head) => return Ok((host, head)),
+                Err(AttemptError::ClosedUnanswered) if reused && !stale_retried => {
+                    tracing::debug!(app = %admitted.app, "pooled host connection was closed; asking again");
+                    stale_retried = true;
+                }
+                Err(AttemptError::TimedOut) => return Err(Failure::Host(504)),
+                Err(error) => {
+                    tracing::debug!(app = %admitted.app, ?error, "host failed");
+                    return Err(Failure::Host(502));
+                }
+            }
+        }
+    }
+
+    /// One attempt: the request header out, the answer's header (past any 1xx) back.
+    async fn attempt(
+        &self,
+        host: &mut TcpStream,
+        buffers: &mut Buffers,
+        admitted: &Admitted,
+    ) -> Result<FinalHead, AttemptError> {
+        let Buffers { host: answer, out, .. } = buffers;
+        match timeout(self.upstream_read_timeout, host.write_all(out)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(AttemptError::ClosedUnanswered),
+            Err(_) => return Err(AttemptError::TimedOut),
+        }
+        answer.clear();
+        let mut informational = 0;
+        loop {
+            match answer::parse_head(answer, admitted.head, admitted.close, out) {
+                Ok(Head::Final(head)) => return Ok(head),
+                Ok(Head::Informational(bytes)) => {
+                    informational += 1;
+                    if informational > INFORMATIONAL_RESPONSES_MAX {
+                        return Err(AttemptError::Broken);
+                    }
+                    answer.advance(bytes);
+                    continue;
+                }
+                Ok(Head::Partial) if answer.len() < ANSWER_HEADER_BYTES_MAX => {}
+                Ok(Head::Partial) | Err(_) => return Err(AttemptError::Broken),
+            }
+            answer.reserve(READ_BYTES);
+            match timeout(self.upstream_read_timeout, host.read_buf(answer)).await {
+                Ok(Ok(0)) | Ok(Err(_)) if answer.is_empty() && informational == 0 => {
+                    return Err(AttemptError::ClosedUnanswered)
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(AttemptError::Broken),
+                Ok(Ok(_)) => {}
+                Err(_) => return Err(AttemptError::TimedOut),
+            }
+        }
+    }
+
+    /// Passes the answer's header (in `buffers.out`) and body on to the client as they come;
+    /// returns whether the host connection can take another request.
+    async fn relay(
+        &self,
+        host: &mut TcpStream,
+        stream: &mut Stream,
+        buffers: &mut Buffers,
+        head: &FinalHead,
+    ) -> Result<bool, Failure> {
+        let Buffers { host: answer, out, .. } = buffers;
+        let broken = || Failure::Broken(Some(head.status));
+        answer.advance(head.header_bytes);
+        let mut body = Body::new(head.framing);
+        let taken = body.take(answer).map_err(|_| broken())?;
+        // Bytes past the answer's end mean the host and the lane disagree on framing.
+        let mut overran = taken < answer.len();
+        out.extend_from_slice(&answer[..taken]);
+        write_client(stream, out).await.map_err(|_| broken())?;
+        while !body.ended() {
+            answer.clear();
+            answer.reserve(READ_BYTES);
+            let read = timeout(self.upstream_read_timeout, host.read_buf(answer)).await;
+            match read {
+                Ok(Ok(0)) if head.framing == Framing::UntilClose => break,
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(broken()),
+                Ok(Ok(_)) => {}
+            }
+            let taken = body.take(answer).map_err(|_| broken())?;
+            overran |= taken < answer.len();
+            write_client(stream, &answer[..taken]).await.map_err(|_| broken())?;
+        }
+        Ok(head.host_keeps && !overran)
+    }
+}
+
+/// Follows an answer's body to its end.
+enum Body {
+    Left(u64),
+    Chunked(Chunked),
+    UntilClose,
+}
+
+impl Body {
+    fn new(framing: Framing) -> Self {
+        match framing {
+            Framing::Empty => Body::Left(0),
+            Framing::Length(length) => Body::Left(length),
+            Framing::Chunked => Body::Chunked(Chunked::default()),
+            Framing::UntilClose => Body::UntilClose,
+        }
+    }
+
+    /// How many of `bytes` (the next ones from the host) belong to the body.
+    fn take(&mut self, bytes: &[u8]) -> Result<usize, answer::AnswerError> {
+        match self {
+            Body::Left(left) => {
+                let taken = (*left).min(bytes.len() as u64);
+                *left -= taken;
+                Ok(taken as usize)
+            }
+            Body::Chunked(chunked) => chunked.feed(bytes),
+            Body::UntilClose => Ok(bytes.len()),
+        }
+    }
+
+    fn ended(&self) -> bool {
+        match self {
+            Body::Left(left) => *left == 0,
+            Body::Chunked(chunked) => chunked.done(),
+            Body::UntilClose => false,
+        }
+    }
+}
+
+/// A new connection to a host, within the connect timeout.
+async fn connect(host: SocketAddr) -> std::io::Result<TcpStream> {
+    let connecting = timeout(Duration::from_millis(UPSTREAM_CONNECT_TIMEOUT_MS), TcpStream::connect(host));
+    let stream = connecting.await.map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    // Headers go out in one write each; waiting to coalesce them only adds latency.
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Writes `bytes` to the client and flushes them, within [`CLIENT_WRITE_TIMEOUT_MS`].
+async fn write_client(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+    let write = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    timeout(Duration::from_millis(CLIENT_WRITE_TIMEOUT_MS), write)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+}
+
+/// Answers `status` with no body and closes; whether the answer was written.
+async fn write_error(stream: &mut Stream, status: u16) -> bool {
+    let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");
+    let answer = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\ncache-control: private, no-store\r\nconnection: close\r\n\r\n"
+    );
+    write_client(stream, answer.as_bytes()).await.is_ok()
+}
+
+/// `text` in lower case, copied only when it has upper-case letters (hosts rarely do).
+fn lowercase(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => std::borrow::Cow::Owned(text.to_ascii_lowercase()),
+        false => std::borrow::Cow::Borrowed(text),
+    }
+}

@@ -1,0 +1,254 @@
+//! The request side of the fast lane: which requests it serves, read straight from the bytes
+//! the client sent, and the header it sends on to the host.
+//!
+//! The rules are the proxy's (`edge::check`, `PublicProxy::app_request`), applied to the
+//! parsed bytes instead of pingora's header maps so that nothing is allocated per request.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use steady_proto::wire::{HEADER_APP, INTERNAL_HEADER_PREFIX};
+
+use crate::edge::EdgeLimits;
+
+/// Headers the lane parses in one request; a request with more goes to the proxy, which
+/// applies the edge limit itself.
+pub const LANE_HEADERS_MAX: usize = 64;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) besides `Connection` and the ones it names; the same
+/// list as `upstream::strip_hop_by_hop`.
+const HOP_BY_HOP: [&str; 5] = ["keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer"];
+
+/// Headers the LB sets itself on the way to the host; a client's copies never go on.
+const FORWARDING: [&str; 4] = ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded"];
+
+/// A request the lane may serve, borrowed from the bytes read.
+#[derive(Debug)]
+pub struct LaneRequest<'h, 'b> {
+    /// `GET` or `HEAD`, as sent.
+    pub method: &'b str,
+    /// The origin-form request target (`/path?query`).
+    pub target: &'b str,
+    /// The `Host` header's value (a valid host name, maybe with a port; any case).
+    pub host: &'b str,
+    /// The client asked to close the connection after this request.
+    pub close: bool,
+    /// Bytes of the request header, up to and including its blank line.
+    pub header_bytes: usize,
+    headers: &'h [httparse::Header<'b>],
+}
+
+impl LaneRequest<'_, '_> {
+    /// A `HEAD` request: its answer has no body whatever its headers say.
+    pub fn is_head(&self) -> bool {
+        self.method == "HEAD"
+    }
+}
+
+/// What the bytes read so far say about the next request.
+#[derive(Debug)]
+pub enum Parsed<'h, 'b> {
+    /// The header is not complete yet.
+    Partial,
+    /// A request the lane serves, if its app routes ([`crate::public::PublicProxy::lane_route`]).
+    Serve(LaneRequest<'h, 'b>),
+    /// Anything else (bodies, upgrades, HTTP/1.0, absolute targets, malformed or over a limit):
+    /// the proxy decides it from the same bytes.
+    HandOn,
+}
+
+/// Parses the request header at the start of `bytes` and says whether the lane serves it.
+pub fn parse<'h, 'b>(
+    bytes: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>; LANE_HEADERS_MAX],
+    limits: &EdgeLimits,
+) -> Parsed<'h, 'b> {
+    let mut request = httparse::Request::new(headers);
+    let header_bytes = match request.parse(bytes) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) if bytes.len() <= limits.header_bytes_max => return Parsed::Partial,
+        Ok(httparse::Status::Partial) | Err(_) => return Parsed::HandOn,
+    };
+    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version) else {
+        return Parsed::HandOn;
+    };
+    let headers: &'h [httparse::Header<'b>] = request.headers;
+    if !matches!(method, "GET" | "HEAD") || !target.starts_with('/') || target.len() > limits.uri_bytes_max {
+        return Parsed::HandOn;
+    }
+    let header_sum: usize = headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+    if headers.len() > limits.header_count_max || header_sum > limits.header_bytes_max {
+        return Parsed::HandOn;
+    }
+    let (mut host, mut hosts, mut close) = (None, 0, false);
+    for header in headers {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+            host = Some(header.value);
+        } else if name.eq_ignore_ascii_case("content-length") {
+            if header.value != b"0" {
+                return Parsed::HandOn;
+            }
+        } else if ["transfer-encoding", "upgrade", "expect"].iter().any(|n| name.eq_ignore_ascii_case(n)) {
+            return Parsed::HandOn;
+        } else if name.eq_ignore_ascii_case("connection") {
+            close |= tokens(header.value).any(|token| token.eq_ignore_ascii_case(b"close"));
+        }
+    }
+    let host = match host {
+        Some(host) if hosts == 1 && steady_proto::name::valid_host(host) => host,
+        _ => return Parsed::HandOn,
+    };
+    // valid_host admits ASCII only.
+    let host = std::str::from_utf8(host).expect("a valid host is ASCII");
+    Parsed::Serve(LaneRequest { method, target, host, close, header_bytes, headers })
+}
+
+/// The comma-separated tokens of a header value, trimmed, empty ones skipped.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(|token| token.trim_ascii()).filter(|token| !token.is_empty())
+}
+
+/// Whether the header `name` stays on the host's side of the LB: internal, hop-by-hop,
+/// forwarding and `Connection`-named headers do not.
+fn goes_on(name: &str, request: &LaneRequest) -> bool {
+    let lower_starts = name.len() >= INTERNAL_HEADER_PREFIX.len()
+        && name.as_bytes()[..INTERNAL_HEADER_PREFIX.len()].eq_ignore_ascii_case(INTERNAL_HEADER_PREFIX.as_bytes());
+    if lower_starts || name.eq_ignore_ascii_case("connection") {
+        return false;
+    }
+    if HOP_BY_HOP.iter().chain(FORWARDING.iter()).any(|n| name.eq_ignore_ascii_case(n)) {
+        return false;
+    }
+    let named = request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| tokens(h.value))
+        .any(|token| token.eq_ignore_ascii_case(name.as_bytes()));
+    !named
+}
+
+/// Writes the header the host gets for `request` into `out` (cleared first): the client's
+/// request line and headers as HTTP/1.1, without the ones that stop at the LB, with the app
+/// named and the forwarding headers set for `client` and the scheme (`tls`) — what
+/// `PublicProxy::app_request` does to the proxy's requests.
+pub fn write_host_request(out: &mut Vec<u8>, request: &LaneRequest, app: &str, client: Option<SocketAddr>, tls: bool) {
+    out.clear();
+    let line = [request.method.as_bytes(), b" ", request.target.as_bytes(), b" HTTP/1.1\r\n"];
+    line.iter().for_each(|part| out.extend_from_slice(part));
+    for header in request.headers.iter().filter(|h| goes_on(h.name, request)) {
+        for part in [header.name.as_bytes(), b": ", header.value, b"\r\n"] {
+            out.extend_from_slice(part);
+        }
+    }
+    for part in [HEADER_APP.as_bytes(), b": ", app.as_bytes(), b"\r\n"] {
+        out.extend_from_slice(part);
+    }
+    let proto = if tls { "https" } else { "http" };
+    // Writing into a Vec cannot fail.
+    if let Some(client) = client {
+        let _ = write!(out, "x-forwarded-for: {}\r\n", client.ip());
+    }
+    let _ = write!(out, "x-forwarded-host: {}\r\nx-forwarded-proto: {proto}\r\nforwarded: ", request.host);
+    match client.map(|c| c.ip()) {
+        Some(ip) if ip.is_ipv6() => {
+            let _ = write!(out, "for=\"[{ip}]\";");
+        }
+        Some(ip) => {
+            let _ = write!(out, "for={ip};");
+        }
+        None => {}
+    }
+    let _ = write!(out, "host=\"{}\";proto={proto}\r\n\r\n", request.host);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(bytes: &[u8], check: impl FnOnce(&LaneRequest)) {
+        let mut headers = [httparse::EMPTY_HEADER; LANE_HEADERS_MAX];
+        match parse(bytes, &mut headers, &EdgeLimits::default()) {
+            Parsed::Serve(request) => check(&request),
+            other => panic!("expected a request the lane serves, got {other:?}"),
+        }
+    }
+
+    fn decision(bytes: &[u8]) -> &'static str {
+        let mut headers = [httparse::EMPTY_HEADER; LANE_HEADERS_MAX];
+        match parse(bytes, &mut headers, &EdgeLimits::default()) {
+            Parsed::Partial => "partial",
+            Parsed::Serve(_) => "serve",
+            Parsed::HandOn => "hand on",
+        }
+    }
+
+    #[test]
+    fn bodiless_gets_and_heads_are_served_and_everything_else_handed_on() {
+        assert_eq!(decision(b"GET / HTTP/1.1\r\nHost: a.steady.page\r\n\r\n"), "serve");
+        assert_eq!(decision(b"HEAD /x?y=1 HTTP/1.1\r\nHost: a.steady.page:8080\r\nContent-Length: 0\r\n\r\n"), "serve");
+        assert_eq!(decision(b"GET / HTTP/1.1\r\nHost: a.steady.page\r\n"), "partial");
+        for bytes in [
+            &b"POST / HTTP/1.1\r\nHost: a.steady.page\r\nContent-Length: 2\r\n\r\nhi"[..],
+            b"GET / HTTP/1.1\r\nHost: a.steady.page\r\nContent-Length: 2\r\n\r\nhi",
+            b"GET / HTTP/1.1\r\nHost: a.steady.page\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a.steady.page\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a.steady.page\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: a.steady.page\r\n\r\n",
+            b"GET http://a.steady.page/ HTTP/1.1\r\nHost: a.steady.page\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a.steady.page\r\nHost: b.steady.page\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a.steady.page@evil\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a.steady.page\r\nX: a\r\n b\r\n\r\n",
+            b"GARBAGE\r\n\r\n",
+        ] {
+            assert_eq!(decision(bytes), "hand on", "{}", String::from_utf8_lossy(bytes));
+        }
+    }
+
+    #[test]
+    fn requests_over_the_edge_limits_are_handed_on() {
+        let long_target = format!("GET /{} HTTP/1.1\r\nHost: a.steady.page\r\n\r\n", "a".repeat(9000));
+        assert_eq!(decision(long_target.as_bytes()), "hand on");
+        let many: String = (0..LANE_HEADERS_MAX).map(|i| format!("x-{i}: 1\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\nHost: a.steady.page\r\n{many}\r\n");
+        assert_eq!(decision(many.as_bytes()), "hand on");
+        // An endless header is handed on once it passes the limit (the proxy answers 431).
+        let endless = format!("GET / HTTP/1.1\r\nHost: a.steady.page\r\nX: {}", "a".repeat(40 * 1024));
+        assert_eq!(decision(endless.as_bytes()), "hand on");
+    }
+
+    #[test]
+    fn the_host_gets_the_clients_headers_without_what_stops_at_the_lb() {
+        let bytes =
+            b"GET /p?q=1 HTTP/1.1\r\nHost: A.steady.page\r\nAccept: */*\r\nConnection: keep-alive, X-Secret\r\n\
+            x-secret: 1\r\nProxy-Authorization: Basic eA==\r\nX-Steady-App: other\r\nX-Forwarded-For: 6.6.6.6\r\n\
+            Forwarded: for=6.6.6.6\r\nTE: trailers\r\nCookie: c=1\r\n\r\n";
+        serve(bytes, |request| {
+            assert!(!request.close);
+            assert_eq!(request.header_bytes, bytes.len());
+            let mut out = Vec::new();
+            write_host_request(&mut out, request, "a", Some("10.1.2.3:5555".parse().expect("address")), false);
+            let expected = "GET /p?q=1 HTTP/1.1\r\nHost: A.steady.page\r\nAccept: */*\r\nCookie: c=1\r\n\
+                x-steady-app: a\r\nx-forwarded-for: 10.1.2.3\r\nx-forwarded-host: A.steady.page\r\n\
+                x-forwarded-proto: http\r\nforwarded: for=10.1.2.3;host=\"A.steady.page\";proto=http\r\n\r\n";
+            assert_eq!(String::from_utf8(out).expect("text"), expected);
+        });
+    }
+
+    #[test]
+    fn forwarded_names_an_ipv6_client_in_brackets_and_tls_as_https() {
+        serve(b"HEAD / HTTP/1.1\r\nhost: a.steady.page\r\nconnection: close\r\n\r\n", |request| {
+            assert!(request.close && request.is_head());
+            let mut out = Vec::new();
+            write_host_request(&mut out, request, "a", Some("[::1]:5555".parse().expect("address")), true);
+            let text = String::from_utf8(out).expect("text");
+            assert!(text.starts_with("HEAD / HTTP/1.1\r\nhost: a.steady.page\r\nx-steady-app: a\r\n"), "{text}");
+            assert!(text.contains("x-forwarded-for: ::1\r\n"), "{text}");
+            assert!(text.contains("forwarded: for=\"[::1]\";host=\"a.steady.page\";proto=https\r\n"), "{text}");
+            assert!(!text.to_ascii_lowercase().contains("connection"), "{text}");
+        });
+    }
+}
