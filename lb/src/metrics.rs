@@ -125,7 +125,36 @@ impl Default for Metrics {
     }
 }
 
+/// The status classes [`Metrics::status_class`] names, in the order [`RequestCounters`] keeps
+/// them.
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+/// One connection's handles on the request counters of the app it last served, so that
+/// counting another request of that app takes no lookup in the family (a lock and a hash).
+/// A handle counts into the same series as the family's (prometheus-client counters share
+/// their value), and series are never removed.
+#[derive(Debug, Default)]
+pub struct RequestCounters {
+    app: String,
+    by_class: [Option<Counter>; STATUS_CLASSES.len()],
+}
+
 impl Metrics {
+    /// Counts a finished request of `app` with `status`, through `cache`.
+    pub fn count_request(&self, cache: &mut RequestCounters, app: &str, status: Option<u16>) {
+        if cache.app != app {
+            cache.app.clear();
+            cache.app.push_str(app);
+            cache.by_class = Default::default();
+        }
+        let class = Self::status_class(status);
+        let index = STATUS_CLASSES.iter().position(|c| *c == class).expect("a known class");
+        let counter = cache.by_class[index].get_or_insert_with(|| {
+            self.requests.get_or_create(&RequestLabels { app: app.to_owned(), status: class }).clone()
+        });
+        counter.inc();
+    }
+
     /// The status class label of `status` (`None`: nothing was written).
     pub fn status_class(status: Option<u16>) -> &'static str {
         match status {

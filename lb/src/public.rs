@@ -14,7 +14,7 @@ use crate::config::HostProtocol;
 use crate::edge::{self, EdgeLimits};
 use crate::gateway::{ApiCtx, Gateway, Listener};
 use crate::limits::{Limited, Limits};
-use crate::metrics::{LimitLabels, Metrics, RequestLabels};
+use crate::metrics::{LimitLabels, Metrics, RequestCounters, RequestLabels};
 use crate::pages;
 use crate::probe::Prober;
 use crate::routing::{Route, Routes};
@@ -173,10 +173,28 @@ impl PublicProxy {
     /// Counts a finished request of `app` ("" when none was chosen) that started at
     /// `started`, answered with `status` (`None`: no answer was written).
     pub(crate) fn log(&self, app: String, started: std::time::Instant, status: Option<u16>, failed: bool) {
-        self.metrics.in_flight.dec();
-        self.metrics.duration_seconds.observe(started.elapsed().as_secs_f64());
+        self.finished(started, failed);
         let app = if app.is_empty() { "-".to_owned() } else { app };
         self.metrics.requests.get_or_create(&RequestLabels { app, status: Metrics::status_class(status) }).inc();
+    }
+
+    /// [`PublicProxy::log`] through a connection's counter handles (the fast lane's).
+    pub(crate) fn log_with(
+        &self,
+        counters: &mut RequestCounters,
+        app: &str,
+        started: std::time::Instant,
+        status: Option<u16>,
+        failed: bool,
+    ) {
+        self.finished(started, failed);
+        self.metrics.count_request(counters, if app.is_empty() { "-" } else { app }, status);
+    }
+
+    /// The metrics every finished request moves besides its count.
+    fn finished(&self, started: std::time::Instant, failed: bool) {
+        self.metrics.in_flight.dec();
+        self.metrics.duration_seconds.observe(started.elapsed().as_secs_f64());
         if failed {
             self.metrics.upstream_errors.inc();
         }

@@ -87,11 +87,10 @@ pub fn parse_head(bytes: &[u8], head: bool, close: bool, out: &mut Vec<u8>) -> R
         return Ok(Head::Informational(header_bytes));
     }
     let framing = framing(answer.headers, status, head)?;
-    let host_closes = answer
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .any(|h| h.value.split(|b| *b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close")));
+    let connection = |h: &&httparse::Header| h.name.eq_ignore_ascii_case("connection");
+    let names = |token: &[u8]| answer.headers.iter().filter(connection).any(|h| has_token(h.value, token));
+    let has_connection = answer.headers.iter().any(|h| connection(&h));
+    let host_closes = has_connection && names(b"close");
     let host_keeps = version == 1 && !host_closes && framing != Framing::UntilClose;
     let client_closes = close || framing == Framing::UntilClose;
     out.clear();
@@ -100,12 +99,7 @@ pub fn parse_head(bytes: &[u8], head: bool, close: bool, out: &mut Vec<u8>) -> R
         out.extend_from_slice(part);
     }
     for header in answer.headers.iter() {
-        let named_by_connection =
-            answer.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).any(|h| {
-                h.value
-                    .split(|b| *b == b',')
-                    .any(|token| token.trim_ascii().eq_ignore_ascii_case(header.name.as_bytes()))
-            });
+        let named_by_connection = has_connection && names(header.name.as_bytes());
         if HOP_BY_HOP.iter().any(|n| header.name.eq_ignore_ascii_case(n)) || named_by_connection {
             continue;
         }
@@ -118,6 +112,11 @@ pub fn parse_head(bytes: &[u8], head: bool, close: bool, out: &mut Vec<u8>) -> R
     }
     out.extend_from_slice(b"\r\n");
     Ok(Head::Final(FinalHead { status, header_bytes, framing, host_keeps, client_closes }))
+}
+
+/// Whether the comma-separated header `value` lists `token` (any case).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// A status code's three digits.

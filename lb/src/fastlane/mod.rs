@@ -43,11 +43,12 @@ use tokio::time::{timeout, timeout_at, Instant};
 use crate::config::UPSTREAM_CONNECT_TIMEOUT_MS;
 use crate::drain::InFlight;
 use crate::limits::Limited;
+use crate::metrics::RequestCounters;
 use crate::public::{PublicProxy, CONNECT_RETRIES_MAX, CONNECT_RETRY_BACKOFF_MS_MIN};
 use crate::sessions::STOP_SETTLE_MS;
 use answer::{Chunked, FinalHead, Framing, Head};
 use pool::HostPool;
-use request::{Parsed, LANE_HEADERS_MAX};
+use request::{Forwarding, Parsed, LANE_HEADERS_MAX};
 
 /// Bytes a read from either side asks for at once.
 const READ_BYTES: usize = 16 * 1024;
@@ -97,9 +98,8 @@ enum AttemptError {
     Broken,
 }
 
-/// A request the lane admitted to serve.
+/// A request the lane admitted to serve (its app's name is in [`Connection::app`]).
 struct Admitted {
-    app: String,
     ingress: SocketAddr,
     head: bool,
     close: bool,
@@ -111,12 +111,20 @@ enum Next {
     HandOn,
 }
 
-/// The buffers one client connection reuses from request to request.
-struct Buffers {
+/// What one client connection keeps from request to request.
+struct Connection {
+    /// The client's address (for the limits).
+    client: Option<SocketAddr>,
+    /// The forwarding headers for this connection's requests.
+    forwarding: Forwarding,
+    /// The app of the request being served.
+    app: String,
+    /// Handles on the request counters of the app last served.
+    counters: RequestCounters,
     /// Bytes read from the client and not yet used.
-    client: BytesMut,
+    client_bytes: BytesMut,
     /// Bytes read from the host.
-    host: BytesMut,
+    host_bytes: BytesMut,
     /// The header being written (to the host, then to the client).
     out: Vec<u8>,
 }
@@ -191,19 +199,26 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
     async fn run(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let tls = stream.get_ssl_digest().is_some();
         let client = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
-        let mut buffers =
-            Buffers { client: BytesMut::with_capacity(READ_BYTES), host: BytesMut::new(), out: Vec::new() };
+        let mut conn = Connection {
+            client,
+            forwarding: Forwarding::new(client, tls),
+            app: String::new(),
+            counters: RequestCounters::default(),
+            client_bytes: BytesMut::with_capacity(READ_BYTES),
+            host_bytes: BytesMut::new(),
+            out: Vec::new(),
+        };
         loop {
             let _in_flight = self.in_flight.enter();
-            let next = self.next_request(&mut stream, &mut buffers, client, tls).await?;
+            let next = self.next_request(&mut stream, &mut conn).await?;
             match next {
                 Next::HandOn => {
-                    let read = buffers.client.split();
+                    let read = conn.client_bytes.split();
                     stream = self.hand_on(stream, read, shutdown).await?;
                 }
                 Next::Serve(mut admitted) => {
                     admitted.close |= *shutdown.borrow();
-                    if !self.serve(&mut stream, &mut buffers, admitted, client).await {
+                    if !self.serve(&mut stream, &mut conn, admitted).await {
                         return None;
                     }
                 }
@@ -213,24 +228,18 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
 
     /// Reads until the buffer starts with a whole request header (within the header deadline,
     /// unless the service stops), then decides it; `None` when the connection is done.
-    async fn next_request(
-        &self,
-        stream: &mut Stream,
-        buffers: &mut Buffers,
-        client: Option<SocketAddr>,
-        tls: bool,
-    ) -> Option<Next> {
+    async fn next_request(&self, stream: &mut Stream, conn: &mut Connection) -> Option<Next> {
         let deadline = Instant::now() + self.header_timeout;
         loop {
-            if !buffers.client.is_empty() {
-                if let Some(next) = self.decide(buffers, client, tls) {
+            if !conn.client_bytes.is_empty() {
+                if let Some(next) = self.decide(conn) {
                     return Some(next);
                 }
             }
-            buffers.client.reserve(READ_BYTES);
+            conn.client_bytes.reserve(READ_BYTES);
             let read = tokio::select! {
                 biased;
-                read = timeout_at(deadline, stream.read_buf(&mut buffers.client)) => read,
+                read = timeout_at(deadline, stream.read_buf(&mut conn.client_bytes)) => read,
                 () = self.stopped() => return None,
             };
             match read {
@@ -247,27 +256,25 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
 
     /// Decides the request at the start of the client buffer: `None` while its header is
     /// incomplete. A request the lane serves leaves the buffer (what follows it stays), and its
-    /// header for the host is in `buffers.out`.
-    fn decide(&self, buffers: &mut Buffers, client: Option<SocketAddr>, tls: bool) -> Option<Next> {
+    /// header for the host is in `conn.out`.
+    fn decide(&self, conn: &mut Connection) -> Option<Next> {
         let mut headers = [httparse::EMPTY_HEADER; LANE_HEADERS_MAX];
-        let (admitted, header_bytes) = match request::parse(&buffers.client, &mut headers, self.public.edge_limits()) {
+        let (admitted, header_bytes) = match request::parse(&conn.client_bytes, &mut headers, self.public.edge_limits())
+        {
             Parsed::Partial => return None,
             Parsed::HandOn => return Some(Next::HandOn),
             Parsed::Serve(request) => {
                 let host = lowercase(request.host);
                 let Some(route) = self.public.lane_route(&host) else { return Some(Next::HandOn) };
                 crate::sessions::header_read();
-                request::write_host_request(&mut buffers.out, &request, route.app, client, tls);
-                let admitted = Admitted {
-                    app: route.app.to_owned(),
-                    ingress: route.ingress,
-                    head: request.is_head(),
-                    close: request.close,
-                };
+                request::write_host_request(&mut conn.out, &request, route.app, &conn.forwarding);
+                conn.app.clear();
+                conn.app.push_str(route.app);
+                let admitted = Admitted { ingress: route.ingress, head: request.is_head(), close: request.close };
                 (admitted, request.header_bytes)
             }
         };
-        buffers.client.advance(header_bytes);
+        conn.client_bytes.advance(header_bytes);
         Some(Next::Serve(admitted))
     }
 
@@ -286,40 +293,26 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
     }
 
     /// Serves an admitted request; returns whether the client connection can carry another.
-    async fn serve(
-        &self,
-        stream: &mut Stream,
-        buffers: &mut Buffers,
-        admitted: Admitted,
-        client: Option<SocketAddr>,
-    ) -> bool {
+    async fn serve(&self, stream: &mut Stream, conn: &mut Connection, admitted: Admitted) -> bool {
         let started = std::time::Instant::now();
         self.public.metrics().in_flight.inc();
-        let place = match self.public.admit(client.map(|a| a.ip()), &admitted.app) {
+        let place = match self.public.admit(conn.client.map(|a| a.ip()), &conn.app) {
             Ok(place) => place,
             Err(limited) => {
                 let answered = self.too_many(stream, limited, admitted.close).await;
-                self.public.log(admitted.app, started, answered.then_some(429), false);
+                self.public.log_with(&mut conn.counters, &conn.app, started, answered.then_some(429), false);
                 return answered && !admitted.close;
             }
         };
-        let outcome = self.exchange(stream, buffers, &admitted).await;
+        let outcome = self.exchange(stream, conn, &admitted).await;
         drop(place);
-        match outcome {
-            Ok(head) => {
-                self.public.log(admitted.app, started, Some(head.status), false);
-                !head.client_closes
-            }
-            Err(Failure::Host(status)) => {
-                let answered = write_error(stream, status).await;
-                self.public.log(admitted.app, started, answered.then_some(status), true);
-                false
-            }
-            Err(Failure::Broken(status)) => {
-                self.public.log(admitted.app, started, status, true);
-                false
-            }
-        }
+        let (status, failed, keep) = match outcome {
+            Ok(head) => (Some(head.status), false, !head.client_closes),
+            Err(Failure::Host(status)) => (write_error(stream, status).await.then_some(status), true, false),
+            Err(Failure::Broken(status)) => (status, true, false),
+        };
+        self.public.log_with(&mut conn.counters, &conn.app, started, status, failed);
+        keep
     }
 
     /// Answers 429 for `limited`; whether the answer was written.
@@ -339,24 +332,24 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
     async fn exchange(
         &self,
         stream: &mut Stream,
-        buffers: &mut Buffers,
+        conn: &mut Connection,
         admitted: &Admitted,
     ) -> Result<FinalHead, Failure> {
-        let (mut host, head) = self.ask(buffers, admitted).await?;
-        let host_keeps = self.relay(&mut host, stream, buffers, &head).await?;
+        let (mut host, head) = self.ask(conn, admitted).await?;
+        let host_keeps = self.relay(&mut host, stream, conn, &head).await?;
         if host_keeps {
             self.pool.give(admitted.ingress, host);
         }
         Ok(head)
     }
 
-    /// Sends the request header (in `buffers.out`) and reads the answer's header into
-    /// `buffers.host`, over a pooled connection or a new one; on return `buffers.out` holds
+    /// Sends the request header (in `conn.out`) and reads the answer's header into
+    /// `conn.host_bytes`, over a pooled connection or a new one; on return `conn.out` holds
     /// the client's answer header. A request goes again when nothing reached the host (a
     /// failed connect, up to [`CONNECT_RETRIES_MAX`] times) or when a pooled connection the
     /// host had closed got no answer (once; the lane serves only `GET` and `HEAD`, which may
     /// be repeated).
-    async fn ask(&self, buffers: &mut Buffers, admitted: &Admitted) -> Result<(TcpStream, FinalHead), Failure> {
+    async fn ask(&self, conn: &mut Connection, admitted: &Admitted) -> Result<(TcpStream, FinalHead), Failure> {
         let (mut connect_failures, mut stale_retried) = (0u32, false);
         loop {
             let (mut host, reused) = match self.pool.take(admitted.ingress) {
@@ -366,7 +359,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
                     Err(error) => {
                         connect_failures += 1;
                         if connect_failures > CONNECT_RETRIES_MAX {
-                            tracing::debug!(app = %admitted.app, %error, "host unreachable");
+                            tracing::debug!(app = %conn.app, %error, "host unreachable");
                             return Err(Failure::Host(502));
                         }
                         self.public.metrics().connect_retries.inc();
@@ -376,15 +369,15 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
                     }
                 },
             };
-            match self.attempt(&mut host, buffers, admitted).await {
+            match self.attempt(&mut host, conn, admitted).await {
                 Ok(head) => return Ok((host, head)),
                 Err(AttemptError::ClosedUnanswered) if reused && !stale_retried => {
-                    tracing::debug!(app = %admitted.app, "pooled host connection was closed; asking again");
+                    tracing::debug!(app = %conn.app, "pooled host connection was closed; asking again");
                     stale_retried = true;
                 }
                 Err(AttemptError::TimedOut) => return Err(Failure::Host(504)),
                 Err(error) => {
-                    tracing::debug!(app = %admitted.app, ?error, "host failed");
+                    tracing::debug!(app = %conn.app, ?error, "host failed");
                     return Err(Failure::Host(502));
                 }
             }
@@ -395,10 +388,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
     async fn attempt(
         &self,
         host: &mut TcpStream,
-        buffers: &mut Buffers,
+        conn: &mut Connection,
         admitted: &Admitted,
     ) -> Result<FinalHead, AttemptError> {
-        let Buffers { host: answer, out, .. } = buffers;
+        let Connection { host_bytes: answer, out, .. } = conn;
         match timeout(self.upstream_read_timeout, host.write_all(out)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(AttemptError::ClosedUnanswered),
@@ -432,16 +425,16 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
         }
     }
 
-    /// Passes the answer's header (in `buffers.out`) and body on to the client as they come;
+    /// Passes the answer's header (in `conn.out`) and body on to the client as they come;
     /// returns whether the host connection can take another request.
     async fn relay(
         &self,
         host: &mut TcpStream,
         stream: &mut Stream,
-        buffers: &mut Buffers,
+        conn: &mut Connection,
         head: &FinalHead,
     ) -> Result<bool, Failure> {
-        let Buffers { host: answer, out, .. } = buffers;
+        let Connection { host_bytes: answer, out, .. } = conn;
         let broken = || Failure::Broken(Some(head.status));
         answer.advance(head.header_bytes);
         let mut body = Body::new(head.framing);

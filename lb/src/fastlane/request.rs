@@ -130,11 +130,39 @@ fn goes_on(name: &str, request: &LaneRequest) -> bool {
     !named
 }
 
+/// What the forwarding headers say about one client connection: written once per connection,
+/// copied into each of its requests.
+#[derive(Debug)]
+pub struct Forwarding {
+    /// `x-forwarded-for: <ip>\r\n`, or nothing without a client address.
+    for_header: Vec<u8>,
+    /// `for=<ip>;` (IPv6 quoted in brackets) for `Forwarded`, or nothing.
+    for_param: Vec<u8>,
+    /// `http` or `https`.
+    proto: &'static str,
+}
+
+impl Forwarding {
+    /// The forwarding facts of a connection from `client`, over TLS when `tls`.
+    pub fn new(client: Option<SocketAddr>, tls: bool) -> Self {
+        let (mut for_header, mut for_param) = (Vec::new(), Vec::new());
+        // Writing into a Vec cannot fail.
+        if let Some(ip) = client.map(|c| c.ip()) {
+            let _ = write!(for_header, "x-forwarded-for: {ip}\r\n");
+            let _ = match ip.is_ipv6() {
+                true => write!(for_param, "for=\"[{ip}]\";"),
+                false => write!(for_param, "for={ip};"),
+            };
+        }
+        Self { for_header, for_param, proto: if tls { "https" } else { "http" } }
+    }
+}
+
 /// Writes the header the host gets for `request` into `out` (cleared first): the client's
 /// request line and headers as HTTP/1.1, without the ones that stop at the LB, with the app
-/// named and the forwarding headers set for `client` and the scheme (`tls`) — what
+/// named and the forwarding headers set for the connection — what
 /// `PublicProxy::app_request` does to the proxy's requests.
-pub fn write_host_request(out: &mut Vec<u8>, request: &LaneRequest, app: &str, client: Option<SocketAddr>, tls: bool) {
+pub fn write_host_request(out: &mut Vec<u8>, request: &LaneRequest, app: &str, forwarding: &Forwarding) {
     out.clear();
     let line = [request.method.as_bytes(), b" ", request.target.as_bytes(), b" HTTP/1.1\r\n"];
     line.iter().for_each(|part| out.extend_from_slice(part));
@@ -143,25 +171,27 @@ pub fn write_host_request(out: &mut Vec<u8>, request: &LaneRequest, app: &str, c
             out.extend_from_slice(part);
         }
     }
-    for part in [HEADER_APP.as_bytes(), b": ", app.as_bytes(), b"\r\n"] {
-        out.extend_from_slice(part);
-    }
-    let proto = if tls { "https" } else { "http" };
-    // Writing into a Vec cannot fail.
-    if let Some(client) = client {
-        let _ = write!(out, "x-forwarded-for: {}\r\n", client.ip());
-    }
-    let _ = write!(out, "x-forwarded-host: {}\r\nx-forwarded-proto: {proto}\r\nforwarded: ", request.host);
-    match client.map(|c| c.ip()) {
-        Some(ip) if ip.is_ipv6() => {
-            let _ = write!(out, "for=\"[{ip}]\";");
-        }
-        Some(ip) => {
-            let _ = write!(out, "for={ip};");
-        }
-        None => {}
-    }
-    let _ = write!(out, "host=\"{}\";proto={proto}\r\n\r\n", request.host);
+    let (host, proto) = (request.host.as_bytes(), forwarding.proto.as_bytes());
+    let parts: [&[u8]; 17] = [
+        HEADER_APP.as_bytes(),
+        b": ",
+        app.as_bytes(),
+        b"\r\n",
+        &forwarding.for_header,
+        b"x-forwarded-host: ",
+        host,
+        b"\r\nx-forwarded-proto: ",
+        proto,
+        b"\r\nforwarded: ",
+        &forwarding.for_param,
+        b"host=\"",
+        host,
+        b"\";proto=",
+        proto,
+        b"\r\n",
+        b"\r\n",
+    ];
+    parts.iter().for_each(|part| out.extend_from_slice(part));
 }
 
 #[cfg(test)]
@@ -230,7 +260,8 @@ mod tests {
             assert!(!request.close);
             assert_eq!(request.header_bytes, bytes.len());
             let mut out = Vec::new();
-            write_host_request(&mut out, request, "a", Some("10.1.2.3:5555".parse().expect("address")), false);
+            let forwarding = Forwarding::new(Some("10.1.2.3:5555".parse().expect("address")), false);
+            write_host_request(&mut out, request, "a", &forwarding);
             let expected = "GET /p?q=1 HTTP/1.1\r\nHost: A.steady.page\r\nAccept: */*\r\nCookie: c=1\r\n\
                 x-steady-app: a\r\nx-forwarded-for: 10.1.2.3\r\nx-forwarded-host: A.steady.page\r\n\
                 x-forwarded-proto: http\r\nforwarded: for=10.1.2.3;host=\"A.steady.page\";proto=http\r\n\r\n";
@@ -239,11 +270,27 @@ mod tests {
     }
 
     #[test]
+    fn without_a_client_address_no_forwarded_for_goes_on() {
+        serve(b"GET / HTTP/1.1\r\nHost: a.steady.page\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n", |request| {
+            let mut out = Vec::new();
+            write_host_request(&mut out, request, "a", &Forwarding::new(None, false));
+            let text = String::from_utf8(out).expect("text");
+            assert!(!text.contains("x-forwarded-for") && !text.contains("6.6.6.6"), "{text}");
+            assert!(text.ends_with("forwarded: host=\"a.steady.page\";proto=http\r\n\r\n"), "{text}");
+        });
+    }
+
+    #[test]
     fn forwarded_names_an_ipv6_client_in_brackets_and_tls_as_https() {
         serve(b"HEAD / HTTP/1.1\r\nhost: a.steady.page\r\nconnection: close\r\n\r\n", |request| {
             assert!(request.close && request.is_head());
             let mut out = Vec::new();
-            write_host_request(&mut out, request, "a", Some("[::1]:5555".parse().expect("address")), true);
+            write_host_request(
+                &mut out,
+                request,
+                "a",
+                &Forwarding::new(Some("[::1]:5555".parse().expect("address")), true),
+            );
             let text = String::from_utf8(out).expect("text");
             assert!(text.starts_with("HEAD / HTTP/1.1\r\nhost: a.steady.page\r\nx-steady-app: a\r\n"), "{text}");
             assert!(text.contains("x-forwarded-for: ::1\r\n"), "{text}");
