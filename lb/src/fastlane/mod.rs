@@ -101,6 +101,8 @@ enum AttemptError {
 /// A request the lane admitted to serve (its app's name is in [`Connection::app`]).
 struct Admitted {
     ingress: SocketAddr,
+    /// When the lane took the request on (the clock is read once per request).
+    started: std::time::Instant,
     head: bool,
     close: bool,
 }
@@ -270,7 +272,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
                 request::write_host_request(&mut conn.out, &request, route.app, &conn.forwarding);
                 conn.app.clear();
                 conn.app.push_str(route.app);
-                let admitted = Admitted { ingress: route.ingress, head: request.is_head(), close: request.close };
+                let admitted = Admitted {
+                    ingress: route.ingress,
+                    started: std::time::Instant::now(),
+                    head: request.is_head(),
+                    close: request.close,
+                };
                 (admitted, request.header_bytes)
             }
         };
@@ -294,7 +301,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
 
     /// Serves an admitted request; returns whether the client connection can carry another.
     async fn serve(&self, stream: &mut Stream, conn: &mut Connection, admitted: Admitted) -> bool {
-        let started = std::time::Instant::now();
+        let started = admitted.started;
         self.public.metrics().in_flight.inc();
         let place = match self.public.admit(conn.client.map(|a| a.ip()), &conn.app) {
             Ok(place) => place,
@@ -338,7 +345,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
         let (mut host, head) = self.ask(conn, admitted).await?;
         let host_keeps = self.relay(&mut host, stream, conn, &head).await?;
         if host_keeps {
-            self.pool.give(admitted.ingress, host);
+            self.pool.give(admitted.ingress, host, admitted.started);
         }
         Ok(head)
     }
@@ -352,7 +359,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
     async fn ask(&self, conn: &mut Connection, admitted: &Admitted) -> Result<(TcpStream, FinalHead), Failure> {
         let (mut connect_failures, mut stale_retried) = (0u32, false);
         loop {
-            let (mut host, reused) = match self.pool.take(admitted.ingress) {
+            let (mut host, reused) = match self.pool.take(admitted.ingress, admitted.started) {
                 Some(host) => (host, true),
                 None => match connect(admitted.ingress).await {
                     Ok(host) => (host, false),
@@ -392,10 +399,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
         admitted: &Admitted,
     ) -> Result<FinalHead, AttemptError> {
         let Connection { host_bytes: answer, out, .. } = conn;
-        match timeout(self.upstream_read_timeout, host.write_all(out)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(AttemptError::ClosedUnanswered),
-            Err(_) => return Err(AttemptError::TimedOut),
+        match within(self.upstream_read_timeout, host.write_all(out)).await {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => return Err(AttemptError::TimedOut),
+            Err(_) => return Err(AttemptError::ClosedUnanswered),
         }
         answer.clear();
         let mut informational = 0;
@@ -514,9 +521,18 @@ async fn write_client(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> 
         stream.write_all(bytes).await?;
         stream.flush().await
     };
-    timeout(Duration::from_millis(CLIENT_WRITE_TIMEOUT_MS), write)
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+    within(Duration::from_millis(CLIENT_WRITE_TIMEOUT_MS), write).await
+}
+
+/// Runs a write within `limit`. A write the socket takes at once (nearly all of them) starts
+/// no timer: the clock is read and a timer set only once it has to wait.
+async fn within<F: std::future::Future<Output = std::io::Result<()>>>(limit: Duration, write: F) -> std::io::Result<()> {
+    let mut write = std::pin::pin!(write);
+    let at_once = std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
+    if let std::task::Poll::Ready(done) = at_once {
+        return done;
+    }
+    timeout(limit, write).await.map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
 /// Answers `status` with no body and closes; whether the answer was written.

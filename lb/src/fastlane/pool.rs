@@ -46,16 +46,15 @@ struct Pool {
 }
 
 impl HostPool {
-    /// Borrows the most recently used idle connection to `host` that has not aged out.
-    pub fn take(&self, host: SocketAddr) -> Option<TcpStream> {
+    /// Borrows the most recently used idle connection to `host` that has not aged out by `now`.
+    pub fn take(&self, host: SocketAddr, now: Instant) -> Option<TcpStream> {
         let mut pool = self.idle.lock().expect("pool lock");
         let Pool { by_host, total } = &mut *pool;
         let idle = by_host.get_mut(&host)?;
-        let now = Instant::now();
         let found = loop {
             let Some(connection) = idle.pop() else { break None };
             *total -= 1;
-            if now.duration_since(connection.since) < Duration::from_millis(IDLE_MS_MAX) {
+            if now.saturating_duration_since(connection.since) < Duration::from_millis(IDLE_MS_MAX) {
                 break Some(connection.stream);
             }
             // The rest are older still.
@@ -68,9 +67,10 @@ impl HostPool {
         found
     }
 
-    /// Gives a connection back after a complete answer; it is closed instead when the pool is
-    /// full.
-    pub fn give(&self, host: SocketAddr, stream: TcpStream) {
+    /// Gives a connection back after a complete answer to a request that started at `since`
+    /// (its idle time counts from there: the clock is read once per request); it is closed
+    /// instead when the pool is full.
+    pub fn give(&self, host: SocketAddr, stream: TcpStream, since: Instant) {
         let mut pool = self.idle.lock().expect("pool lock");
         if pool.total >= IDLE_TOTAL_MAX {
             return;
@@ -79,7 +79,7 @@ impl HostPool {
         if idle.len() >= IDLE_PER_HOST_MAX {
             return;
         }
-        idle.push(Idle { stream, since: Instant::now() });
+        idle.push(Idle { stream, since });
         pool.total += 1;
         debug_assert_eq!(pool.total, pool.by_host.values().map(Vec::len).sum::<usize>());
     }
@@ -105,18 +105,22 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let host = listener.local_addr().expect("address");
         let pool = HostPool::default();
-        assert!(pool.take(host).is_none());
+        let now = Instant::now();
+        assert!(pool.take(host, now).is_none());
         let (first, second) = (pair(&listener).await, pair(&listener).await);
         let second_port = second.local_addr().expect("address").port();
-        pool.give(host, first);
-        pool.give(host, second);
+        pool.give(host, first, now);
+        pool.give(host, second, now);
         assert_eq!(pool.idle_count(), 2);
-        let borrowed = pool.take(host).expect("an idle connection");
+        let borrowed = pool.take(host, now).expect("an idle connection");
         assert_eq!(borrowed.local_addr().expect("address").port(), second_port);
         assert_eq!(pool.idle_count(), 1);
         for _ in 0..IDLE_PER_HOST_MAX + 4 {
-            pool.give(host, pair(&listener).await);
+            pool.give(host, pair(&listener).await, now);
         }
         assert_eq!(pool.idle_count(), IDLE_PER_HOST_MAX, "one host keeps at most its share");
+        let later = now + Duration::from_millis(IDLE_MS_MAX);
+        assert!(pool.take(host, later).is_none(), "connections idle too long are closed, not borrowed");
+        assert_eq!(pool.idle_count(), 0);
     }
 }
