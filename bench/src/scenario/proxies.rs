@@ -5,7 +5,9 @@
 //! LB and host. Every target gets the same load generator (wrk, with a Lua hook for p99.9) at
 //! each connection count; ratios are against nginx (for the LB) and against Bun direct (for the
 //! full path). Beside req/s it prints the proxies' CPU time per request, which the load
-//! generator and the app sharing the cores do not blur as much.
+//! generator and the app sharing the cores do not blur as much. nginx and HAProxy set the same
+//! forwarding headers `steady-lb` sets (`X-Forwarded-For/-Host/-Proto`, `Forwarded`), so each
+//! proxy does the same edge job and the app parses the same headers behind each.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -246,6 +248,24 @@ fn wrk(dir: &Path, target: SocketAddr, connections: usize, seconds: u64) -> anyh
     Ok((requests_per_s, field("p50_us") / 1e3, field("p99_us") / 1e3, field("p999_us") / 1e3, errors))
 }
 
+/// The forwarding headers `steady-lb` sets on every request (`X-Forwarded-For/-Host/-Proto`,
+/// `Forwarded`), set by nginx too: the peers do the same edge job as the LB they are measured
+/// against.
+const FORWARDING_NGINX: &str = concat!(
+    "      proxy_set_header X-Forwarded-For $remote_addr;\n",
+    "      proxy_set_header X-Forwarded-Host $host;\n",
+    "      proxy_set_header X-Forwarded-Proto $scheme;\n",
+    "      proxy_set_header Forwarded \"for=$remote_addr;host=\\\"$host\\\";proto=$scheme\";\n",
+);
+
+/// The same forwarding headers, set by HAProxy.
+const FORWARDING_HAPROXY: &str = concat!(
+    "  option forwardfor\n",
+    "  http-request set-header X-Forwarded-Host %[req.hdr(host)]\n",
+    "  http-request set-header X-Forwarded-Proto http\n",
+    "  http-request set-header Forwarded \"for=%[src];host=\\\"%[req.hdr(host)]\\\";proto=http\"\n",
+);
+
 fn start_nginx(dir: &Path, listen: SocketAddr, bun: SocketAddr, threads: &str) -> anyhow::Result<Proc> {
     let prefix = dir.join("nginx");
     std::fs::create_dir_all(prefix.join("logs"))?;
@@ -255,7 +275,7 @@ fn start_nginx(dir: &Path, listen: SocketAddr, bun: SocketAddr, threads: &str) -
          http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
            upstream bun {{ server {bun}; keepalive 256; }}\n\
            server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://bun;\n\
-               proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n    }}\n  }}\n}}\n",
+               proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n{FORWARDING_NGINX}    }}\n  }}\n}}\n",
         p = prefix.display()
     );
     let conf_path = prefix.join("nginx.conf");
@@ -275,7 +295,7 @@ fn start_haproxy(dir: &Path, listen: SocketAddr, bun: SocketAddr, threads: &str)
         "global\n  nbthread {threads}\n  maxconn 4096\n\
          defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n  http-reuse always\n\
          frontend front\n  bind {listen}\n  default_backend bun\n\
-         backend bun\n  server bun {bun} maxconn 1024\n"
+         backend bun\n{FORWARDING_HAPROXY}  server bun {bun} maxconn 1024\n"
     );
     let conf_path = dir.join("haproxy.cfg");
     std::fs::write(&conf_path, conf)?;

@@ -526,7 +526,10 @@ async fn write_client(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> 
 
 /// Runs a write within `limit`. A write the socket takes at once (nearly all of them) starts
 /// no timer: the clock is read and a timer set only once it has to wait.
-async fn within<F: std::future::Future<Output = std::io::Result<()>>>(limit: Duration, write: F) -> std::io::Result<()> {
+async fn within<F: std::future::Future<Output = std::io::Result<()>>>(
+    limit: Duration,
+    write: F,
+) -> std::io::Result<()> {
     let mut write = std::pin::pin!(write);
     let at_once = std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
     if let std::task::Poll::Ready(done) = at_once {
