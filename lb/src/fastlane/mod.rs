@@ -24,7 +24,7 @@ pub mod pool;
 pub mod request;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +49,9 @@ use crate::sessions::STOP_SETTLE_MS;
 use answer::{Chunked, FinalHead, Framing, Head};
 use pool::HostPool;
 use request::{Forwarding, Parsed, LANE_HEADERS_MAX};
+
+/// Stop signals connections are spread over.
+const STOP_SHARDS: usize = 16;
 
 /// Bytes a read from either side asks for at once.
 const READ_BYTES: usize = 16 * 1024;
@@ -115,6 +118,8 @@ enum Next {
 
 /// What one client connection keeps from request to request.
 struct Connection {
+    /// Which stop signal this connection waits on.
+    shard: usize,
     /// The client's address (for the limits).
     client: Option<SocketAddr>,
     /// The forwarding headers for this connection's requests.
@@ -143,7 +148,11 @@ pub struct FastLane<A> {
     in_flight: InFlight,
     /// Set when the service stops: a connection waiting for its next request closes.
     stopping: AtomicBool,
-    stop: Notify,
+    /// One signal per shard of connections: every connection waiting for a request registers
+    /// with one, and a single signal's lock, taken twice per request, would be shared by all.
+    stop: [Notify; STOP_SHARDS],
+    /// Connections served so far (for the shard of each).
+    connections: AtomicUsize,
 }
 
 impl<A> FastLane<A> {
@@ -159,13 +168,15 @@ impl<A> FastLane<A> {
             upstream_read_timeout: Duration::from_millis(timeouts.upstream_read_ms),
             in_flight,
             stopping: AtomicBool::new(false),
-            stop: Notify::new(),
+            stop: std::array::from_fn(|_| Notify::new()),
+            connections: AtomicUsize::new(0),
         }
     }
 
-    /// Resolves once the service is stopping.
-    async fn stopped(&self) {
-        let notified = self.stop.notified();
+    /// Resolves once the service is stopping; `shard` spreads waiting connections over the
+    /// stop signals.
+    async fn stopped(&self, shard: usize) {
+        let notified = self.stop[shard % STOP_SHARDS].notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         if !self.stopping.load(Ordering::Acquire) {
@@ -190,7 +201,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for FastLane<A> {
         let own = async {
             tokio::time::sleep(Duration::from_millis(STOP_SETTLE_MS)).await;
             self.stopping.store(true, Ordering::Release);
-            self.stop.notify_waiters();
+            self.stop.iter().for_each(Notify::notify_waiters);
         };
         tokio::join!(own, self.inner.http_cleanup());
     }
@@ -202,6 +213,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
         let tls = stream.get_ssl_digest().is_some();
         let client = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
         let mut conn = Connection {
+            shard: self.connections.fetch_add(1, Ordering::Relaxed),
             client,
             forwarding: Forwarding::new(client, tls),
             app: String::new(),
@@ -242,7 +254,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
             let read = tokio::select! {
                 biased;
                 read = timeout_at(deadline, stream.read_buf(&mut conn.client_bytes)) => read,
-                () = self.stopped() => return None,
+                () = self.stopped(conn.shard) => return None,
             };
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) => return None,
