@@ -273,3 +273,37 @@ fn one_connection_carries_fast_and_full_proxy_requests_alike() {
     let _ = stream.read_to_string(&mut rest);
     assert!(rest.starts_with("HTTP/1.1 400"), "{rest}");
 }
+
+/// Requests sent back to back without waiting (pipelined) are answered in order, one answer
+/// each, and a request that asks to close the connection gets the last answer before it
+/// closes.
+#[test]
+fn pipelined_requests_are_answered_in_order_and_close_is_honoured() {
+    use std::io::Write;
+    let cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "mirror", MIRROR_APP);
+    cluster.deploy(&app, "mirror");
+    let mut stream = TcpStream::connect(cluster.public).expect("connect to the LB");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).expect("the app's JSON");
+    let line = "GET /a HTTP/1.1\r\nHost: mirror.localhost\r\n\r\n\
+                GET /b HTTP/1.1\r\nHost: mirror.localhost\r\n\r\n\
+                GET /c HTTP/1.1\r\nHost: mirror.localhost\r\n\r\n";
+    stream.write_all(line.as_bytes()).expect("send");
+    let served: Vec<u64> = (0..3)
+        .map(|_| {
+            let (status, text) = read_response(&mut stream);
+            assert_eq!(status, 200, "{text}");
+            json(&text)["served"].as_u64().expect("a count")
+        })
+        .collect();
+    assert_eq!(served, [1, 2, 3], "one answer per request, in order");
+    let closing = "GET /d HTTP/1.1\r\nHost: mirror.localhost\r\nConnection: close\r\n\r\n\
+                   GET /e HTTP/1.1\r\nHost: mirror.localhost\r\n\r\n";
+    stream.write_all(closing.as_bytes()).expect("send");
+    let mut rest = String::new();
+    stream.read_to_string(&mut rest).expect("the LB closes after the answer");
+    assert_eq!(rest.matches("HTTP/1.1 ").count(), 1, "nothing after a request that closes: {rest}");
+    assert!(rest.to_ascii_lowercase().contains("connection: close"), "{rest}");
+    assert_eq!(json(rest.split("\r\n\r\n").nth(1).expect("a body"))["served"].as_u64(), Some(4), "{rest}");
+}

@@ -93,6 +93,29 @@ fn sqlite_data_survives_an_app_restart() {
     assert_eq!(cluster.get("counter", "/").body, "counter hits=3");
 }
 
+/// The LB keeps idle connections to a host daemon; a restarted daemon has closed them all. Each
+/// request that borrows one of them goes again on a new connection, so no request fails.
+#[test]
+fn a_restarted_host_daemon_fails_no_request_on_the_lbs_old_connections() {
+    const SLOW_APP: &str = "export default { async fetch() { await Bun.sleep(300); return new Response(\"ok\"); } };\n";
+    let mut cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "slow", SLOW_APP);
+    cluster.deploy(&app, "slow");
+    // Requests at the same time each need a connection to the host: the LB keeps them all.
+    std::thread::scope(|scope| {
+        let cluster = &cluster;
+        let answers: Vec<_> = (0..8).map(|_| scope.spawn(move || cluster.get("slow", "/").status)).collect();
+        for answer in answers {
+            assert_eq!(answer.join().expect("a request thread"), 200);
+        }
+    });
+    cluster.restart_host(0);
+    for i in 0..8 {
+        let answer = cluster.get("slow", "/");
+        assert_eq!(answer.status, 200, "request {i} after the restart: {}", answer.body);
+    }
+}
+
 #[test]
 fn an_unknown_app_gets_the_lbs_404_page() {
     let cluster = Cluster::start(1);

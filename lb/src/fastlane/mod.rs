@@ -366,12 +366,15 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
     /// `conn.host_bytes`, over a pooled connection or a new one; on return `conn.out` holds
     /// the client's answer header. A request goes again when nothing reached the host (a
     /// failed connect, up to [`CONNECT_RETRIES_MAX`] times) or when a pooled connection the
-    /// host had closed got no answer (once; the lane serves only `GET` and `HEAD`, which may
-    /// be repeated).
+    /// host had closed got no answer (once, on a new connection; the lane serves only `GET`
+    /// and `HEAD`, which may be repeated).
     async fn ask(&self, conn: &mut Connection, admitted: &Admitted) -> Result<(TcpStream, FinalHead), Failure> {
         let (mut connect_failures, mut stale_retried) = (0u32, false);
         loop {
-            let (mut host, reused) = match self.pool.take(admitted.ingress, admitted.started) {
+            // After a pooled connection turned out closed, the others may be too (a host that
+            // restarted closes them all): the request goes again on a new one.
+            let pooled = if stale_retried { None } else { self.pool.take(admitted.ingress, admitted.started) };
+            let (mut host, reused) = match pooled {
                 Some(host) => (host, true),
                 None => match connect(admitted.ingress).await {
                     Ok(host) => (host, false),
