@@ -280,7 +280,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
             Parsed::Serve(request) => {
                 let host = lowercase(request.host);
                 let Some(route) = self.public.lane_route(&host) else { return Some(Next::HandOn) };
-                crate::sessions::header_read();
                 request::write_host_request(&mut conn.out, &request, route.app, &conn.forwarding);
                 conn.app.clear();
                 conn.app.push_str(route.app);
