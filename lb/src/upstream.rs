@@ -41,7 +41,7 @@ pub fn strip_internal_headers(request: &mut RequestHeader) {
 
 /// Hop-by-hop headers of the client's connection that never go on (RFC 9110 §7.6.1).
 /// `Connection` and `Upgrade` stay: pingora and the hosts need them for WebSockets.
-const HOP_BY_HOP: [&str; 5] = ["keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer"];
+pub(crate) const HOP_BY_HOP: [&str; 5] = ["keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer"];
 
 /// Removes hop-by-hop headers, and the headers the client's `Connection` names (except the
 /// connection options `close`, `keep-alive` and `upgrade`).

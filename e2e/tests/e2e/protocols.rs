@@ -201,6 +201,21 @@ export default {
 };
 "#;
 
+/// A cluster serving the mirror app, and a raw connection to its LB.
+fn mirror_connection() -> (Cluster, TcpStream) {
+    let cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "mirror", MIRROR_APP);
+    cluster.deploy(&app, "mirror");
+    let stream = TcpStream::connect(cluster.public).expect("connect to the LB");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    (cluster, stream)
+}
+
+/// The mirror app's JSON answer.
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).expect("the app's JSON")
+}
+
 /// Reads one response with a `Content-Length` from a keep-alive connection: status and body.
 fn read_response(stream: &mut TcpStream) -> (u16, String) {
     let mut bytes = Vec::new();
@@ -228,12 +243,7 @@ fn read_response(stream: &mut TcpStream) -> (u16, String) {
 #[test]
 fn one_connection_carries_fast_and_full_proxy_requests_alike() {
     use std::io::Write;
-    let cluster = Cluster::start(1);
-    let app = write_app(cluster.dir.path(), "mirror", MIRROR_APP);
-    cluster.deploy(&app, "mirror");
-    let mut stream = TcpStream::connect(cluster.public).expect("connect to the LB");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).expect("the app's JSON");
+    let (_cluster, mut stream) = mirror_connection();
     let body = "x".repeat(3000);
     let requests = [
         "GET / HTTP/1.1\r\nHost: mirror.localhost\r\n\r\n".to_owned(),
@@ -280,12 +290,7 @@ fn one_connection_carries_fast_and_full_proxy_requests_alike() {
 #[test]
 fn pipelined_requests_are_answered_in_order_and_close_is_honoured() {
     use std::io::Write;
-    let cluster = Cluster::start(1);
-    let app = write_app(cluster.dir.path(), "mirror", MIRROR_APP);
-    cluster.deploy(&app, "mirror");
-    let mut stream = TcpStream::connect(cluster.public).expect("connect to the LB");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).expect("the app's JSON");
+    let (_cluster, mut stream) = mirror_connection();
     let line = "GET /a HTTP/1.1\r\nHost: mirror.localhost\r\n\r\n\
                 GET /b HTTP/1.1\r\nHost: mirror.localhost\r\n\r\n\
                 GET /c HTTP/1.1\r\nHost: mirror.localhost\r\n\r\n";

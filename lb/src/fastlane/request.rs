@@ -10,14 +10,12 @@ use std::net::SocketAddr;
 use steady_proto::wire::{HEADER_APP, INTERNAL_HEADER_PREFIX};
 
 use crate::edge::EdgeLimits;
+// Hop-by-hop headers besides `Connection` and the ones it names: the proxy's own list.
+use crate::upstream::HOP_BY_HOP;
 
 /// Headers the lane parses in one request; a request with more goes to the proxy, which
 /// applies the edge limit itself.
 pub const LANE_HEADERS_MAX: usize = 64;
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1) besides `Connection` and the ones it names; the same
-/// list as `upstream::strip_hop_by_hop`.
-const HOP_BY_HOP: [&str; 5] = ["keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer"];
 
 /// Headers the LB sets itself on the way to the host; a client's copies never go on.
 const FORWARDING: [&str; 4] = ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded"];
