@@ -86,7 +86,7 @@ impl PublicProxy {
 
 impl PublicProxy {
     /// Answers 429 for `limited` (the request goes nowhere).
-    pub(crate) async fn too_many(&self, session: &mut ServerSession, limited: Limited) -> pingora::Result<bool> {
+    async fn too_many(&self, session: &mut ServerSession, limited: Limited) -> pingora::Result<bool> {
         let body = self.too_many_body(limited);
         pages::respond_with(session, 429, "application/json", &[("retry-after", "1")], body).await?;
         Ok(true)
@@ -153,7 +153,7 @@ impl PublicProxy {
 
     /// The headers an app request carries to its host: internal and hop-by-hop ones stripped,
     /// the app named, the forwarding headers set for `client` and the scheme (`tls`).
-    pub(crate) fn app_request(
+    fn app_request(
         request: &mut RequestHeader,
         app: &str,
         client: Option<std::net::SocketAddr>,
@@ -172,7 +172,7 @@ impl PublicProxy {
 
     /// Counts a finished request of `app` ("" when none was chosen) that started at
     /// `started`, answered with `status` (`None`: no answer was written).
-    pub(crate) fn log(&self, app: String, started: std::time::Instant, status: Option<u16>, failed: bool) {
+    fn log(&self, app: String, started: std::time::Instant, status: Option<u16>, failed: bool) {
         self.finished(started, failed);
         let app = if app.is_empty() { "-".to_owned() } else { app };
         self.metrics.requests.get_or_create(&RequestLabels { app, status: Metrics::status_class(status) }).inc();
@@ -202,7 +202,7 @@ impl PublicProxy {
 }
 
 /// The host a request names (its `Host` header, or the authority of an absolute URI).
-pub(crate) fn host_of(request: &RequestHeader) -> &str {
+fn host_of(request: &RequestHeader) -> &str {
     request
         .headers
         .get("host")

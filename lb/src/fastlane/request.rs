@@ -34,6 +34,8 @@ pub struct LaneRequest<'h, 'b> {
     /// Bytes of the request header, up to and including its blank line.
     pub header_bytes: usize,
     headers: &'h [httparse::Header<'b>],
+    /// Whether a `Connection` header may name headers to drop (most requests have none).
+    has_connection: bool,
 }
 
 impl LaneRequest<'_, '_> {
@@ -78,7 +80,7 @@ pub fn parse<'h, 'b>(
     if headers.len() > limits.header_count_max || header_sum > limits.header_bytes_max {
         return Parsed::HandOn;
     }
-    let (mut host, mut hosts, mut close) = (None, 0, false);
+    let (mut host, mut hosts, mut close, mut has_connection) = (None, 0, false, false);
     for header in headers {
         let name = header.name;
         if name.eq_ignore_ascii_case("host") {
@@ -91,6 +93,7 @@ pub fn parse<'h, 'b>(
         } else if ["transfer-encoding", "upgrade", "expect"].iter().any(|n| name.eq_ignore_ascii_case(n)) {
             return Parsed::HandOn;
         } else if name.eq_ignore_ascii_case("connection") {
+            has_connection = true;
             close |= tokens(header.value).any(|token| token.eq_ignore_ascii_case(b"close"));
         }
     }
@@ -100,7 +103,7 @@ pub fn parse<'h, 'b>(
     };
     // valid_host admits ASCII only.
     let host = std::str::from_utf8(host).expect("a valid host is ASCII");
-    Parsed::Serve(LaneRequest { method, target, host, close, header_bytes, headers })
+    Parsed::Serve(LaneRequest { method, target, host, close, header_bytes, headers, has_connection })
 }
 
 /// The comma-separated tokens of a header value, trimmed, empty ones skipped.
@@ -119,12 +122,13 @@ fn goes_on(name: &str, request: &LaneRequest) -> bool {
     if HOP_BY_HOP.iter().chain(FORWARDING.iter()).any(|n| name.eq_ignore_ascii_case(n)) {
         return false;
     }
-    let named = request
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|h| tokens(h.value))
-        .any(|token| token.eq_ignore_ascii_case(name.as_bytes()));
+    let named = request.has_connection
+        && request
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| tokens(h.value))
+            .any(|token| token.eq_ignore_ascii_case(name.as_bytes()));
     !named
 }
 
