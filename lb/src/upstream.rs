@@ -39,9 +39,9 @@ pub fn strip_internal_headers(request: &mut RequestHeader) {
     }
 }
 
-/// Hop-by-hop headers of the client's connection that never go on (RFC 9110 §7.6.1).
-/// `Connection` and `Upgrade` stay: pingora and the hosts need them for WebSockets.
-pub(crate) const HOP_BY_HOP: [&str; 5] = ["keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer"];
+// Hop-by-hop headers of the client's connection that never go on (RFC 9110 §7.6.1): the
+// lanes' list. `Connection` and `Upgrade` stay: pingora and the hosts need them for WebSockets.
+use steady_relay::head::HOP_BY_HOP;
 
 /// Removes hop-by-hop headers, and the headers the client's `Connection` names (except the
 /// connection options `close`, `keep-alive` and `upgrade`).

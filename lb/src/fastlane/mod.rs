@@ -9,9 +9,9 @@
 //! `HEAD` with no body and no upgrade, to an app that is not moving. [`FastLane`] owns every
 //! plain HTTP/1.1 public connection, reads each request header into its own buffer and parses
 //! it in place ([`request`]); such a request gets the same admission, headers, retries and
-//! metrics as [`PublicProxy`] gives it, goes to the host on a pooled connection ([`pool`]),
-//! and the answer comes back as the host sends it, its end found from its framing
-//! ([`answer`]).
+//! metrics as [`PublicProxy`] gives it, goes to the host on a pooled connection, and the
+//! answer comes back as the host sends it, its end found from its framing (the relaying
+//! itself is `steady_relay`'s, shared with hostd's ingress lane).
 //!
 //! Every other request — bodies, WebSockets, HTTP/1.0, moving apps, the LB's pages and API,
 //! refusals, malformed input — goes to the pingora proxy on a session that starts with the
@@ -19,8 +19,6 @@
 //! connection comes back to the lane after the proxy's answer. Connections that negotiated
 //! HTTP/2 go to the proxy whole.
 
-pub mod answer;
-pub mod pool;
 pub mod request;
 
 use std::net::SocketAddr;
@@ -35,7 +33,10 @@ use pingora::protocols::http::v1::server::HttpSession as ClientSessionV1;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use steady_relay::answer::FinalHead;
+use steady_relay::exchange::{self, Asked, AttemptError, Buffers, READ_BYTES};
+use steady_relay::pool::{IdlePool, PoolBounds};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{timeout, timeout_at, Instant};
@@ -46,21 +47,15 @@ use crate::limits::Limited;
 use crate::metrics::RequestCounters;
 use crate::public::{PublicProxy, CONNECT_RETRIES_MAX, CONNECT_RETRY_BACKOFF_MS_MIN};
 use crate::sessions::STOP_SETTLE_MS;
-use answer::{Chunked, FinalHead, Framing, Head};
-use pool::HostPool;
 use request::{Forwarding, Parsed, LANE_HEADERS_MAX};
 
 /// Stop signals connections are spread over.
 const STOP_SHARDS: usize = 16;
 
-/// Bytes a read from either side asks for at once.
-const READ_BYTES: usize = 16 * 1024;
-
-/// Bytes of a host answer's header (and any 1xx before it); past it the host is broken (502).
-const ANSWER_HEADER_BYTES_MAX: usize = 64 * 1024;
-
-/// Informational (1xx) answers skipped before an app's real answer; more is a broken host.
-const INFORMATIONAL_RESPONSES_MAX: u32 = 8;
+/// Idle connections the lane keeps to hosts: enough per host for every connection of a busy
+/// client-side burst to find one again, closed well before a host daemon's ingress would
+/// close them.
+pub const HOST_POOL: PoolBounds = PoolBounds { idle_per_upstream_max: 256, idle_total_max: 1024, idle_ms_max: 30_000 };
 
 /// How long one write to a client may wait for the client to read; a client that stops reading
 /// an answer loses its connection after this.
@@ -88,17 +83,6 @@ enum Failure {
     /// The answer was under way (its status, if its header went out), or the client went away:
     /// the connection just closes.
     Broken(Option<u16>),
-}
-
-/// How one attempt at a host failed.
-#[derive(Debug)]
-enum AttemptError {
-    /// The connection closed before any byte of an answer: a pooled one the host had closed.
-    ClosedUnanswered,
-    /// The host did not answer within the upstream read timeout.
-    TimedOut,
-    /// Anything else the host did wrong.
-    Broken,
 }
 
 /// A request the lane admitted to serve (its app's name is in [`Connection::app`]).
@@ -130,10 +114,8 @@ struct Connection {
     counters: RequestCounters,
     /// Bytes read from the client and not yet used.
     client_bytes: BytesMut,
-    /// Bytes read from the host.
-    host_bytes: BytesMut,
-    /// The header being written (to the host, then to the client).
-    out: Vec<u8>,
+    /// The host's answer and the headers being written.
+    buffers: Buffers,
 }
 
 /// The public listener's connection app: serves the common request itself and hands every
@@ -142,7 +124,7 @@ struct Connection {
 pub struct FastLane<A> {
     inner: Arc<A>,
     public: PublicProxy,
-    pool: HostPool,
+    pool: IdlePool<SocketAddr, TcpStream>,
     header_timeout: Duration,
     upstream_read_timeout: Duration,
     in_flight: InFlight,
@@ -163,7 +145,7 @@ impl<A> FastLane<A> {
         Self {
             inner: Arc::new(inner),
             public,
-            pool: HostPool::default(),
+            pool: IdlePool::new(HOST_POOL),
             header_timeout: Duration::from_millis(timeouts.header_read_ms),
             upstream_read_timeout: Duration::from_millis(timeouts.upstream_read_ms),
             in_flight,
@@ -219,8 +201,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
             app: String::new(),
             counters: RequestCounters::default(),
             client_bytes: BytesMut::with_capacity(READ_BYTES),
-            host_bytes: BytesMut::new(),
-            out: Vec::new(),
+            buffers: Buffers::default(),
         };
         loop {
             let _in_flight = self.in_flight.enter();
@@ -280,7 +261,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
             Parsed::Serve(request) => {
                 let host = lowercase(request.host);
                 let Some(route) = self.public.lane_route(&host) else { return Some(Next::HandOn) };
-                request::write_host_request(&mut conn.out, &request, route.app, &conn.forwarding);
+                request::write_host_request(&mut conn.buffers.out, &request, route.app, &conn.forwarding);
                 conn.app.clear();
                 conn.app.push_str(route.app);
                 let admitted = Admitted {
@@ -354,25 +335,30 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
         admitted: &Admitted,
     ) -> Result<FinalHead, Failure> {
         let (mut host, head) = self.ask(conn, admitted).await?;
-        let host_keeps = self.relay(&mut host, stream, conn, &head).await?;
-        if host_keeps {
-            self.pool.give(admitted.ingress, host, admitted.started);
+        let client_write_timeout = Duration::from_millis(CLIENT_WRITE_TIMEOUT_MS);
+        let read_timeout = Some(self.upstream_read_timeout);
+        let relayed = exchange::relay(&mut host, stream, &mut conn.buffers, &head, read_timeout, client_write_timeout)
+            .await
+            .map_err(|_| Failure::Broken(Some(head.status)))?;
+        if relayed.upstream_keeps {
+            self.pool.give(&admitted.ingress, host, admitted.started);
         }
         Ok(head)
     }
 
-    /// Sends the request header (in `conn.out`) and reads the answer's header into
-    /// `conn.host_bytes`, over a pooled connection or a new one; on return `conn.out` holds
-    /// the client's answer header. A request goes again when nothing reached the host (a
-    /// failed connect, up to [`CONNECT_RETRIES_MAX`] times) or when a pooled connection the
-    /// host had closed got no answer (once, on a new connection; the lane serves only `GET`
-    /// and `HEAD`, which may be repeated).
+    /// Sends the request header (in `conn.buffers.out`) and reads the answer's header, over a
+    /// pooled connection or a new one; on return `conn.buffers.out` holds the client's answer
+    /// header. A request goes again when nothing reached the host (a failed connect, up to
+    /// [`CONNECT_RETRIES_MAX`] times) or when a pooled connection the host had closed got no
+    /// answer (once, on a new connection; the lane serves only `GET` and `HEAD`, which may be
+    /// repeated).
     async fn ask(&self, conn: &mut Connection, admitted: &Admitted) -> Result<(TcpStream, FinalHead), Failure> {
         let (mut connect_failures, mut stale_retried) = (0u32, false);
+        let asked = Asked { head: admitted.head, close: admitted.close };
         loop {
             // After a pooled connection turned out closed, the others may be too (a host that
             // restarted closes them all): the request goes again on a new one.
-            let pooled = if stale_retried { None } else { self.pool.take(admitted.ingress, admitted.started) };
+            let pooled = if stale_retried { None } else { self.pool.take(&admitted.ingress, admitted.started) };
             let (mut host, reused) = match pooled {
                 Some(host) => (host, true),
                 None => match connect(admitted.ingress).await {
@@ -390,7 +376,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
                     }
                 },
             };
-            match self.attempt(&mut host, conn, admitted).await {
+            match exchange::attempt(&mut host, &mut conn.buffers, asked, Some(self.upstream_read_timeout)).await {
                 Ok(head) => return Ok((host, head)),
                 Err(AttemptError::ClosedUnanswered) if reused && !stale_retried => {
                     tracing::debug!(app = %conn.app, "pooled host connection was closed; asking again");
@@ -402,120 +388,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
                     return Err(Failure::Host(502));
                 }
             }
-        }
-    }
-
-    /// One attempt: the request header out, the answer's header (past any 1xx) back.
-    async fn attempt(
-        &self,
-        host: &mut TcpStream,
-        conn: &mut Connection,
-        admitted: &Admitted,
-    ) -> Result<FinalHead, AttemptError> {
-        let Connection { host_bytes: answer, out, .. } = conn;
-        match within(self.upstream_read_timeout, host.write_all(out)).await {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => return Err(AttemptError::TimedOut),
-            Err(_) => return Err(AttemptError::ClosedUnanswered),
-        }
-        answer.clear();
-        let mut informational = 0;
-        loop {
-            match answer::parse_head(answer, admitted.head, admitted.close, out) {
-                Ok(Head::Final(head)) => return Ok(head),
-                Ok(Head::Informational(bytes)) => {
-                    informational += 1;
-                    if informational > INFORMATIONAL_RESPONSES_MAX {
-                        return Err(AttemptError::Broken);
-                    }
-                    answer.advance(bytes);
-                    continue;
-                }
-                Ok(Head::Partial) if answer.len() < ANSWER_HEADER_BYTES_MAX => {}
-                Ok(Head::Partial) | Err(_) => return Err(AttemptError::Broken),
-            }
-            answer.reserve(READ_BYTES);
-            match timeout(self.upstream_read_timeout, host.read_buf(answer)).await {
-                Ok(Ok(0)) | Ok(Err(_)) if answer.is_empty() && informational == 0 => {
-                    return Err(AttemptError::ClosedUnanswered)
-                }
-                Ok(Ok(0)) | Ok(Err(_)) => return Err(AttemptError::Broken),
-                Ok(Ok(_)) => {}
-                Err(_) => return Err(AttemptError::TimedOut),
-            }
-        }
-    }
-
-    /// Passes the answer's header (in `conn.out`) and body on to the client as they come;
-    /// returns whether the host connection can take another request.
-    async fn relay(
-        &self,
-        host: &mut TcpStream,
-        stream: &mut Stream,
-        conn: &mut Connection,
-        head: &FinalHead,
-    ) -> Result<bool, Failure> {
-        let Connection { host_bytes: answer, out, .. } = conn;
-        let broken = || Failure::Broken(Some(head.status));
-        answer.advance(head.header_bytes);
-        let mut body = Body::new(head.framing);
-        let taken = body.take(answer).map_err(|_| broken())?;
-        // Bytes past the answer's end mean the host and the lane disagree on framing.
-        let mut overran = taken < answer.len();
-        out.extend_from_slice(&answer[..taken]);
-        write_client(stream, out).await.map_err(|_| broken())?;
-        while !body.ended() {
-            answer.clear();
-            answer.reserve(READ_BYTES);
-            let read = timeout(self.upstream_read_timeout, host.read_buf(answer)).await;
-            match read {
-                Ok(Ok(0)) if head.framing == Framing::UntilClose => break,
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(broken()),
-                Ok(Ok(_)) => {}
-            }
-            let taken = body.take(answer).map_err(|_| broken())?;
-            overran |= taken < answer.len();
-            write_client(stream, &answer[..taken]).await.map_err(|_| broken())?;
-        }
-        Ok(head.host_keeps && !overran)
-    }
-}
-
-/// Follows an answer's body to its end.
-enum Body {
-    Left(u64),
-    Chunked(Chunked),
-    UntilClose,
-}
-
-impl Body {
-    fn new(framing: Framing) -> Self {
-        match framing {
-            Framing::Empty => Body::Left(0),
-            Framing::Length(length) => Body::Left(length),
-            Framing::Chunked => Body::Chunked(Chunked::default()),
-            Framing::UntilClose => Body::UntilClose,
-        }
-    }
-
-    /// How many of `bytes` (the next ones from the host) belong to the body.
-    fn take(&mut self, bytes: &[u8]) -> Result<usize, answer::AnswerError> {
-        match self {
-            Body::Left(left) => {
-                let taken = (*left).min(bytes.len() as u64);
-                *left -= taken;
-                Ok(taken as usize)
-            }
-            Body::Chunked(chunked) => chunked.feed(bytes),
-            Body::UntilClose => Ok(bytes.len()),
-        }
-    }
-
-    fn ended(&self) -> bool {
-        match self {
-            Body::Left(left) => *left == 0,
-            Body::Chunked(chunked) => chunked.done(),
-            Body::UntilClose => false,
         }
     }
 }
@@ -531,25 +403,7 @@ async fn connect(host: SocketAddr) -> std::io::Result<TcpStream> {
 
 /// Writes `bytes` to the client and flushes them, within [`CLIENT_WRITE_TIMEOUT_MS`].
 async fn write_client(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
-    let write = async {
-        stream.write_all(bytes).await?;
-        stream.flush().await
-    };
-    within(Duration::from_millis(CLIENT_WRITE_TIMEOUT_MS), write).await
-}
-
-/// Runs a write within `limit`. A write the socket takes at once (nearly all of them) starts
-/// no timer: the clock is read and a timer set only once it has to wait.
-async fn within<F: std::future::Future<Output = std::io::Result<()>>>(
-    limit: Duration,
-    write: F,
-) -> std::io::Result<()> {
-    let mut write = std::pin::pin!(write);
-    let at_once = std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
-    if let std::task::Poll::Ready(done) = at_once {
-        return done;
-    }
-    timeout(limit, write).await.map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+    exchange::write_client(stream, bytes, Duration::from_millis(CLIENT_WRITE_TIMEOUT_MS)).await
 }
 
 /// Answers `status` with no body and closes; whether the answer was written.

@@ -8,10 +8,9 @@ use std::io::Write;
 use std::net::SocketAddr;
 
 use steady_proto::wire::{HEADER_APP, INTERNAL_HEADER_PREFIX};
+use steady_relay::head::{self, tokens};
 
 use crate::edge::EdgeLimits;
-// Hop-by-hop headers besides `Connection` and the ones it names: the proxy's own list.
-use crate::upstream::HOP_BY_HOP;
 
 /// Headers the lane parses in one request; a request with more goes to the proxy, which
 /// applies the edge limit itself.
@@ -106,30 +105,12 @@ pub fn parse<'h, 'b>(
     Parsed::Serve(LaneRequest { method, target, host, close, header_bytes, headers, has_connection })
 }
 
-/// The comma-separated tokens of a header value, trimmed, empty ones skipped.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|b| *b == b',').map(|token| token.trim_ascii()).filter(|token| !token.is_empty())
-}
-
 /// Whether the header `name` stays on the host's side of the LB: internal, hop-by-hop,
 /// forwarding and `Connection`-named headers do not.
 fn goes_on(name: &str, request: &LaneRequest) -> bool {
-    let lower_starts = name.len() >= INTERNAL_HEADER_PREFIX.len()
-        && name.as_bytes()[..INTERNAL_HEADER_PREFIX.len()].eq_ignore_ascii_case(INTERNAL_HEADER_PREFIX.as_bytes());
-    if lower_starts || name.eq_ignore_ascii_case("connection") {
-        return false;
-    }
-    if HOP_BY_HOP.iter().chain(FORWARDING.iter()).any(|n| name.eq_ignore_ascii_case(n)) {
-        return false;
-    }
-    let named = request.has_connection
-        && request
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|h| tokens(h.value))
-            .any(|token| token.eq_ignore_ascii_case(name.as_bytes()));
-    !named
+    !head::starts_with_ignore_case(name, INTERNAL_HEADER_PREFIX)
+        && !FORWARDING.iter().any(|n| name.eq_ignore_ascii_case(n))
+        && !head::is_hop_by_hop(name, request.headers, request.has_connection)
 }
 
 /// What the forwarding headers say about one client connection: written once per connection,
@@ -165,14 +146,7 @@ impl Forwarding {
 /// named and the forwarding headers set for the connection — what
 /// `PublicProxy::app_request` does to the proxy's requests.
 pub fn write_host_request(out: &mut Vec<u8>, request: &LaneRequest, app: &str, forwarding: &Forwarding) {
-    out.clear();
-    let line = [request.method.as_bytes(), b" ", request.target.as_bytes(), b" HTTP/1.1\r\n"];
-    line.iter().for_each(|part| out.extend_from_slice(part));
-    for header in request.headers.iter().filter(|h| goes_on(h.name, request)) {
-        for part in [header.name.as_bytes(), b": ", header.value, b"\r\n"] {
-            out.extend_from_slice(part);
-        }
-    }
+    head::write_request(out, request.method, request.target, request.headers, |h| goes_on(h.name, request));
     let (host, proto) = (request.host.as_bytes(), forwarding.proto.as_bytes());
     let parts: [&[u8]; 17] = [
         HEADER_APP.as_bytes(),

@@ -1,30 +1,30 @@
-//! The answer side of the fast lane: the host's response header, rewritten for the client, and
-//! where its body ends, so that the body passes through as it comes and the host connection
-//! goes back to the pool only when the answer ended where its framing said.
+//! The answer side of a lane: the upstream's response header, rewritten for the client, and
+//! where its body ends, so that the body passes through as it comes and the upstream
+//! connection goes back to the pool only when the answer ended where its framing said.
 
 use thiserror::Error;
 
-/// Headers read in one host answer; more is a broken host (502).
+/// Headers read in one upstream answer; more is a broken upstream (502).
 pub const ANSWER_HEADERS_MAX: usize = 128;
 
 /// Bytes of one chunk-size line or trailer line in a chunked body; past it the answer is
-/// broken off (a host sends a handful of hex digits).
+/// broken off (an upstream sends a handful of hex digits).
 const CHUNK_LINE_BYTES_MAX: usize = 4096;
 
 /// Bytes of a chunked body's trailer section.
 const TRAILER_BYTES_MAX: usize = 16 * 1024;
 
-/// Headers that describe the host's connection, not the answer; the client gets its own.
+/// Headers that describe the upstream's connection, not the answer; the client gets its own.
 const HOP_BY_HOP: [&str; 5] = ["connection", "keep-alive", "proxy-connection", "upgrade", "te"];
 
-/// Why a host's answer cannot be passed on.
+/// Why an upstream's answer cannot be passed on.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum AnswerError {
     /// The header does not parse as HTTP/1.x, or says something the lane refuses.
-    #[error("host answer is malformed: {0}")]
+    #[error("upstream answer is malformed: {0}")]
     Malformed(&'static str),
     /// The chunked body's framing is broken.
-    #[error("host's chunked body is malformed: {0}")]
+    #[error("upstream's chunked body is malformed: {0}")]
     Chunked(&'static str),
 }
 
@@ -37,11 +37,11 @@ pub enum Framing {
     Length(u64),
     /// Chunked: ends with the zero-size chunk and its trailer.
     Chunked,
-    /// Neither: the body ends when the host closes (the client connection closes after it).
+    /// Neither: the body ends when the upstream closes (the client connection closes after it).
     UntilClose,
 }
 
-/// A host answer's header, parsed.
+/// An upstream answer's header, parsed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Head {
     /// Not complete yet.
@@ -56,19 +56,19 @@ pub enum Head {
 #[derive(Debug, PartialEq, Eq)]
 pub struct FinalHead {
     pub status: u16,
-    /// Bytes of the header in the host's bytes, blank line included.
+    /// Bytes of the header in the upstream's bytes, blank line included.
     pub header_bytes: usize,
     pub framing: Framing,
-    /// The host may take another request on this connection afterwards.
-    pub host_keeps: bool,
+    /// The upstream may take another request on this connection afterwards.
+    pub upstream_keeps: bool,
     /// The client connection closes after this answer.
     pub client_closes: bool,
 }
 
 /// Parses the answer header at the start of `bytes` (to a `HEAD` request when `head`) and, for
-/// the real answer, writes the client's header into `out` (cleared first): the host's status
+/// the real answer, writes the client's header into `out` (cleared first): the upstream's status
 /// and headers as HTTP/1.1 without its hop-by-hop ones, plus `connection: close` when the
-/// client's connection ends with it (`close`, or a body that only the host's close ends).
+/// client's connection ends with it (`close`, or a body that only the upstream's close ends).
 pub fn parse_head(bytes: &[u8], head: bool, close: bool, out: &mut Vec<u8>) -> Result<Head, AnswerError> {
     let mut headers = [httparse::EMPTY_HEADER; ANSWER_HEADERS_MAX];
     let mut answer = httparse::Response::new(&mut headers);
@@ -90,8 +90,8 @@ pub fn parse_head(bytes: &[u8], head: bool, close: bool, out: &mut Vec<u8>) -> R
     let connection = |h: &&httparse::Header| h.name.eq_ignore_ascii_case("connection");
     let names = |token: &[u8]| answer.headers.iter().filter(connection).any(|h| has_token(h.value, token));
     let has_connection = answer.headers.iter().any(|h| connection(&h));
-    let host_closes = has_connection && names(b"close");
-    let host_keeps = version == 1 && !host_closes && framing != Framing::UntilClose;
+    let upstream_closes = has_connection && names(b"close");
+    let upstream_keeps = version == 1 && !upstream_closes && framing != Framing::UntilClose;
     let client_closes = close || framing == Framing::UntilClose;
     out.clear();
     let reason = answer.reason.unwrap_or_default();
@@ -111,7 +111,7 @@ pub fn parse_head(bytes: &[u8], head: bool, close: bool, out: &mut Vec<u8>) -> R
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    Ok(Head::Final(FinalHead { status, header_bytes, framing, host_keeps, client_closes }))
+    Ok(Head::Final(FinalHead { status, header_bytes, framing, upstream_keeps, client_closes }))
 }
 
 /// Whether the comma-separated header `value` lists `token` (any case).
@@ -164,6 +164,8 @@ pub struct Chunked {
     line_bytes: usize,
     /// Bytes of the trailer section so far.
     trailer_bytes: usize,
+    /// Data bytes so far (the body without its framing).
+    data_bytes: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +199,7 @@ impl Chunked {
             if let ChunkState::Data(left) = self.state {
                 let take = left.min((bytes.len() - at) as u64);
                 at += take as usize;
+                self.data_bytes += take;
                 self.state =
                     if take == left { ChunkState::DataEnd { cr_seen: false } } else { ChunkState::Data(left - take) };
                 continue;
@@ -210,6 +213,11 @@ impl Chunked {
     /// Whether the body has ended.
     pub fn done(&self) -> bool {
         self.state == ChunkState::Done
+    }
+
+    /// Data bytes so far, without the chunks' framing.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes
     }
 
     /// Takes one framing byte.
@@ -265,6 +273,65 @@ impl Chunked {
     }
 }
 
+/// Follows an answer's body to its end.
+#[derive(Debug)]
+pub enum BodyEnd {
+    /// Bytes of a known length still to come (of `total`).
+    Left {
+        left: u64,
+        total: u64,
+    },
+    Chunked(Chunked),
+    /// The upstream's close ends it; the count is the bytes so far.
+    UntilClose(u64),
+}
+
+impl BodyEnd {
+    /// Follows a body framed as `framing`.
+    pub fn new(framing: Framing) -> Self {
+        match framing {
+            Framing::Empty => BodyEnd::Left { left: 0, total: 0 },
+            Framing::Length(length) => BodyEnd::Left { left: length, total: length },
+            Framing::Chunked => BodyEnd::Chunked(Chunked::default()),
+            Framing::UntilClose => BodyEnd::UntilClose(0),
+        }
+    }
+
+    /// How many of `bytes` (the next ones from the upstream) belong to the body.
+    pub fn take(&mut self, bytes: &[u8]) -> Result<usize, AnswerError> {
+        match self {
+            BodyEnd::Left { left, .. } => {
+                let taken = (*left).min(bytes.len() as u64);
+                *left -= taken;
+                Ok(taken as usize)
+            }
+            BodyEnd::Chunked(chunked) => chunked.feed(bytes),
+            BodyEnd::UntilClose(so_far) => {
+                *so_far += bytes.len() as u64;
+                Ok(bytes.len())
+            }
+        }
+    }
+
+    /// Whether the body has ended (a body that the upstream's close ends never has).
+    pub fn ended(&self) -> bool {
+        match self {
+            BodyEnd::Left { left, .. } => *left == 0,
+            BodyEnd::Chunked(chunked) => chunked.done(),
+            BodyEnd::UntilClose(_) => false,
+        }
+    }
+
+    /// The body's data bytes so far, without chunked framing.
+    pub fn data_bytes(&self) -> u64 {
+        match self {
+            BodyEnd::Left { left, total } => total - left,
+            BodyEnd::Chunked(chunked) => chunked.data_bytes(),
+            BodyEnd::UntilClose(so_far) => *so_far,
+        }
+    }
+}
+
 /// The value of a hex digit.
 fn hex(byte: u8) -> Option<u64> {
     (byte as char).to_digit(16).map(u64::from)
@@ -283,13 +350,13 @@ mod tests {
     }
 
     #[test]
-    fn a_length_answer_passes_on_without_the_hosts_connection_headers() {
+    fn a_length_answer_passes_on_without_the_upstreams_connection_headers() {
         let bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
             Keep-Alive: timeout=5\r\nSet-Cookie: a=1\r\n\r\nhello";
         let (head, out) = final_head(bytes, false, false);
         assert_eq!(head.framing, Framing::Length(5));
         assert_eq!(head.header_bytes, bytes.len() - 5);
-        assert!(head.host_keeps && !head.client_closes);
+        assert!(head.upstream_keeps && !head.client_closes);
         assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nSet-Cookie: a=1\r\n\r\n");
     }
 
@@ -306,11 +373,11 @@ mod tests {
             Framing::Length(3)
         );
         let (until_close, out) = final_head(b"HTTP/1.0 200 OK\r\n\r\n", false, false);
-        assert!(!until_close.host_keeps && until_close.client_closes);
+        assert!(!until_close.upstream_keeps && until_close.client_closes);
         assert!(out.ends_with("connection: close\r\n\r\n"), "{out}");
         let (closing, _) =
             final_head(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", false, false);
-        assert!(!closing.host_keeps && !closing.client_closes);
+        assert!(!closing.upstream_keeps && !closing.client_closes);
     }
 
     #[test]
@@ -344,7 +411,23 @@ mod tests {
             let second = chunked.feed(&rest).expect("valid framing");
             assert_eq!(split + second, body.len(), "split at {split}");
             assert!(chunked.done());
+            assert_eq!(chunked.data_bytes(), 21, "hello and sixteen bytes");
         }
+    }
+
+    #[test]
+    fn a_length_body_ends_at_its_length_and_counts_what_passed() {
+        let mut body = BodyEnd::new(Framing::Length(7));
+        assert_eq!(body.take(b"hell").expect("taken"), 4);
+        assert!(!body.ended());
+        assert_eq!(body.take(b"o w!HTTP/1.1").expect("taken"), 3);
+        assert!(body.ended());
+        assert_eq!(body.data_bytes(), 7);
+        let mut until_close = BodyEnd::new(Framing::UntilClose);
+        assert_eq!(until_close.take(b"abc").expect("taken"), 3);
+        assert!(!until_close.ended());
+        assert_eq!(until_close.data_bytes(), 3);
+        assert!(BodyEnd::new(Framing::Empty).ended());
     }
 
     #[test]
