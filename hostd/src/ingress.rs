@@ -1,8 +1,14 @@
 //! App traffic from the load balancers: find the app, wake it if needed, forward the request
 //! over the app's Unix socket (a pooled keep-alive connection, [`pool`]), stream the answer
 //! back and write the request log.
+//!
+//! [`serve`] runs the listener: the common request (a bodiless `GET` or `HEAD`) is served by
+//! the [`lane`] straight from its bytes; every other one by the axum [`router`] below.
 
+pub mod lane;
 mod pool;
+
+pub use lane::serve;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -67,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(apps.clone().crons());
     tokio::spawn(apps.clone().keep_warm());
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
-    let ingress_server = serve(ingress_listener, ingress::router(apps.clone(), request_body_max_bytes), stop.clone());
+    let ingress_server = ingress::serve(ingress_listener, apps.clone(), request_body_max_bytes, stop.clone());
     let api_server = serve(api_listener, api::router(apps.clone(), builder, bundle_size_max_bytes), stop);
     if let Some(path) = ready_file {
         let ready = serde_json::json!({ "ingress": host.ingress_addr, "api": host.api_addr });
