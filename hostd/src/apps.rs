@@ -1187,6 +1187,16 @@ impl Apps {
             self.sleep_idle().await;
             self.enforce_awake_max().await;
             self.collect_expired().await;
+            self.flush_request_logs();
+        }
+    }
+
+    /// Writes the request log lines waiting in memory (`log::RequestLog`), so that a quiet app's
+    /// last requests reach its file within a housekeeping tick.
+    fn flush_request_logs(&self) {
+        let slots: Vec<Arc<Slot>> = self.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for slot in slots {
+            slot.requests.flush();
         }
     }
 
