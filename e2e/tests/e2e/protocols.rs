@@ -312,3 +312,47 @@ fn pipelined_requests_are_answered_in_order_and_close_is_honoured() {
     assert!(rest.to_ascii_lowercase().contains("connection: close"), "{rest}");
     assert_eq!(json(rest.split("\r\n\r\n").nth(1).expect("a body"))["served"].as_u64(), Some(4), "{rest}");
 }
+
+/// hostd's ingress serves what the LBs send it on one keep-alive connection: pipelined
+/// requests in order, its own error answers (a `HEAD` one without a body) without closing,
+/// then a request with a body and what follows it; the requests are in the app's log at once.
+#[test]
+fn the_ingress_serves_pipelined_requests_its_own_errors_and_bodies_on_one_connection() {
+    use std::io::Write;
+    let (cluster, _) = mirror_connection();
+    let mut stream = TcpStream::connect(cluster.hosts[0].ingress).expect("connect to the ingress");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let get =
+        |path: &str, app: &str| format!("GET {path} HTTP/1.1\r\nHost: {app}.localhost\r\nx-steady-app: {app}\r\n\r\n");
+    stream.write_all(format!("{}{}", get("/a", "mirror"), get("/b", "mirror")).as_bytes()).expect("send");
+    for expected in [1, 2] {
+        let (status, text) = read_response(&mut stream);
+        assert_eq!((status, json(&text)["served"].as_u64()), (200, Some(expected)), "{text}");
+    }
+    stream.write_all(get("/", "nothing-here").as_bytes()).expect("send");
+    let (status, text) = read_response(&mut stream);
+    assert_eq!(status, 404, "{text}");
+    assert!(text.contains("unknown_app"), "{text}");
+    let head = "HEAD / HTTP/1.1\r\nHost: x.localhost\r\nx-steady-app: nothing-here\r\n\r\n";
+    stream.write_all(format!("{head}{}", get("/c", "mirror")).as_bytes()).expect("send");
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("the HEAD answer");
+        answer.push(byte[0]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 404"), "{}", String::from_utf8_lossy(&answer));
+    let (status, text) = read_response(&mut stream);
+    assert_eq!((status, json(&text)["served"].as_u64()), (200, Some(3)), "no body after the HEAD answer: {text}");
+    let post = "POST /d HTTP/1.1\r\nHost: mirror.localhost\r\nx-steady-app: mirror\r\nContent-Length: 5\r\n\r\nhello";
+    stream.write_all(format!("{post}{}", get("/e", "mirror")).as_bytes()).expect("send");
+    let (status, text) = read_response(&mut stream);
+    assert_eq!((status, json(&text)["body"].as_str()), (200, Some("hello")), "{text}");
+    let (status, text) = read_response(&mut stream);
+    assert_eq!((status, json(&text)["served"].as_u64()), (200, Some(5)), "{text}");
+    let requests = cluster.steady(&["requests", "mirror", "--json"]);
+    let requests = String::from_utf8_lossy(&requests.stdout);
+    for path in ["\"/a\"", "\"/b\"", "\"/c\"", "\"/d\"", "\"/e\""] {
+        assert!(requests.contains(path), "{path} is in the request log: {requests}");
+    }
+}
