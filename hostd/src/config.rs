@@ -103,6 +103,10 @@ pub struct Config {
     /// Largest request body forwarded to an app, in bytes; larger ones get 413.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub request_body_max_bytes: u64,
+    /// Most connections the ingress keeps open at once (from LBs and other hosts); past it
+    /// the listener stops accepting until one closes.
+    #[arg(long, default_value_t = 16_384)]
+    pub ingress_connections_max: usize,
     /// Memory limit of each app process (kernel-enforced where cgroups are available).
     #[arg(long, default_value_t = 256)]
     pub app_memory_max_mib: u64,
@@ -126,8 +130,11 @@ impl Config {
         if self.app_memory_max_mib < 32 || self.app_pids_max < 8 || self.app_cpu_max_percent == 0 {
             return Err("app limits too small: memory at least 32 MiB, at least 8 processes, CPU above 0 %".into());
         }
-        if self.app_concurrency_max == 0 || self.request_body_max_bytes == 0 {
-            return Err("--app-concurrency-max and --request-body-max-bytes must be above zero".into());
+        if self.app_concurrency_max == 0 || self.request_body_max_bytes == 0 || self.ingress_connections_max == 0 {
+            return Err(
+                "--app-concurrency-max, --request-body-max-bytes and --ingress-connections-max must be above zero"
+                    .into(),
+            );
         }
         if self.awake_max == 0 {
             return Err("--awake-max must be above zero".into());

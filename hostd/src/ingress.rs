@@ -8,7 +8,7 @@
 pub mod lane;
 mod pool;
 
-pub use lane::serve;
+pub use lane::{serve, IngressLimits};
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -356,3 +356,36 @@ fn the_ingress_serves_pipelined_requests_its_own_errors_and_bodies_on_one_connec
         assert!(requests.contains(path), "{path} is in the request log: {requests}");
     }
 }
+
+/// hostd's ingress keeps at most `--ingress-connections-max` connections open: one more waits
+/// unanswered until another closes, then it is served.
+#[test]
+fn the_ingress_keeps_at_most_its_connections_open_and_serves_the_next_when_one_closes() {
+    use std::io::Write;
+    let cluster = Cluster::start_with(1, &["--ingress-connections-max", "2"]);
+    let ingress = cluster.hosts[0].ingress;
+    let request = b"GET / HTTP/1.1\r\nHost: x.localhost\r\nx-steady-app: nothing-here\r\n\r\n";
+    let ask = |stream: &mut TcpStream| {
+        stream.write_all(request).expect("send");
+        read_response(stream).0
+    };
+    let mut open: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = TcpStream::connect(ingress).expect("connect to the ingress");
+            stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            assert_eq!(ask(&mut stream), 404, "answered by hostd itself");
+            stream
+        })
+        .collect();
+    // The kernel completes the handshake; hostd does not take the connection yet.
+    let mut waiting = TcpStream::connect(ingress).expect("connect to the ingress");
+    waiting.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+    waiting.write_all(request).expect("send");
+    let mut byte = [0u8; 1];
+    let unanswered = waiting.read(&mut byte).expect_err("no answer past the bound");
+    assert!(matches!(unanswered.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+    drop(open.pop());
+    waiting.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    assert_eq!(read_response(&mut waiting).0, 404, "served once a place is free");
+    assert_eq!(ask(&mut open[0]), 404, "the first connection still serves");
+}

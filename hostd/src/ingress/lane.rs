@@ -135,17 +135,28 @@ pub fn decide<'b>(bytes: &'b [u8], out: &mut Vec<u8>) -> Decision<'b> {
     Decision::Serve(LaneRequest { app, method, target, close, header_bytes })
 }
 
+/// The ingress listener's bounds (`--request-body-max-bytes`, `--ingress-connections-max`).
+#[derive(Debug, Clone, Copy)]
+pub struct IngressLimits {
+    /// Largest request body the router forwards (larger: 413).
+    pub body_max_bytes: u64,
+    /// Connections open at once; past it the listener stops accepting until one closes (the
+    /// rest wait in the kernel's backlog).
+    pub connections_max: usize,
+}
+
 /// Serves the ingress listener until `stop` turns true, then waits for the connections it
 /// accepted to finish what they are doing.
 pub fn serve(
     listener: TcpListener,
     apps: Arc<Apps>,
-    body_max_bytes: u64,
+    limits: IngressLimits,
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let lane =
-        Arc::new(Lane { router: super::router(apps.clone(), body_max_bytes), apps, pool: IdlePool::new(APP_POOL) });
-    tokio::spawn(lane.accept(listener, stop))
+    assert!(limits.connections_max > 0, "an ingress that accepts nothing");
+    let router = super::router(apps.clone(), limits.body_max_bytes);
+    let lane = Arc::new(Lane { router, apps, pool: IdlePool::new(APP_POOL) });
+    tokio::spawn(lane.accept(listener, limits.connections_max, stop))
 }
 
 struct Lane {
@@ -183,10 +194,13 @@ struct Taken {
 }
 
 impl Lane {
-    async fn accept(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    async fn accept(self: Arc<Self>, listener: TcpListener, connections_max: usize, mut stop: watch::Receiver<bool>) {
         // Every connection task holds a sender; the stop waits until all are dropped.
         let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+        let places = Arc::new(tokio::sync::Semaphore::new(connections_max));
+        let mut saturated = false;
         loop {
+            let Some(place) = place(&places, &mut saturated, &mut stop).await else { break };
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = stopped(&mut stop) => break,
@@ -203,7 +217,7 @@ impl Lane {
             let (lane, stop, open) = (self.clone(), stop.clone(), open.clone());
             tokio::spawn(async move {
                 lane.connection(stream, stop).await;
-                drop(open);
+                drop((open, place));
             });
         }
         drop(open);
@@ -378,6 +392,28 @@ impl Lane {
         if let Err(error) = served {
             tracing::debug!(%error, "ingress connection ended with an error");
         }
+    }
+}
+
+/// A place among the open connections' bounded places, waiting for one to close when
+/// there is none; `None` when the host stops first. `saturated` remembers a spell at the
+/// bound, so it is logged once, not once per connection.
+async fn place(
+    places: &Arc<tokio::sync::Semaphore>,
+    saturated: &mut bool,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if let Ok(place) = places.clone().try_acquire_owned() {
+        *saturated = false;
+        return Some(place);
+    }
+    if !*saturated {
+        tracing::warn!("ingress connections at their bound (--ingress-connections-max); waiting for one to close");
+        *saturated = true;
+    }
+    tokio::select! {
+        place = places.clone().acquire_owned() => Some(place.expect("the semaphore is never closed")),
+        () = stopped(stop) => None,
     }
 }
 
