@@ -95,35 +95,18 @@ pub fn decide<'b>(bytes: &'b [u8], out: &mut Vec<u8>) -> Decision<'b> {
         Ok(httparse::Status::Partial) if bytes.len() <= HEADER_BYTES_MAX => return Decision::Partial,
         Ok(httparse::Status::Partial) | Err(_) => return Decision::HandOn,
     };
-    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version) else {
+    let Some(head::Bodiless { method, target, close, has_connection }) = head::bodiless(&request) else {
         return Decision::HandOn;
     };
-    if !matches!(method, "GET" | "HEAD") || !target.starts_with('/') {
+    let headers = request.headers;
+    // Probes and requests forwarded between hosts are the router's.
+    let routers = [HEADER_PROBE, HEADER_FORWARDED_BY];
+    if headers.iter().any(|h| routers.iter().any(|n| h.name.eq_ignore_ascii_case(n))) {
         return Decision::HandOn;
     }
-    let headers = request.headers;
-    let (mut app, mut apps, mut close, mut has_connection) = (None, 0, false, false);
-    for header in headers.iter() {
-        let name = header.name;
-        if name.eq_ignore_ascii_case(HEADER_APP) {
-            apps += 1;
-            app = std::str::from_utf8(header.value).ok();
-        } else if name.eq_ignore_ascii_case("content-length") {
-            if header.value != b"0" {
-                return Decision::HandOn;
-            }
-        } else if ["transfer-encoding", "upgrade", "expect", HEADER_PROBE, HEADER_FORWARDED_BY]
-            .iter()
-            .any(|n| name.eq_ignore_ascii_case(n))
-        {
-            return Decision::HandOn;
-        } else if name.eq_ignore_ascii_case("connection") {
-            has_connection = true;
-            close |= head::tokens(header.value).any(|token| token.eq_ignore_ascii_case(b"close"));
-        }
-    }
-    let app = match app {
-        Some(app) if apps == 1 && !app.is_empty() => app,
+    let mut apps = headers.iter().filter(|h| h.name.eq_ignore_ascii_case(HEADER_APP)).map(|h| h.value);
+    let app = match (apps.next().map(std::str::from_utf8), apps.next()) {
+        (Some(Ok(app)), None) if !app.is_empty() => app,
         _ => return Decision::HandOn,
     };
     let keep = |h: &httparse::Header| {

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 
 use steady_proto::wire::{HEADER_APP, INTERNAL_HEADER_PREFIX};
-use steady_relay::head::{self, tokens};
+use steady_relay::head;
 
 use crate::edge::EdgeLimits;
 
@@ -68,36 +68,20 @@ pub fn parse<'h, 'b>(
         Ok(httparse::Status::Partial) if bytes.len() <= limits.header_bytes_max => return Parsed::Partial,
         Ok(httparse::Status::Partial) | Err(_) => return Parsed::HandOn,
     };
-    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version) else {
+    let Some(head::Bodiless { method, target, close, has_connection }) = head::bodiless(&request) else {
         return Parsed::HandOn;
     };
     let headers: &'h [httparse::Header<'b>] = request.headers;
-    if !matches!(method, "GET" | "HEAD") || !target.starts_with('/') || target.len() > limits.uri_bytes_max {
-        return Parsed::HandOn;
-    }
     let header_sum: usize = headers.iter().map(|h| h.name.len() + h.value.len()).sum();
-    if headers.len() > limits.header_count_max || header_sum > limits.header_bytes_max {
+    let over_limits = target.len() > limits.uri_bytes_max
+        || headers.len() > limits.header_count_max
+        || header_sum > limits.header_bytes_max;
+    if over_limits {
         return Parsed::HandOn;
     }
-    let (mut host, mut hosts, mut close, mut has_connection) = (None, 0, false, false);
-    for header in headers {
-        let name = header.name;
-        if name.eq_ignore_ascii_case("host") {
-            hosts += 1;
-            host = Some(header.value);
-        } else if name.eq_ignore_ascii_case("content-length") {
-            if header.value != b"0" {
-                return Parsed::HandOn;
-            }
-        } else if ["transfer-encoding", "upgrade", "expect"].iter().any(|n| name.eq_ignore_ascii_case(n)) {
-            return Parsed::HandOn;
-        } else if name.eq_ignore_ascii_case("connection") {
-            has_connection = true;
-            close |= tokens(header.value).any(|token| token.eq_ignore_ascii_case(b"close"));
-        }
-    }
-    let host = match host {
-        Some(host) if hosts == 1 && steady_proto::name::valid_host(host) => host,
+    let mut hosts = headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host")).map(|h| h.value);
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(host), None) if steady_proto::name::valid_host(host) => host,
         _ => return Parsed::HandOn,
     };
     // valid_host admits ASCII only.
