@@ -212,21 +212,16 @@ impl Lane {
         // Headers go out in one write each; waiting to coalesce them only adds latency.
         let _ = stream.set_nodelay(true);
         let mut conn = Connection { client_bytes: BytesMut::with_capacity(READ_BYTES), ..Default::default() };
-        loop {
+        let handed_on = loop {
             let Some(taken) = self.next_request(&mut stream, &mut conn, &mut stop).await else { return };
-            let Some(taken) = taken else {
-                let read = conn.client_bytes.split().freeze();
-                return self.hand_on(stream, read, stop).await;
-            };
+            let Some(taken) = taken else { break conn.client_bytes };
             match self.serve(&mut stream, &mut conn, taken).await {
                 Served::Keep => {}
                 Served::Close => return,
-                Served::HandOn => {
-                    let read = conn.client_bytes.split().freeze();
-                    return self.hand_on(stream, read, stop).await;
-                }
+                Served::HandOn => break conn.client_bytes,
             }
-        }
+        };
+        self.hand_on(stream, handed_on.freeze(), stop).await
     }
 
     /// Reads until the buffer starts with a whole request header and decides it: `None` when
@@ -330,11 +325,11 @@ impl Lane {
         let (mut stale_retried, mut woke_again) = (false, false);
         loop {
             let pooled = if stale_retried { None } else { self.pool.take(lease.socket.as_path(), Instant::now()) };
-            let failure = match pooled {
+            let connected = match pooled {
                 Some(app) => Ok((app, true)),
                 None => UnixStream::connect(&lease.socket).await.map(|app| (app, false)).map_err(|e| e.to_string()),
             };
-            let failure = match failure {
+            let failure = match connected {
                 Ok((mut app, reused)) => match exchange::attempt(&mut app, &mut conn.buffers, asked, None).await {
                     Ok(head) => return Ok((app, head)),
                     Err(AttemptError::ClosedUnanswered) if reused && !stale_retried => {
