@@ -79,7 +79,8 @@ pub struct Config {
     /// should send a heartbeat more often.
     #[arg(long, default_value_t = 120_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub upstream_read_timeout_ms: u64,
-    /// Worker threads per listener.
+    /// Worker threads of the public listener: each serves the connections it accepts, with its
+    /// own pool of host connections (the private listener has one thread).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     /// How app traffic reaches host daemons: `http1` (pooled keep-alive connections) or `h2c`

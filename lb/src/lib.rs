@@ -12,6 +12,8 @@
 //! ([`sessions`]); a stop waits for the requests in flight ([`drain`]). The common app
 //! request (a bodiless `GET`/`HEAD` over HTTP/1.1) is served straight from the client's bytes
 //! on pooled host connections ([`fastlane`]); every other request goes through pingora's proxy.
+//! Each worker thread runs its own copy of the public service on a socket of its own
+//! ([`workers`]).
 
 pub mod certs;
 pub mod config;
@@ -30,3 +32,4 @@ pub mod routing;
 pub mod sessions;
 pub mod upstream;
 pub mod watch;
+pub mod workers;

@@ -5,15 +5,17 @@
 use std::sync::Arc;
 
 use clap::Parser;
+use pingora::apps::ServerApp;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 use steady_lb::certs::{CertReloader, CertStore};
 use steady_lb::config::Config;
 use steady_lb::drain::{Drain, InFlight};
 use steady_lb::fastlane::{FastLane, LaneTimeouts};
 use steady_lb::sessions::PublicSessions;
-use steady_lb::{private::PrivateProxy, public::PublicProxy, routing::Routes, watch::SlicerWatch};
+use steady_lb::{private::PrivateProxy, public::PublicProxy, routing::Routes, watch::SlicerWatch, workers};
 
 /// Every request allocates and frees dozens of small buffers across worker threads; mimalloc's
 /// per-thread free lists took 15 % off the LB's instructions per request (docs/notes.md).
@@ -53,6 +55,15 @@ fn main() {
         pid_file: config.data.join("lb.pid").display().to_string(),
         ..ServerConf::default()
     };
+    // The public sockets share their address between workers (SO_REUSEPORT); without this check
+    // a second LB of the same user would share it too. An upgrade inherits the old one's sockets.
+    if !config.upgrade {
+        for addr in std::iter::once(config.public).chain(config.tls_listen) {
+            if let Err(message) = workers::ensure_free(addr) {
+                exit_on_bad_config(&message);
+            }
+        }
+    }
     let opt = Opt { upgrade: config.upgrade, ..Opt::default() };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     // With --upgrade this receives the listening sockets from the running LB.
@@ -79,24 +90,18 @@ fn main() {
     )
     .with_upstream_read_timeout_ms(config.upstream_read_timeout_ms)
     .with_host_protocol(config.host_protocol);
-    let proxy = pingora::proxy::http_proxy(&server.configuration, public_proxy.clone());
-    let sessions = PublicSessions::new(proxy, config.header_read_timeout_ms, in_flight.clone());
     let timeouts = LaneTimeouts {
         header_read_ms: config.header_read_timeout_ms,
         upstream_read_ms: config.upstream_read_timeout_ms,
     };
-    let public_app = FastLane::new(sessions, public_proxy, timeouts, in_flight.clone());
-    let mut public = pingora::services::listening::Service::new("public".into(), public_app);
-    public.add_tcp(&config.public.to_string());
-    if let (Some(listen), Some(store)) = (config.tls_listen, &certs) {
-        let mut settings = match pingora::listeners::tls::TlsSettings::intermediate("", "") {
-            Ok(settings) => settings,
-            Err(error) => exit_on_bad_config(&format!("TLS settings: {error}")),
-        };
-        settings.set_cert_resolver(store.clone());
-        public.add_tls_with_settings(&listen.to_string(), None, settings);
-    }
-    public.threads = Some(config.threads);
+    let publics: Vec<_> = (0..config.threads)
+        .map(|worker| {
+            let proxy = pingora::proxy::http_proxy(&server.configuration, public_proxy.clone());
+            let sessions = PublicSessions::new(proxy, config.header_read_timeout_ms, in_flight.clone());
+            let lane = FastLane::new(sessions, public_proxy.clone(), timeouts, in_flight.clone());
+            public_worker(worker, lane, &config, certs.as_ref())
+        })
+        .collect();
     let private_proxy = PrivateProxy::new(routes.clone(), metrics, gateway).with_in_flight(in_flight.clone());
     let mut private = pingora::proxy::http_proxy_service(&server.configuration, private_proxy);
     private.add_tcp(&config.private.to_string());
@@ -104,7 +109,9 @@ fn main() {
     let watch = background_service("slicer watch", SlicerWatch::new(config.slicer, routes));
     let drain = background_service("drain", Drain::new(in_flight, config.drain_timeout_ms));
 
-    server.add_service(public);
+    for public in publics {
+        server.add_service(public);
+    }
     server.add_service(private);
     server.add_service(watch);
     server.add_service(drain);
@@ -120,6 +127,29 @@ fn main() {
         "load balancer starting"
     );
     server.run_forever();
+}
+
+/// Worker `worker`'s public service: one thread, its own sockets on the public (and TLS)
+/// addresses (`steady_lb::workers`).
+fn public_worker<A: ServerApp + Send + Sync + 'static>(
+    worker: usize,
+    lane: A,
+    config: &Config,
+    certs: Option<&Arc<CertStore>>,
+) -> Service<A> {
+    let mut public = Service::new(format!("public {worker}"), lane);
+    public.add_tcp_with_settings(&workers::listen_key(config.public, worker), workers::socket_options());
+    if let (Some(listen), Some(store)) = (config.tls_listen, certs) {
+        let mut settings = match pingora::listeners::tls::TlsSettings::intermediate("", "") {
+            Ok(settings) => settings,
+            Err(error) => exit_on_bad_config(&format!("TLS settings: {error}")),
+        };
+        settings.set_cert_resolver(store.clone());
+        let key = workers::listen_key(listen, worker);
+        public.add_tls_with_settings(&key, Some(workers::socket_options()), settings);
+    }
+    public.threads = Some(1);
+    public
 }
 
 /// Reports a configuration error and exits with code 2.

@@ -52,9 +52,9 @@ use request::{Forwarding, Parsed, LANE_HEADERS_MAX};
 /// Stop signals connections are spread over.
 const STOP_SHARDS: usize = 16;
 
-/// Idle connections the lane keeps to hosts: enough per host for every connection of a busy
-/// client-side burst to find one again, closed well before a host daemon's ingress would
-/// close them.
+/// Idle connections each worker's lane keeps to hosts (`crate::workers`: one lane per worker
+/// thread): enough per host for every connection of a busy client-side burst to find one
+/// again, closed well before a host daemon's ingress would close them.
 pub const HOST_POOL: PoolBounds = PoolBounds { idle_per_upstream_max: 256, idle_total_max: 1024, idle_ms_max: 30_000 };
 
 /// How long one write to a client may wait for the client to read; a client that stops reading
