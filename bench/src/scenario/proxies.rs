@@ -58,6 +58,8 @@ pub struct Measured {
     /// CPU time the proxy processes spent per request (µs): user + system over the run.
     /// Fairer than req/s on a machine whose cores the load generator and app share.
     pub proxy_cpu_us_per_request: Option<f64>,
+    /// Busy CPU time of the whole machine per request (µs): load generator, proxies and app.
+    pub machine_cpu_us_per_request: f64,
 }
 
 /// A child process stopped (its process group) when dropped.
@@ -168,19 +170,22 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     for &connections in &options.connections {
         for (name, target, groups) in &targets {
             wrk(&dir, *target, connections, 2)?;
-            let cpu_before = cpu_seconds(groups);
+            let (cpu_before, machine_before) = (cpu_seconds(groups), machine_busy_seconds());
             let measured = wrk(&dir, *target, connections, options.duration_s)?;
             let cpu = cpu_seconds(groups) - cpu_before;
+            let machine = machine_busy_seconds() - machine_before;
             let requests = measured.0 * options.duration_s as f64;
             let cpu_us = (requests > 0.0 && *name != "bun direct").then(|| cpu * 1e6 / requests);
+            let machine_us = if requests > 0.0 { machine * 1e6 / requests } else { f64::NAN };
             println!(
-                "{name:>17} c={connections:<4} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  errors {}  proxy CPU {}",
+                "{name:>17} c={connections:<4} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  errors {}  proxy CPU {}  machine CPU {:.0} µs/req",
                 measured.0,
                 measured.1,
                 measured.2,
                 measured.3,
                 measured.4,
-                cpu_us.map_or("-".into(), |us| format!("{us:.0} µs/req"))
+                cpu_us.map_or("-".into(), |us| format!("{us:.0} µs/req")),
+                machine_us
             );
             results.push(Measured {
                 target: name.to_string(),
@@ -191,6 +196,7 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
                 p999_ms: measured.3,
                 errors: measured.4,
                 proxy_cpu_us_per_request: cpu_us,
+                machine_cpu_us_per_request: machine_us,
             });
         }
     }
@@ -218,6 +224,19 @@ fn cpu_seconds(groups: &[u32]) -> f64 {
         }
     }
     ticks as f64 / ticks_per_second
+}
+
+/// Busy CPU seconds of the whole machine so far (`/proc/stat`: every state but idle and
+/// waiting for I/O).
+fn machine_busy_seconds() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return 0.0 };
+    let Some(cpu) = stat.lines().next().and_then(|l| l.strip_prefix("cpu ")) else { return 0.0 };
+    let ticks: Vec<u64> = cpu.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
+    // user, nice, system, idle, iowait, irq, softirq, steal (guest time is inside user).
+    let busy: u64 = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
+    busy as f64 / ticks_per_second
 }
 
 /// One wrk run: (req/s, p50, p99, p99.9 in ms, errors).
@@ -348,6 +367,19 @@ fn start_lb_alone(dir: &Path, bun: SocketAddr, threads: &str) -> anyhow::Result<
     Ok((public, vec![lb_daemon, slicer_daemon]))
 }
 
+/// What the full path could reach if each of its two proxy hops (LB, host daemon) cost what
+/// nginx costs per request: the machine spends Bun direct's CPU per request (load generator
+/// and app) plus two such hops, so, with the machine saturated both ways, the full path can do
+/// at most that share of Bun direct's requests.
+fn full_path_ceiling(bun: &Measured, nginx_us: f64) -> String {
+    let direct_us = bun.machine_cpu_us_per_request;
+    let ceiling = direct_us / (direct_us + 2.0 * nginx_us);
+    format!(
+        "{ceiling:.2}× Bun direct if each of its two hops cost nginx's {nginx_us:.0} µs per request \
+         (Bun direct: {direct_us:.0} µs of the machine per request)"
+    )
+}
+
 fn report(dir: &Path, options: &Options, results: &[Measured]) -> anyhow::Result<Report> {
     let mut report = Report::new("proxies", dir, Recorded::default(), &[]);
     report.phases.clear();
@@ -359,7 +391,7 @@ fn report(dir: &Path, options: &Options, results: &[Measured]) -> anyhow::Result
         ),
     );
     let mut table = String::from(
-        "| target | connections | req/s | p50 ms | p99 ms | p99.9 ms | errors | ratio | proxy CPU µs/req |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| target | connections | req/s | p50 ms | p99 ms | p99.9 ms | errors | ratio | proxy CPU µs/req | machine CPU µs/req |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for &connections in &options.connections {
         let of = |name: &str| results.iter().find(|m| m.target == name && m.connections == connections);
@@ -378,9 +410,19 @@ fn report(dir: &Path, options: &Options, results: &[Measured]) -> anyhow::Result
             };
             let cpu = m.proxy_cpu_us_per_request.map_or("-".into(), |us| format!("{us:.0}"));
             table += &format!(
-                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {ratio} | {cpu} |\n",
-                m.target, m.connections, m.requests_per_s, m.p50_ms, m.p99_ms, m.p999_ms, m.errors
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {ratio} | {cpu} | {:.0} |\n",
+                m.target,
+                m.connections,
+                m.requests_per_s,
+                m.p50_ms,
+                m.p99_ms,
+                m.p999_ms,
+                m.errors,
+                m.machine_cpu_us_per_request
             );
+        }
+        if let Some(nginx_us) = nginx.proxy_cpu_us_per_request {
+            report.fact(format!("c={connections}: full path ceiling"), full_path_ceiling(bun, nginx_us));
         }
         report.check(
             format!(
