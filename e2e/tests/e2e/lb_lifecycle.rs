@@ -1,5 +1,6 @@
 //! The LB's own lifecycle: a stop (SIGTERM) lets requests in flight finish, and an upgrade to
-//! a new process (`--upgrade`, then SIGQUIT to the old one) refuses no request.
+//! a new process (`--upgrade`, then SIGQUIT to the old one) refuses no request, and a second
+//! LB on an address the first listens on refuses to start.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -108,4 +109,39 @@ fn a_stopping_lb_lets_its_requests_in_flight_finish_then_exits() {
         // Well before the 20 s drain bound: the LB waits for requests, not for a timer.
         assert!(exited < Duration::from_secs(6), "exited {exited:?} after SIGTERM");
     });
+}
+
+#[test]
+fn a_second_lb_on_a_public_address_in_use_refuses_to_start() {
+    let cluster = Cluster::start(1);
+    let private = format!("127.0.0.1:{}", steady_e2e::free_port("127.0.0.1"));
+    let data = cluster.dir.path().join("second-lb");
+    let mut second = std::process::Command::new(steady_e2e::bin_dir().join("steady-lb"))
+        .args(["--public", &cluster.public.to_string(), "--private", &private, "--slicer", &cluster.slicer_addr])
+        .args(["--domain", "localhost", "--data", &data.display().to_string()])
+        .env_clear()
+        .env("PATH", steady_e2e::tools_path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("steady-lb starts");
+    // Its workers share their address (SO_REUSEPORT): without the check a second LB of the
+    // same user would start and take part of the first one's connections.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("a second LB on {} kept running", cluster.public);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    second.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("stderr read");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("cannot listen on {}", cluster.public)), "{stderr}");
+    assert_eq!(cluster.get("nobody-here", "/").status, 404, "the first LB serves on");
 }
