@@ -149,8 +149,12 @@ impl ClusterFile {
                 return Err(format!("{field} address {address} is used twice"));
             }
         }
-        if let Some(lb) = self.lbs.iter().find(|l| l.threads.is_some_and(|t| t == 0 || t > 256)) {
-            return Err(format!("lbs: threads of {} must be between 1 and 256", lb.public));
+        if let Some(lb) = self.lbs.iter().find(|l| l.threads.is_some_and(|t| t == 0 || t > 31)) {
+            return Err(format!(
+                "lbs: threads of {} must be between 1 and 31 (each LB worker listens on a socket \
+                 of its own, and an upgrade hands over at most 32)",
+                lb.public
+            ));
         }
         Ok(())
     }

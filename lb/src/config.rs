@@ -80,7 +80,8 @@ pub struct Config {
     #[arg(long, default_value_t = 120_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub upstream_read_timeout_ms: u64,
     /// Worker threads of the public listener: each serves the connections it accepts, with its
-    /// own pool of host connections (the private listener has one thread).
+    /// own pool of host connections (the private listener has one thread). At most 31, 15 with
+    /// TLS: each worker has its own listening sockets, and an upgrade hands over at most 32.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     /// How app traffic reaches host daemons: `http1` (pooled keep-alive connections) or `h2c`
@@ -110,9 +111,10 @@ impl Config {
 
     /// Checks the configuration; an error here is a configuration error (exit code 2).
     pub fn validate(self) -> Result<Self, String> {
-        if self.threads == 0 || self.threads > 256 {
-            return Err("--threads must be between 1 and 256".into());
+        if self.threads == 0 {
+            return Err("--threads must be at least 1".into());
         }
+        crate::workers::check_upgrade_bounds(self.threads, self.public, self.tls_listen, self.private)?;
         if self.uri_bytes_max == 0 || self.header_bytes_max == 0 || self.header_count_max == 0 {
             return Err("--uri-bytes-max, --header-bytes-max and --header-count-max must be positive".into());
         }

@@ -31,6 +31,37 @@ pub fn listen_key(addr: SocketAddr, worker: usize) -> String {
     format!("{ip}:{}{}", "0".repeat(worker), addr.port())
 }
 
+/// Listening sockets pingora hands to a new process on an upgrade, at most (the file
+/// descriptors one message carries).
+pub const UPGRADE_SOCKETS_MAX: usize = 32;
+
+/// Bytes of the listening sockets' keys, joined by spaces, pingora hands over with them.
+pub const UPGRADE_KEYS_BYTES_MAX: usize = 2048;
+
+/// Checks that an upgrade can hand every listening socket to the new process: `workers`
+/// sockets on `public` and on `tls` (when set), one on `private`.
+pub fn check_upgrade_bounds(
+    workers: usize,
+    public: SocketAddr,
+    tls: Option<SocketAddr>,
+    private: SocketAddr,
+) -> Result<(), String> {
+    let keys: Vec<String> = std::iter::once(public)
+        .chain(tls)
+        .flat_map(|addr| (0..workers).map(move |worker| listen_key(addr, worker)))
+        .chain(std::iter::once(private.to_string()))
+        .collect();
+    let key_bytes = keys.iter().map(|key| key.len() + 1).sum::<usize>();
+    if keys.len() > UPGRADE_SOCKETS_MAX || key_bytes > UPGRADE_KEYS_BYTES_MAX {
+        return Err(format!(
+            "--threads {workers}: each worker listens on a socket of its own ({} with --tls-listen), and an \
+             upgrade hands at most {UPGRADE_SOCKETS_MAX} sockets to the new process; use fewer threads",
+            if tls.is_some() { "two" } else { "one" }
+        ));
+    }
+    Ok(())
+}
+
 /// Socket options for a worker's listening socket.
 pub fn socket_options() -> TcpSocketOptions {
     let mut options = TcpSocketOptions::default();
@@ -66,6 +97,18 @@ mod tests {
                 assert_eq!(resolved, vec![addr], "{key}");
             }
         }
+    }
+
+    #[test]
+    fn an_upgrade_must_be_able_to_hand_over_every_socket() {
+        let (public, private): (SocketAddr, SocketAddr) =
+            ("127.0.0.1:8080".parse().unwrap(), "127.0.0.1:8081".parse().unwrap());
+        let tls: SocketAddr = "[2001:db8::1]:8443".parse().unwrap();
+        check_upgrade_bounds(31, public, None, private).unwrap();
+        check_upgrade_bounds(32, public, None, private).unwrap_err();
+        check_upgrade_bounds(15, public, Some(tls), private).unwrap();
+        let refused = check_upgrade_bounds(16, public, Some(tls), private).unwrap_err();
+        assert!(refused.contains("--threads 16"), "{refused}");
     }
 
     #[test]
