@@ -3,8 +3,10 @@
 //! reuse), behind `steady-lb` alone (routing straight to the same Bun), and through the whole
 //! steady path (LB → host daemon → sandboxed app), once over HTTP/1.1 and once over h2c between
 //! LB and host. Every target gets the same load generator (wrk, with a Lua hook for p99.9) at
-//! each connection count; ratios are against nginx (for the LB) and against Bun direct (for the
-//! full path). Beside req/s it prints the proxies' CPU time per request, which the load
+//! each connection count, in rounds (every target once a round, in turn; each figure the median
+//! over the rounds, and the LB's ratio to nginx round by round beside it, since a shared
+//! 2-core machine swings by a fifth between minutes); ratios are against nginx (for the LB) and
+//! against Bun direct (for the full path). Beside req/s it prints the proxies' CPU time per request, which the load
 //! generator and the app sharing the cores do not blur as much. nginx and HAProxy set the same
 //! forwarding headers `steady-lb` sets (`X-Forwarded-For/-Host/-Proto`, `Forwarded`), so each
 //! proxy does the same edge job and the app parses the same headers behind each.
@@ -34,9 +36,14 @@ pub struct Options {
     /// Connection counts to measure (repeatable).
     #[arg(long = "connections", default_values_t = [32usize, 256])]
     pub connections: Vec<usize>,
-    /// Seconds of load per target and connection count (after a 2 s warm-up).
+    /// Seconds of load per target, connection count and round (after a 2 s warm-up).
     #[arg(long, default_value_t = 10)]
     pub duration_s: u64,
+    /// Rounds: every target is measured once per round, in turn, and the report gives each
+    /// figure's median over the rounds; so a slow spell of the machine lands on every target
+    /// alike rather than on whichever ran then.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+    pub rounds: u64,
     /// Worker threads of every proxy (nginx workers, HAProxy threads, LB threads).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -45,12 +52,14 @@ pub struct Options {
     pub out: Option<PathBuf>,
 }
 
-/// One measured run.
+/// One target at one connection count: each figure the median over the rounds.
 #[derive(Debug, Clone)]
 pub struct Measured {
     pub target: String,
     pub connections: usize,
     pub requests_per_s: f64,
+    /// req/s of each round, in order.
+    pub rounds_requests_per_s: Vec<f64>,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
@@ -60,6 +69,33 @@ pub struct Measured {
     pub proxy_cpu_us_per_request: Option<f64>,
     /// Busy CPU time of the whole machine per request (µs): load generator, proxies and app.
     pub machine_cpu_us_per_request: f64,
+}
+
+impl Measured {
+    /// Each figure's median over `rounds` (all of one target and connection count; of an even
+    /// count, the upper middle one).
+    fn median_of(rounds: &[Measured]) -> Measured {
+        assert!(!rounds.is_empty(), "a target is measured at least once");
+        let median = |figure: &dyn Fn(&Measured) -> f64| {
+            let mut values: Vec<f64> = rounds.iter().map(figure).collect();
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        let proxy_cpu =
+            rounds[0].proxy_cpu_us_per_request.map(|_| median(&|m| m.proxy_cpu_us_per_request.unwrap_or(0.0)));
+        Measured {
+            target: rounds[0].target.clone(),
+            connections: rounds[0].connections,
+            requests_per_s: median(&|m| m.requests_per_s),
+            rounds_requests_per_s: rounds.iter().map(|m| m.requests_per_s).collect(),
+            p50_ms: median(&|m| m.p50_ms),
+            p99_ms: median(&|m| m.p99_ms),
+            p999_ms: median(&|m| m.p999_ms),
+            errors: rounds.iter().map(|m| m.errors).sum(),
+            proxy_cpu_us_per_request: proxy_cpu,
+            machine_cpu_us_per_request: median(&|m| m.machine_cpu_us_per_request),
+        }
+    }
 }
 
 /// A child process stopped (its process group) when dropped.
@@ -168,40 +204,61 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     ];
     let mut results = Vec::new();
     for &connections in &options.connections {
-        for (name, target, groups) in &targets {
-            wrk(&dir, *target, connections, 2)?;
-            let (cpu_before, machine_before) = (cpu_seconds(groups), machine_busy_seconds());
-            let measured = wrk(&dir, *target, connections, options.duration_s)?;
-            let cpu = cpu_seconds(groups) - cpu_before;
-            let machine = machine_busy_seconds() - machine_before;
-            let requests = measured.0 * options.duration_s as f64;
-            let cpu_us = (requests > 0.0 && *name != "bun direct").then(|| cpu * 1e6 / requests);
-            let machine_us = if requests > 0.0 { machine * 1e6 / requests } else { f64::NAN };
-            println!(
-                "{name:>17} c={connections:<4} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  errors {}  proxy CPU {}  machine CPU {:.0} µs/req",
-                measured.0,
-                measured.1,
-                measured.2,
-                measured.3,
-                measured.4,
-                cpu_us.map_or("-".into(), |us| format!("{us:.0} µs/req")),
-                machine_us
-            );
-            results.push(Measured {
-                target: name.to_string(),
-                connections,
-                requests_per_s: measured.0,
-                p50_ms: measured.1,
-                p99_ms: measured.2,
-                p999_ms: measured.3,
-                errors: measured.4,
-                proxy_cpu_us_per_request: cpu_us,
-                machine_cpu_us_per_request: machine_us,
-            });
+        let mut rounds: Vec<Measured> = Vec::new();
+        for round in 1..=options.rounds {
+            for (name, target, groups) in &targets {
+                rounds.push(measure(&dir, name, *target, groups, connections, options.duration_s, round)?);
+            }
+        }
+        for (name, _, _) in &targets {
+            let of_target: Vec<Measured> = rounds.iter().filter(|m| m.target == *name).cloned().collect();
+            results.push(Measured::median_of(&of_target));
         }
     }
     drop(cluster);
     report(&dir, options, &results)
+}
+
+/// One round of one target: a warm-up, then `duration_s` of load, printed as it ends.
+fn measure(
+    dir: &Path,
+    name: &str,
+    target: SocketAddr,
+    groups: &[u32],
+    connections: usize,
+    duration_s: u64,
+    round: u64,
+) -> anyhow::Result<Measured> {
+    wrk(dir, target, connections, 2)?;
+    let (cpu_before, machine_before) = (cpu_seconds(groups), machine_busy_seconds());
+    let measured = wrk(dir, target, connections, duration_s)?;
+    let cpu = cpu_seconds(groups) - cpu_before;
+    let machine = machine_busy_seconds() - machine_before;
+    let requests = measured.0 * duration_s as f64;
+    let cpu_us = (requests > 0.0 && name != "bun direct").then(|| cpu * 1e6 / requests);
+    let machine_us = if requests > 0.0 { machine * 1e6 / requests } else { f64::NAN };
+    println!(
+        "{name:>17} c={connections:<4} round {round}  {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  errors {}  proxy CPU {}  machine CPU {:.0} µs/req",
+        measured.0,
+        measured.1,
+        measured.2,
+        measured.3,
+        measured.4,
+        cpu_us.map_or("-".into(), |us| format!("{us:.0} µs/req")),
+        machine_us
+    );
+    Ok(Measured {
+        target: name.to_string(),
+        connections,
+        requests_per_s: measured.0,
+        rounds_requests_per_s: vec![measured.0],
+        p50_ms: measured.1,
+        p99_ms: measured.2,
+        p999_ms: measured.3,
+        errors: measured.4,
+        proxy_cpu_us_per_request: cpu_us,
+        machine_cpu_us_per_request: machine_us,
+    })
 }
 
 /// CPU seconds (user + system) of every process in the process groups `groups`: each proxy
@@ -367,6 +424,14 @@ fn start_lb_alone(dir: &Path, bun: SocketAddr, threads: &str) -> anyhow::Result<
     Ok((public, vec![lb_daemon, slicer_daemon]))
 }
 
+/// `a`'s req/s over `b`'s in each round: measured minutes apart at most, so the machine's slow
+/// spells weigh on both alike.
+fn paired_ratios(a: &Measured, b: &Measured) -> String {
+    let ratios: Vec<String> =
+        a.rounds_requests_per_s.iter().zip(&b.rounds_requests_per_s).map(|(a, b)| format!("{:.2}×", a / b)).collect();
+    ratios.join(", ")
+}
+
 /// What the full path could reach if each of its two proxy hops (LB, host daemon) cost what
 /// nginx costs per request: the machine spends Bun direct's CPU per request (load generator
 /// and app) plus two such hops, so, with the machine saturated both ways, the full path can do
@@ -386,12 +451,13 @@ fn report(dir: &Path, options: &Options, results: &[Measured]) -> anyhow::Result
     report.fact(
         "load",
         format!(
-            "wrk, 2 threads, {} s per run after 2 s of warm-up; proxies with {} threads",
-            options.duration_s, options.threads
+            "wrk, 2 threads, {} s per run after 2 s of warm-up, {} rounds (every target once a round, \
+             in turn; each figure the median over the rounds); proxies with {} threads",
+            options.duration_s, options.rounds, options.threads
         ),
     );
     let mut table = String::from(
-        "| target | connections | req/s | p50 ms | p99 ms | p99.9 ms | errors | ratio | proxy CPU µs/req | machine CPU µs/req |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| target | connections | req/s | req/s per round | p50 ms | p99 ms | p99.9 ms | errors | ratio | proxy CPU µs/req | machine CPU µs/req |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for &connections in &options.connections {
         let of = |name: &str| results.iter().find(|m| m.target == name && m.connections == connections);
@@ -409,11 +475,13 @@ fn report(dir: &Path, options: &Options, results: &[Measured]) -> anyhow::Result
                 _ => String::new(),
             };
             let cpu = m.proxy_cpu_us_per_request.map_or("-".into(), |us| format!("{us:.0}"));
+            let per_round: Vec<String> = m.rounds_requests_per_s.iter().map(|r| format!("{r:.0}")).collect();
             table += &format!(
-                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {ratio} | {cpu} | {:.0} |\n",
+                "| {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {} | {ratio} | {cpu} | {:.0} |\n",
                 m.target,
                 m.connections,
                 m.requests_per_s,
+                per_round.join(" / "),
                 m.p50_ms,
                 m.p99_ms,
                 m.p999_ms,
@@ -421,6 +489,7 @@ fn report(dir: &Path, options: &Options, results: &[Measured]) -> anyhow::Result
                 m.machine_cpu_us_per_request
             );
         }
+        report.fact(format!("c={connections}: steady-lb ÷ nginx req/s, round by round"), paired_ratios(lb, nginx));
         if let Some(nginx_us) = nginx.proxy_cpu_us_per_request {
             report.fact(format!("c={connections}: full path ceiling"), full_path_ceiling(bun, nginx_us));
         }
@@ -446,4 +515,44 @@ fn report(dir: &Path, options: &Options, results: &[Measured]) -> anyhow::Result
     report.table = Some(table);
     report.write()?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(requests_per_s: f64, p99_ms: f64, errors: u64) -> Measured {
+        Measured {
+            target: "nginx".into(),
+            connections: 32,
+            requests_per_s,
+            rounds_requests_per_s: vec![requests_per_s],
+            p50_ms: 1.0,
+            p99_ms,
+            p999_ms: 5.0,
+            errors,
+            proxy_cpu_us_per_request: Some(requests_per_s / 1000.0),
+            machine_cpu_us_per_request: 40.0,
+        }
+    }
+
+    #[test]
+    fn each_figure_is_its_own_median_and_errors_add_up() {
+        let rounds = [round(50_000.0, 3.0, 0), round(40_000.0, 1.0, 2), round(45_000.0, 2.0, 1)];
+        let median = Measured::median_of(&rounds);
+        assert_eq!(median.requests_per_s, 45_000.0);
+        assert_eq!(median.rounds_requests_per_s, vec![50_000.0, 40_000.0, 45_000.0]);
+        assert_eq!(median.p99_ms, 2.0);
+        assert_eq!(median.proxy_cpu_us_per_request, Some(45.0));
+        assert_eq!(median.errors, 3);
+    }
+
+    #[test]
+    fn ratios_pair_the_rounds() {
+        let mut lb = Measured::median_of(&[round(50_000.0, 1.0, 0), round(44_000.0, 1.0, 0)]);
+        let nginx = Measured::median_of(&[round(40_000.0, 1.0, 0), round(44_000.0, 1.0, 0)]);
+        assert_eq!(paired_ratios(&lb, &nginx), "1.25×, 1.00×");
+        lb.rounds_requests_per_s.pop();
+        assert_eq!(paired_ratios(&lb, &nginx), "1.25×");
+    }
 }

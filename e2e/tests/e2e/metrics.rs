@@ -99,7 +99,9 @@ fn load_balancer_metrics_move_with_what_they_count() {
     let retries = scrape(&lb, "steady_lb_upstream_connect_retries_total");
     cluster.hosts[0].daemon.stop_with(libc::SIGKILL);
     assert!(cluster.get("counted", "/").status >= 500);
-    eventually("the failed request counted", || (scrape(&lb, "steady_lb_upstream_errors_total") > errors).then_some(()));
+    eventually("the failed request counted", || {
+        (scrape(&lb, "steady_lb_upstream_errors_total") > errors).then_some(())
+    });
     // Nothing reached the dead host, so the LB tried to connect again (three times) first.
     assert!(scrape(&lb, "steady_lb_upstream_connect_retries_total") >= retries + 3.0);
 }
