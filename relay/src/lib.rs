@@ -7,10 +7,11 @@
 //! is found, what is logged) stays in each daemon; this crate has what does not: writing a
 //! request header from parsed bytes ([`head`]), reading an upstream's answer header and
 //! following its body to where its framing says it ends ([`answer`]), the exchange of one
-//! request over one upstream connection ([`exchange`]), and the idle upstream connections
-//! kept between requests ([`pool`]).
+//! request over one upstream connection ([`exchange`]), noticing a client that hangs up while
+//! it waits ([`hangup`]), and the idle upstream connections kept between requests ([`pool`]).
 
 pub mod answer;
 pub mod exchange;
+pub mod hangup;
 pub mod head;
 pub mod pool;

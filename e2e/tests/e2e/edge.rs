@@ -289,3 +289,41 @@ fn a_client_trickling_its_header_is_cut_off_at_the_header_deadline() {
         assert!(buffer[..read].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buffer[..read]));
     }
 }
+
+/// `/wait` answers after a minute, unless its client hangs up first (then it logs so).
+const WAITING_APP: &str = r#"export default {
+  async fetch(request) {
+    if (new URL(request.url).pathname === "/wait") {
+      console.log("waiting");
+      request.signal.addEventListener("abort", () => console.log("abandoned"));
+      await Bun.sleep(60_000);
+      return new Response("late");
+    }
+    return new Response("ok");
+  },
+};
+"#;
+
+#[test]
+fn a_client_that_hangs_up_before_its_answer_lets_go_of_the_host_and_the_app() {
+    let cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "waiting", WAITING_APP);
+    cluster.deploy(&app, "waiting");
+    assert_eq!(cluster.get("waiting", "/").status, 200);
+    let lb = cluster.private.to_string();
+    let in_flight = || crate::metrics::scrape(&lb, "steady_lb_requests_in_flight");
+
+    let mut client = TcpStream::connect(cluster.public).expect("connect to the LB");
+    client.write_all(b"GET /wait HTTP/1.1\r\nHost: waiting.localhost\r\n\r\n").expect("request");
+    steady_e2e::eventually("the request to reach the app", || {
+        cluster.app_log("waiting").contains("waiting").then_some(())
+    });
+    assert_eq!(in_flight(), 1.0);
+    drop(client);
+    // Both hops notice the hang-up at once, not when the app answers a minute later.
+    steady_e2e::eventually("the LB to let go of the request", || (in_flight() == 0.0).then_some(()));
+    steady_e2e::eventually("the app to see its request abandoned", || {
+        cluster.app_log("waiting").contains("abandoned").then_some(())
+    });
+    assert_eq!(cluster.get("waiting", "/").status, 200, "the app serves on");
+}

@@ -28,8 +28,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use steady_proto::wire::{RequestRecord, HEADER_APP, HEADER_FORWARDED_BY, HEADER_PROBE, INTERNAL_HEADER_PREFIX};
 use steady_relay::answer::FinalHead;
 use steady_relay::exchange::{self, Asked, AttemptError, Buffers, READ_BYTES};
-use steady_relay::head;
 use steady_relay::pool::{IdlePool, PoolBounds};
+use steady_relay::{hangup, head};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::watch;
@@ -54,6 +54,14 @@ const CLIENT_WRITE_TIMEOUT_MS: u64 = 60_000;
 
 /// Bytes of an error answer hostd writes itself (a JSON line).
 const ERROR_BODY_BYTES_MAX: usize = 16 * 1024;
+
+/// Bytes the LB may send (pipelined requests) while a request waits on the app; past them the
+/// lane stops reading the connection, and so stops noticing a hang-up, until the answer is out.
+const CLIENT_PENDING_BYTES_MAX: usize = 64 * 1024;
+
+/// Status logged for a request whose client hung up before the app answered (nginx's number
+/// for it; nothing is sent).
+const STATUS_CLIENT_GONE: u16 = 499;
 
 /// Idle connections kept to apps' sockets: as many per app as one LB's concurrency needs,
 /// closed before Bun's own idle timeout (10 s) would close them.
@@ -275,8 +283,18 @@ impl Lane {
             }
         };
         conn.client_bytes.advance(taken.header_bytes);
-        let (status, body_bytes, served) = match self.ask(conn, &mut lease, taken.asked).await {
-            Ok((mut app, head)) => {
+        let asked = tokio::select! {
+            biased;
+            asked = self.ask(&mut conn.buffers, &conn.log.app, &mut lease, taken.asked) => Some(asked),
+            // Dropping the app connection tells the app (its request's signal aborts).
+            () = hangup::watch(stream, &mut conn.client_bytes, CLIENT_PENDING_BYTES_MAX) => None,
+        };
+        let (status, body_bytes, served) = match asked {
+            None => {
+                tracing::debug!(app = %conn.log.app, "client hung up before the app answered");
+                (STATUS_CLIENT_GONE, 0, Served::Close)
+            }
+            Some(Ok((mut app, head))) => {
                 if head.status < 500 {
                     self.apps.note_answered(&lease);
                 }
@@ -292,7 +310,7 @@ impl Lane {
                     Err(broken) => (head.status, broken.0, Served::Close),
                 }
             }
-            Err(error) => {
+            Some(Err(error)) => {
                 tracing::warn!(app = %conn.log.app, %error, "forwarding to app failed");
                 let message = format!("app {:?} did not answer: {error}", conn.log.app);
                 let answer = super::failure(axum::http::StatusCode::BAD_GATEWAY, "app_unreachable", message);
@@ -312,13 +330,14 @@ impl Lane {
         served
     }
 
-    /// Sends the request header (in `conn.buffers.out`) to the app and reads its answer's
+    /// Sends the request header (in `buffers.out`) to `app_name` and reads its answer's
     /// header, over a pooled connection or a new one. A pooled connection the app had closed
     /// is replaced by a new one; a process that died under the request is replaced by a new
     /// one (once: the lane serves only `GET` and `HEAD`, which may be repeated).
     async fn ask(
         &self,
-        conn: &mut Connection,
+        buffers: &mut Buffers,
+        app_name: &str,
         lease: &mut Lease,
         asked: Asked,
     ) -> Result<(UnixStream, FinalHead), String> {
@@ -330,7 +349,7 @@ impl Lane {
                 None => UnixStream::connect(&lease.socket).await.map(|app| (app, false)).map_err(|e| e.to_string()),
             };
             let failure = match connected {
-                Ok((mut app, reused)) => match exchange::attempt(&mut app, &mut conn.buffers, asked, None).await {
+                Ok((mut app, reused)) => match exchange::attempt(&mut app, buffers, asked, None).await {
                     Ok(head) => return Ok((app, head)),
                     Err(AttemptError::ClosedUnanswered) if reused && !stale_retried => {
                         stale_retried = true;
@@ -345,7 +364,7 @@ impl Lane {
                 return Err(failure);
             }
             // The process may have died under the request (killed, crashed).
-            let Some(again) = self.apps.wake_again(&conn.log.app, lease).await else { return Err(failure) };
+            let Some(again) = self.apps.wake_again(app_name, lease).await else { return Err(failure) };
             *lease = again;
             woke_again = true;
             self.apps.metrics.requests_resent.inc();

@@ -35,6 +35,7 @@ use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use steady_relay::answer::FinalHead;
 use steady_relay::exchange::{self, Asked, AttemptError, Buffers, READ_BYTES};
+use steady_relay::hangup;
 use steady_relay::pool::{IdlePool, PoolBounds};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -61,6 +62,10 @@ pub const HOST_POOL: PoolBounds = PoolBounds { idle_per_upstream_max: 256, idle_
 /// an answer loses its connection after this.
 const CLIENT_WRITE_TIMEOUT_MS: u64 = 60_000;
 
+/// Bytes a client may send (pipelined requests) while its request waits on the host; past
+/// them the lane stops reading it, and so stops noticing a hang-up, until the answer is out.
+const CLIENT_PENDING_BYTES_MAX: usize = 64 * 1024;
+
 /// Idle seconds pingora's proxy keeps a handed-on connection waiting for its next request
 /// (pingora's own default); the lane's header deadline bounds it further once it is back.
 const PROXY_KEEPALIVE_S: u64 = 60;
@@ -83,6 +88,9 @@ enum Failure {
     /// The answer was under way (its status, if its header went out), or the client went away:
     /// the connection just closes.
     Broken(Option<u16>),
+    /// The client hung up before the host answered: the host connection was dropped (the host
+    /// sees the request abandoned) and the client's closes.
+    ClientGone,
 }
 
 /// A request the lane admitted to serve (its app's name is in [`Connection::app`]).
@@ -309,6 +317,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
             Ok(head) => (Some(head.status), false, !head.client_closes),
             Err(Failure::Host(status)) => (write_error(stream, status).await.then_some(status), true, false),
             Err(Failure::Broken(status)) => (status, true, false),
+            Err(Failure::ClientGone) => (None, false, false),
         };
         self.public.log_with(&mut conn.counters, &conn.app, started, status, failed);
         keep
@@ -334,7 +343,15 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
         conn: &mut Connection,
         admitted: &Admitted,
     ) -> Result<FinalHead, Failure> {
-        let (mut host, head) = self.ask(conn, admitted).await?;
+        let asked = tokio::select! {
+            biased;
+            asked = self.ask(&mut conn.buffers, &conn.app, admitted) => asked,
+            () = hangup::watch(&mut **stream, &mut conn.client_bytes, CLIENT_PENDING_BYTES_MAX) => {
+                tracing::debug!(app = %conn.app, "client hung up before the answer; dropping the host connection");
+                Err(Failure::ClientGone)
+            }
+        };
+        let (mut host, head) = asked?;
         let client_write_timeout = Duration::from_millis(CLIENT_WRITE_TIMEOUT_MS);
         let read_timeout = Some(self.upstream_read_timeout);
         let relayed = exchange::relay(&mut host, stream, &mut conn.buffers, &head, read_timeout, client_write_timeout)
@@ -346,13 +363,18 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
         Ok(head)
     }
 
-    /// Sends the request header (in `conn.buffers.out`) and reads the answer's header, over a
-    /// pooled connection or a new one; on return `conn.buffers.out` holds the client's answer
+    /// Sends the request header (in `buffers.out`) for `app` and reads the answer's header, over
+    /// a pooled connection or a new one; on return `buffers.out` holds the client's answer
     /// header. A request goes again when nothing reached the host (a failed connect, up to
     /// [`CONNECT_RETRIES_MAX`] times) or when a pooled connection the host had closed got no
     /// answer (once, on a new connection; the lane serves only `GET` and `HEAD`, which may be
     /// repeated).
-    async fn ask(&self, conn: &mut Connection, admitted: &Admitted) -> Result<(TcpStream, FinalHead), Failure> {
+    async fn ask(
+        &self,
+        buffers: &mut Buffers,
+        app: &str,
+        admitted: &Admitted,
+    ) -> Result<(TcpStream, FinalHead), Failure> {
         let (mut connect_failures, mut stale_retried) = (0u32, false);
         let asked = Asked { head: admitted.head, close: admitted.close };
         loop {
@@ -366,7 +388,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
                     Err(error) => {
                         connect_failures += 1;
                         if connect_failures > CONNECT_RETRIES_MAX {
-                            tracing::debug!(app = %conn.app, %error, "host unreachable");
+                            tracing::debug!(app, %error, "host unreachable");
                             return Err(Failure::Host(502));
                         }
                         self.public.metrics().connect_retries.inc();
@@ -376,15 +398,15 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
                     }
                 },
             };
-            match exchange::attempt(&mut host, &mut conn.buffers, asked, Some(self.upstream_read_timeout)).await {
+            match exchange::attempt(&mut host, buffers, asked, Some(self.upstream_read_timeout)).await {
                 Ok(head) => return Ok((host, head)),
                 Err(AttemptError::ClosedUnanswered) if reused && !stale_retried => {
-                    tracing::debug!(app = %conn.app, "pooled host connection was closed; asking again");
+                    tracing::debug!(app, "pooled host connection was closed; asking again");
                     stale_retried = true;
                 }
                 Err(AttemptError::TimedOut) => return Err(Failure::Host(504)),
                 Err(error) => {
-                    tracing::debug!(app = %conn.app, ?error, "host failed");
+                    tracing::debug!(app, ?error, "host failed");
                     return Err(Failure::Host(502));
                 }
             }
