@@ -325,5 +325,11 @@ fn a_client_that_hangs_up_before_its_answer_lets_go_of_the_host_and_the_app() {
     steady_e2e::eventually("the app to see its request abandoned", || {
         cluster.app_log("waiting").contains("abandoned").then_some(())
     });
+    let logged = steady_e2e::eventually("the abandoned request in the app's request log", || {
+        let listed = cluster.steady(&["requests", "waiting", "--json"]);
+        let records: serde_json::Value = serde_json::from_slice(&listed.stdout).ok()?;
+        records.as_array()?.iter().find(|r| r["path"] == "/wait").cloned()
+    });
+    assert_eq!(logged["status"], 499, "logged as a client gone: {logged}");
     assert_eq!(cluster.get("waiting", "/").status, 200, "the app serves on");
 }
