@@ -10,6 +10,11 @@
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+/// Bytes a client may send (pipelined requests) while its request waits, the bound both lanes
+/// give [`watch`]: past them the client is not read, and so a hang-up not noticed, until the
+/// answer is out.
+pub const PENDING_BYTES_MAX: usize = 64 * 1024;
+
 /// Bytes [`watch`] makes room for in one read.
 const WATCH_READ_BYTES: usize = 4096;
 

@@ -5,9 +5,9 @@
 //! LB and host. Every target gets the same load generator (wrk, with a Lua hook for p99.9) at
 //! each connection count, in rounds (every target once a round, in turn; each figure the median
 //! over the rounds, and the LB's ratio to nginx round by round beside it, since a shared
-//! 2-core machine swings by a fifth between minutes); ratios are against nginx (for the LB) and
-//! against Bun direct (for the full path). Beside req/s it prints the proxies' CPU time per request, which the load
-//! generator and the app sharing the cores do not blur as much. nginx and HAProxy set the same
+//! 2-core machine swings by a fifth between minutes); ratios are against nginx (for the LB)
+//! and against Bun direct (for the full path). Beside req/s it prints the proxies' CPU time
+//! per request, which the load generator and the app sharing the cores do not blur as much. nginx and HAProxy set the same
 //! forwarding headers `steady-lb` sets (`X-Forwarded-For/-Host/-Proto`, `Forwarded`), so each
 //! proxy does the same edge job and the app parses the same headers behind each.
 

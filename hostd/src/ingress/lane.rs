@@ -55,10 +55,6 @@ const CLIENT_WRITE_TIMEOUT_MS: u64 = 60_000;
 /// Bytes of an error answer hostd writes itself (a JSON line).
 const ERROR_BODY_BYTES_MAX: usize = 16 * 1024;
 
-/// Bytes the LB may send (pipelined requests) while a request waits on the app; past them the
-/// lane stops reading the connection, and so stops noticing a hang-up, until the answer is out.
-const CLIENT_PENDING_BYTES_MAX: usize = 64 * 1024;
-
 /// Status logged for a request whose client hung up before the app answered (nginx's number
 /// for it; nothing is sent).
 const STATUS_CLIENT_GONE: u16 = 499;
@@ -287,7 +283,7 @@ impl Lane {
             biased;
             asked = self.ask(&mut conn.buffers, &conn.log.app, &mut lease, taken.asked) => Some(asked),
             // Dropping the app connection tells the app (its request's signal aborts).
-            () = hangup::watch(stream, &mut conn.client_bytes, CLIENT_PENDING_BYTES_MAX) => None,
+            () = hangup::watch(stream, &mut conn.client_bytes, hangup::PENDING_BYTES_MAX) => None,
         };
         let (status, body_bytes, served) = match asked {
             None => {

@@ -62,10 +62,6 @@ pub const HOST_POOL: PoolBounds = PoolBounds { idle_per_upstream_max: 256, idle_
 /// an answer loses its connection after this.
 const CLIENT_WRITE_TIMEOUT_MS: u64 = 60_000;
 
-/// Bytes a client may send (pipelined requests) while its request waits on the host; past
-/// them the lane stops reading it, and so stops noticing a hang-up, until the answer is out.
-const CLIENT_PENDING_BYTES_MAX: usize = 64 * 1024;
-
 /// Idle seconds pingora's proxy keeps a handed-on connection waiting for its next request
 /// (pingora's own default); the lane's header deadline bounds it further once it is back.
 const PROXY_KEEPALIVE_S: u64 = 60;
@@ -346,7 +342,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
         let asked = tokio::select! {
             biased;
             asked = self.ask(&mut conn.buffers, &conn.app, admitted) => asked,
-            () = hangup::watch(&mut **stream, &mut conn.client_bytes, CLIENT_PENDING_BYTES_MAX) => {
+            () = hangup::watch(&mut **stream, &mut conn.client_bytes, hangup::PENDING_BYTES_MAX) => {
                 tracing::debug!(app = %conn.app, "client hung up before the answer; dropping the host connection");
                 Err(Failure::ClientGone)
             }
