@@ -35,8 +35,8 @@ const FORWARD_CONNECT_TIMEOUT_MS: u64 = 2_000;
 const LOGGED_PATH_BYTES_MAX: usize = 512;
 
 /// The ingress router: every path is app traffic. Bodies above `body_max_bytes` are refused.
-pub fn router(apps: Arc<Apps>, body_max_bytes: u64) -> axum::Router {
-    let connections = Arc::new(AppConnections::default());
+pub fn router(apps: Arc<Apps>, body_max_bytes: u64, app_idle_connections_max: usize) -> axum::Router {
+    let connections = Arc::new(AppConnections::new(app_idle_connections_max));
     axum::Router::new().fallback(forward).with_state(Ingress { apps, connections, body_max_bytes })
 }
 

@@ -57,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(steady_hostd::build::Builder::new(config.bwrap.clone(), config.bun.clone(), data.join("builds")));
     let request_body_max_bytes = config.request_body_max_bytes;
     let ingress_connections_max = config.ingress_connections_max;
+    let app_idle_connections_max = config.app_concurrency_max;
     let ready_file = config.ready_file.clone();
     let secrets = Secrets::new(secrets_key, blobs.clone());
     let apps = Arc::new(Apps::new(config, runner, store, blobs, replicator.clone(), membership, secrets));
@@ -68,8 +69,11 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(apps.clone().crons());
     tokio::spawn(apps.clone().keep_warm());
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
-    let ingress_limits =
-        ingress::IngressLimits { body_max_bytes: request_body_max_bytes, connections_max: ingress_connections_max };
+    let ingress_limits = ingress::IngressLimits {
+        body_max_bytes: request_body_max_bytes,
+        connections_max: ingress_connections_max,
+        app_idle_connections_max,
+    };
     let ingress_server = ingress::serve(ingress_listener, apps.clone(), ingress_limits, stop.clone());
     let api_server = serve(api_listener, api::router(apps.clone(), builder, bundle_size_max_bytes), stop);
     if let Some(path) = ready_file {

@@ -59,9 +59,27 @@ const ERROR_BODY_BYTES_MAX: usize = 16 * 1024;
 /// for it; nothing is sent).
 const STATUS_CLIENT_GONE: u16 = 499;
 
-/// Idle connections kept to apps' sockets: as many per app as one LB's concurrency needs,
-/// closed before Bun's own idle timeout (10 s) would close them.
-pub const APP_POOL: PoolBounds = PoolBounds { idle_per_upstream_max: 64, idle_total_max: 1024, idle_ms_max: 5_000 };
+/// Idle connections kept to apps' sockets across all apps, unless one app may keep more.
+pub const APP_IDLE_TOTAL_MAX: usize = 1024;
+
+/// How long an idle app connection is kept: under Bun's own idle timeout (10 s), so a
+/// borrowed one is rarely found closed.
+pub const APP_IDLE_MS_MAX: u64 = 5_000;
+
+/// The lane's bounds on idle app connections when each app keeps at most `per_app_max`.
+///
+/// `per_app_max` should be the app's concurrency limit: every request in flight holds a
+/// connection of its own, and a pool that keeps fewer than that closes the surplus each time
+/// the load dips and opens new ones when it rises again (at 256 busy connections and a bound
+/// of 64, a quarter of all requests paid a connect and a close on both sides).
+pub fn app_pool_bounds(per_app_max: usize) -> PoolBounds {
+    assert!(per_app_max > 0, "a pool that keeps nothing");
+    PoolBounds {
+        idle_per_upstream_max: per_app_max,
+        idle_total_max: per_app_max.max(APP_IDLE_TOTAL_MAX),
+        idle_ms_max: APP_IDLE_MS_MAX,
+    }
+}
 
 /// What the lane made of the bytes at the start of a connection's buffer.
 #[derive(Debug, PartialEq, Eq)]
@@ -122,7 +140,8 @@ pub fn decide<'b>(bytes: &'b [u8], out: &mut Vec<u8>) -> Decision<'b> {
     Decision::Serve(LaneRequest { app, method, target, close, header_bytes })
 }
 
-/// The ingress listener's bounds (`--request-body-max-bytes`, `--ingress-connections-max`).
+/// The ingress listener's bounds (`--request-body-max-bytes`, `--ingress-connections-max`,
+/// `--app-concurrency-max`).
 #[derive(Debug, Clone, Copy)]
 pub struct IngressLimits {
     /// Largest request body the router forwards (larger: 413).
@@ -130,6 +149,9 @@ pub struct IngressLimits {
     /// Connections open at once; past it the listener stops accepting until one closes (the
     /// rest wait in the kernel's backlog).
     pub connections_max: usize,
+    /// Idle connections kept to one app's socket: its concurrency limit, so that a steady
+    /// load never closes one only to open another.
+    pub app_idle_connections_max: usize,
 }
 
 /// Serves the ingress listener until `stop` turns true, then waits for the connections it
@@ -141,8 +163,9 @@ pub fn serve(
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     assert!(limits.connections_max > 0, "an ingress that accepts nothing");
-    let router = super::router(apps.clone(), limits.body_max_bytes);
-    let lane = Arc::new(Lane { router, apps, pool: IdlePool::new(APP_POOL) });
+    let router = super::router(apps.clone(), limits.body_max_bytes, limits.app_idle_connections_max);
+    let pool = IdlePool::new(app_pool_bounds(limits.app_idle_connections_max));
+    let lane = Arc::new(Lane { router, apps, pool });
     tokio::spawn(lane.accept(listener, limits.connections_max, stop))
 }
 
@@ -556,5 +579,24 @@ mod tests {
         }
         let endless = format!("GET / HTTP/1.1\r\nx-steady-app: a\r\nX: {}", "a".repeat(HEADER_BYTES_MAX));
         assert_eq!(decision(endless.as_bytes()).0, Decision::HandOn);
+    }
+
+    #[tokio::test]
+    async fn an_app_keeps_as_many_idle_connections_as_it_may_have_requests_in_flight() {
+        // A burst at the app's concurrency limit, all answered: every connection it opened is
+        // kept for the next burst rather than closed and opened again.
+        let concurrency_max = 256;
+        let pool = IdlePool::new(app_pool_bounds(concurrency_max));
+        let socket = PathBuf::from("/run/app.sock");
+        let started = Instant::now();
+        let mut peers = Vec::new();
+        for _ in 0..concurrency_max + 1 {
+            let (ours, theirs) = UnixStream::pair().expect("socket pair");
+            pool.give(socket.as_path(), ours, started);
+            peers.push(theirs);
+        }
+        assert_eq!(pool.idle_count(), concurrency_max);
+        // An app whose limit is past the total keeps its own share still.
+        assert_eq!(app_pool_bounds(APP_IDLE_TOTAL_MAX * 2).idle_total_max, APP_IDLE_TOTAL_MAX * 2);
     }
 }

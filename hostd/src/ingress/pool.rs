@@ -19,8 +19,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-/// Idle connections kept per app socket: enough for the concurrency one LB sends one app.
-pub const IDLE_PER_SOCKET_MAX: usize = 64;
 /// App sockets with idle connections kept at once (the rest connect per request).
 pub const SOCKETS_MAX: usize = 1024;
 /// Longest a request waits for an idle connection to say it is ready before opening a new one.
@@ -29,9 +27,10 @@ const READY_WAIT_MS: u64 = 20;
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// The idle connections of every app socket on this host.
-#[derive(Default)]
 pub struct AppConnections {
     idle: Mutex<HashMap<PathBuf, Vec<SendRequest<Body>>>>,
+    /// Idle connections kept per app socket (the app's concurrency limit).
+    idle_per_socket_max: usize,
 }
 
 /// A connection lent to one request; give it back with [`AppConnections::give_back`] once its
@@ -42,6 +41,12 @@ pub struct Lent {
 }
 
 impl AppConnections {
+    /// An empty pool that keeps at most `idle_per_socket_max` idle connections per app socket.
+    pub fn new(idle_per_socket_max: usize) -> Self {
+        assert!(idle_per_socket_max > 0, "a pool that keeps nothing");
+        Self { idle: Mutex::default(), idle_per_socket_max }
+    }
+
     /// Sends `request` to the app on `socket` over an idle connection, or a new one when none is
     /// ready (or the idle one turns out closed before the request went out).
     pub async fn send(&self, socket: &Path, request: Request) -> Result<(hyper::Response<Incoming>, Lent), Error> {
@@ -50,7 +55,7 @@ impl AppConnections {
         while let Some(mut sender) = self.take(socket) {
             // Bounded: each turn drops one idle connection, and there are at most this many.
             tries += 1;
-            assert!(tries <= IDLE_PER_SOCKET_MAX, "more idle connections than the pool keeps");
+            assert!(tries <= self.idle_per_socket_max, "more idle connections than the pool keeps");
             let ready = tokio::time::timeout(Duration::from_millis(READY_WAIT_MS), sender.ready()).await;
             if !matches!(ready, Ok(Ok(()))) {
                 continue;
@@ -85,7 +90,7 @@ impl AppConnections {
             }
         }
         let senders = idle.entry(lent.socket).or_default();
-        if senders.len() < IDLE_PER_SOCKET_MAX {
+        if senders.len() < self.idle_per_socket_max {
             senders.push(lent.sender);
         }
     }
@@ -140,7 +145,7 @@ mod tests {
                 });
             }
         });
-        let pool = AppConnections::default();
+        let pool = AppConnections::new(8);
         for _ in 0..3 {
             let (response, lent) = pool.send(&socket, Request::new(Body::empty())).await.expect("answer");
             http_body_util::BodyExt::collect(response.into_body()).await.expect("body");
