@@ -34,9 +34,20 @@ pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// The workspace root (the checkout).
+/// The workspace root (the checkout): the one whose `target/<profile>/` holds the running
+/// binaries, so a checkout's `steady-bench` uses that checkout's tools and report folder even
+/// when it was built in another; else the one this crate was built in.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+    let built_in = || Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned();
+    let Ok(exe) = std::env::current_exe() else { return built_in() };
+    // `<workspace>/target/<profile>/<binary>` or `<workspace>/target/<profile>/deps/<test>`.
+    exe.ancestors()
+        .skip(1)
+        .take(3)
+        .find(|dir| dir.file_name().is_some_and(|name| name == "target"))
+        .and_then(Path::parent)
+        .filter(|root| root.join("Cargo.toml").is_file() && root.join("e2e").is_dir())
+        .map_or_else(built_in, Path::to_owned)
 }
 
 /// Where the built binaries are: next to the test executable's `deps/` folder, or beside the
