@@ -82,6 +82,17 @@ pub fn check(request: &RequestHeader, limits: &EdgeLimits) -> Result<(), Refusal
         }
         _ => {}
     }
+    // HTTP/2's `:authority` and an absolute target's authority name the host instead of Host
+    // (RFC 9113 §8.3.1, RFC 9112 §3.2.2): it is checked like a Host, and a Host beside it must
+    // agree, or the route and what the app is told could name different apps.
+    if let Some(authority) = request.uri.authority().map(|a| a.as_str()) {
+        if !steady_proto::name::valid_host(authority.as_bytes()) {
+            return refuse(400, "bad_host", "the request target's authority is not a host name".into());
+        }
+        if request.headers.get("host").is_some_and(|host| !host.as_bytes().eq_ignore_ascii_case(authority.as_bytes())) {
+            return refuse(400, "bad_host", "the Host header and the request target name different hosts".into());
+        }
+    }
     let lengths: Vec<&[u8]> = request.headers.get_all("content-length").iter().map(|v| v.as_bytes()).collect();
     if lengths.windows(2).any(|pair| pair[0] != pair[1]) {
         return refuse(400, "bad_length", "conflicting Content-Length headers".into());
@@ -109,6 +120,8 @@ mod tests {
 
     fn request(path: &str, headers: &[(&str, &str)]) -> RequestHeader {
         let mut request = RequestHeader::build("GET", path.as_bytes(), None).expect("request");
+        // An absolute target, as pingora's parser leaves it.
+        request.set_uri(path.parse().expect("target"));
         if !headers.iter().any(|(name, _)| *name == "host" || *name == "no-host") {
             request.append_header("host", "a.steady.page").expect("header");
         }
@@ -137,5 +150,13 @@ mod tests {
         assert_eq!(status(&request("/", &[("content-length", "4"), ("transfer-encoding", "chunked")])), 400);
         assert_eq!(status(&request("/", &[("host", "a.steady.page"), ("host", "b.steady.page")])), 400);
         assert_eq!(status(&request("/", &[("no-host", "")])), 400);
+    }
+
+    #[test]
+    fn an_authority_names_the_host_and_a_host_beside_it_must_agree() {
+        assert_eq!(status(&request("http://a.steady.page/", &[("no-host", "")])), 200);
+        assert_eq!(status(&request("http://a.steady.page:8080/", &[("host", "A.steady.page:8080")])), 200);
+        assert_eq!(status(&request("http://a.steady.page/", &[("host", "b.steady.page")])), 400);
+        assert_eq!(status(&request("http://user@a.steady.page/", &[("no-host", "")])), 400);
     }
 }

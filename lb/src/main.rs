@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -96,9 +96,11 @@ fn main() {
     };
     let publics: Vec<_> = (0..config.threads)
         .map(|worker| {
-            let proxy = pingora::proxy::http_proxy(&server.configuration, public_proxy.clone());
+            let mut proxy = pingora::proxy::http_proxy(&server.configuration, public_proxy.clone());
+            proxy.server_options = Some(public_server_options(config.header_read_timeout_ms));
             let sessions = PublicSessions::new(proxy, config.header_read_timeout_ms, in_flight.clone());
-            let lane = FastLane::new(sessions, public_proxy.clone(), timeouts, in_flight.clone());
+            let h2_arrivals = sessions.h2_arrivals();
+            let lane = FastLane::new(sessions, public_proxy.clone(), timeouts, in_flight.clone(), h2_arrivals);
             public_worker(worker, lane, &config, certs.as_ref())
         })
         .collect();
@@ -145,11 +147,21 @@ fn public_worker<A: ServerApp + Send + Sync + 'static>(
             Err(error) => exit_on_bad_config(&format!("TLS settings: {error}")),
         };
         settings.set_cert_resolver(store.clone());
+        // Offer HTTP/2 and HTTP/1.1 by ALPN: browsers speak HTTP/2 only over TLS.
+        settings.enable_h2();
         let key = workers::listen_key(listen, worker);
         public.add_tls_with_settings(&key, Some(workers::socket_options()), settings);
     }
     public.threads = Some(1);
     public
+}
+
+/// The public proxy's options: an HTTP/2 connection with no stream in flight for the header
+/// deadline is closed, as an idle HTTP/1.1 keep-alive connection is (`steady_lb::sessions`).
+fn public_server_options(header_read_timeout_ms: u64) -> HttpServerOptions {
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(std::time::Duration::from_millis(header_read_timeout_ms));
+    options
 }
 
 /// Reports a configuration error and exits with code 2.

@@ -201,13 +201,14 @@ impl PublicProxy {
     }
 }
 
-/// The host a request names (its `Host` header, or the authority of an absolute URI).
+/// The host a request names: the authority of its target (HTTP/2's `:authority`, an absolute
+/// URI's) when it has one, else its `Host` header (the edge checks refuse the two disagreeing).
 fn host_of(request: &RequestHeader) -> &str {
     request
-        .headers
-        .get("host")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| request.uri.authority().map(|a| a.as_str()))
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| request.headers.get("host").and_then(|v| v.to_str().ok()))
         .unwrap_or_default()
 }
 

@@ -17,15 +17,25 @@
 //! way (a TLS handshake finishing, say). [`PublicSessions`] passes that wake-up on only
 //! [`STOP_SETTLE_MS`] later, so such a request is still read and served, and counts each
 //! session in [`InFlight`] so the drain waits for it.
+//!
+//! **HTTP/2.** A client that negotiated `h2` by ALPN is served by pingora's HTTP/2 server, one
+//! session per stream. Its request headers come whole in one frame sequence, bounded in size
+//! by pingora's defaults, so the deadline that matters is the connection's: pingora waits for
+//! the client's preface without a bound and closes an idle connection only once it served a
+//! stream. So the public listener ([`crate::fastlane::FastLane`]) closes an HTTP/2 connection
+//! that has not opened a stream within the header deadline ([`H2Arrivals`] tells it one
+//! did), and an HTTP/2 connection with nothing in flight for that long is closed by pingora
+//! (its `h2_idle_timeout`, set to the same deadline), as an idle HTTP/1.1 one is.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
+use pingora::protocols::{SocketDigest, Stream};
 use pingora::server::ShutdownWatch;
 
 use crate::drain::InFlight;
@@ -45,12 +55,68 @@ pub fn header_read() {
     let _ = HEADER_READ.try_with(|read| read.store(true, Ordering::Release));
 }
 
+/// HTTP/2 connections of one public service waiting for their first stream, by socket (see
+/// "HTTP/2" above).
+#[derive(Debug, Default)]
+pub struct H2Arrivals {
+    /// The address of each connection's socket digest (shared by the connection and its
+    /// streams, and kept alive by the [`H2Expected`] that registered it) → whether a stream
+    /// arrived.
+    waiting: Mutex<HashMap<usize, Arc<AtomicBool>>>,
+}
+
+impl H2Arrivals {
+    /// Starts waiting for a stream on the connection whose socket is `socket`; the wait ends
+    /// when the returned guard drops.
+    pub fn expect(self: &Arc<Self>, socket: Arc<SocketDigest>) -> H2Expected {
+        let arrived = Arc::new(AtomicBool::new(false));
+        let key = Arc::as_ptr(&socket) as usize;
+        let previous = self.lock().insert(key, arrived.clone());
+        assert!(previous.is_none(), "one socket digest registered twice");
+        H2Expected { arrivals: self.clone(), socket, arrived }
+    }
+
+    /// Notes that a stream arrived on the connection whose socket is `socket`.
+    fn arrived(&self, socket: &Arc<SocketDigest>) {
+        if let Some(arrived) = self.lock().get(&(Arc::as_ptr(socket) as usize)) {
+            arrived.store(true, Ordering::Release);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Arc<AtomicBool>>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One HTTP/2 connection's wait for its first stream ([`H2Arrivals::expect`]).
+#[derive(Debug)]
+pub struct H2Expected {
+    arrivals: Arc<H2Arrivals>,
+    /// Held so that the digest's address, the key, is not reused while registered.
+    socket: Arc<SocketDigest>,
+    arrived: Arc<AtomicBool>,
+}
+
+impl H2Expected {
+    /// Has a stream arrived on the connection?
+    pub fn arrived(&self) -> bool {
+        self.arrived.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for H2Expected {
+    fn drop(&mut self) {
+        self.arrivals.lock().remove(&(Arc::as_ptr(&self.socket) as usize));
+    }
+}
+
 /// An HTTP app (`A`, the pingora proxy) whose requests must arrive whole within a deadline
 /// and whose sessions a stopping LB waits for.
 pub struct PublicSessions<A> {
     inner: Arc<A>,
     header_timeout: Duration,
     in_flight: InFlight,
+    h2_arrivals: Arc<H2Arrivals>,
 }
 
 impl<A> PublicSessions<A> {
@@ -58,7 +124,17 @@ impl<A> PublicSessions<A> {
     /// session counts in `in_flight` while it lasts.
     pub fn new(inner: A, header_timeout_ms: u64, in_flight: InFlight) -> Self {
         assert!(header_timeout_ms > 0, "a header deadline of zero would refuse every request");
-        Self { inner: Arc::new(inner), header_timeout: Duration::from_millis(header_timeout_ms), in_flight }
+        Self {
+            inner: Arc::new(inner),
+            header_timeout: Duration::from_millis(header_timeout_ms),
+            in_flight,
+            h2_arrivals: Arc::default(),
+        }
+    }
+
+    /// Where this app notes the HTTP/2 streams it is given, for the listener that waits on them.
+    pub fn h2_arrivals(&self) -> Arc<H2Arrivals> {
+        self.h2_arrivals.clone()
     }
 }
 
@@ -70,6 +146,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for PublicSessions<
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         let _in_flight = self.in_flight.enter();
+        if session.is_http2() {
+            if let Some(socket) = session.digest().and_then(|d| d.socket_digest.as_ref()) {
+                self.h2_arrivals.arrived(socket);
+            }
+        }
         let read = Arc::new(AtomicBool::new(false));
         let request = HEADER_READ.scope(read.clone(), self.inner.process_new_http(session, shutdown));
         tokio::pin!(request);

@@ -9,6 +9,7 @@ mod dashboard;
 mod durability;
 mod edge;
 mod hostd;
+mod http2;
 mod lb_lifecycle;
 mod limits;
 mod metrics;

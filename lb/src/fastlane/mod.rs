@@ -47,7 +47,7 @@ use crate::drain::InFlight;
 use crate::limits::Limited;
 use crate::metrics::RequestCounters;
 use crate::public::{PublicProxy, CONNECT_RETRIES_MAX, CONNECT_RETRY_BACKOFF_MS_MIN};
-use crate::sessions::STOP_SETTLE_MS;
+use crate::sessions::{H2Arrivals, STOP_SETTLE_MS};
 use request::{Forwarding, Parsed, LANE_HEADERS_MAX};
 
 /// Stop signals connections are spread over.
@@ -139,12 +139,21 @@ pub struct FastLane<A> {
     stop: [Notify; STOP_SHARDS],
     /// Connections served so far (for the shard of each).
     connections: AtomicUsize,
+    /// Where `inner` notes the HTTP/2 streams it is given (see [`crate::sessions`], "HTTP/2").
+    h2_arrivals: Arc<H2Arrivals>,
 }
 
 impl<A> FastLane<A> {
     /// A lane in front of `inner`, deciding and serving with `public`'s routes and limits,
-    /// counting its connections in `in_flight` for the drain.
-    pub fn new(inner: A, public: PublicProxy, timeouts: LaneTimeouts, in_flight: InFlight) -> Self {
+    /// counting its connections in `in_flight` for the drain; `h2_arrivals` is where `inner`
+    /// notes the HTTP/2 streams it is given.
+    pub fn new(
+        inner: A,
+        public: PublicProxy,
+        timeouts: LaneTimeouts,
+        in_flight: InFlight,
+        h2_arrivals: Arc<H2Arrivals>,
+    ) -> Self {
         assert!(timeouts.header_read_ms > 0 && timeouts.upstream_read_ms > 0, "zero timeouts refuse everything");
         Self {
             inner: Arc::new(inner),
@@ -156,6 +165,7 @@ impl<A> FastLane<A> {
             stopping: AtomicBool::new(false),
             stop: std::array::from_fn(|_| Notify::new()),
             connections: AtomicUsize::new(0),
+            h2_arrivals,
         }
     }
 
@@ -174,11 +184,12 @@ impl<A> FastLane<A> {
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for FastLane<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let negotiated_other = matches!(stream.selected_alpn_proto(), Some(ALPN::H2 | ALPN::Custom(_)));
-        if negotiated_other || !self.public.lane_open() {
-            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        match stream.selected_alpn_proto() {
+            Some(ALPN::H2) => self.serve_h2(stream, shutdown).await,
+            Some(ALPN::Custom(_)) => ServerApp::process_new(&self.inner, stream, shutdown).await,
+            _ if !self.public.lane_open() => ServerApp::process_new(&self.inner, stream, shutdown).await,
+            _ => self.run(stream, shutdown).await,
         }
-        self.run(stream, shutdown).await
     }
 
     async fn cleanup(&self) {
@@ -194,6 +205,31 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for FastLane<A> {
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
+    /// Hands an HTTP/2 connection to `inner` (pingora's HTTP/2 server), closing it if no
+    /// stream arrives within the header deadline: pingora waits for a client's preface without
+    /// a bound, and a connection that never asks for anything must not hold a worker's memory.
+    async fn serve_h2(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let Some(socket) = stream.get_socket_digest() else {
+            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        };
+        let expected = self.h2_arrivals.expect(socket);
+        let connection = ServerApp::process_new(&self.inner, stream, shutdown);
+        tokio::pin!(connection);
+        tokio::select! {
+            done = &mut connection => return done,
+            () = tokio::time::sleep(self.header_timeout) => {}
+        }
+        if expected.arrived() {
+            drop(expected);
+            return connection.await;
+        }
+        tracing::debug!(
+            timeout_ms = self.header_timeout.as_millis() as u64,
+            "no HTTP/2 stream opened in time; closing"
+        );
+        None
+    }
+
     /// Serves one client connection until it closes, handing requests on as needed.
     async fn run(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let tls = stream.get_ssl_digest().is_some();

@@ -1,0 +1,237 @@
+//! HTTP/2 from clients: the LB's TLS listener offers `h2` by ALPN (browsers speak HTTP/2 only
+//! over TLS), serves many streams on one connection — events streamed one by one beside
+//! other requests, bodies uploaded with flow control — for both domains, and bounds a
+//! connection that never asks for anything as it bounds a silent HTTP/1.1 one.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use rustls::pki_types::ServerName;
+use steady_e2e::tls::{client_config, TestCa};
+use steady_e2e::{free_port, write_app, Cluster};
+use tokio::io::AsyncReadExt;
+
+/// Answers with the headers it got; `/sink` counts the bytes of the body it got.
+const APP: &str = r#"export default {
+  async fetch(request) {
+    if (new URL(request.url).pathname === "/sink") {
+      let bytes = 0;
+      for await (const chunk of request.body ?? []) bytes += chunk.length;
+      return new Response(String(bytes));
+    }
+    return Response.json({ url: request.url, headers: Object.fromEntries(request.headers) });
+  },
+};
+"#;
+
+/// Sends four events 400 ms apart.
+const EVENTS_APP: &str = r#"export default {
+  fetch() {
+    let next = 0;
+    const stream = new ReadableStream({
+      async pull(controller) {
+        if (next === 4) return controller.close();
+        if (next > 0) await Bun.sleep(400);
+        controller.enqueue(new TextEncoder().encode(`data: ${next++}\n\n`));
+      },
+    });
+    return new Response(stream, { headers: { "content-type": "text/event-stream" } });
+  },
+};
+"#;
+
+/// Largest answer body the client reads.
+const BODY_BYTES_MAX: usize = 1024 * 1024;
+
+/// A cluster of one host with apps `a` and `events`, and an LB serving `steady.page` and
+/// `steady.sh` over TLS with `extra` flags; returns the cluster, the TLS address and the
+/// client's TLS configuration (trusting the test's authority, offering h2 and HTTP/1.1).
+fn cluster_with_tls_lb(extra: &[&str]) -> (Cluster, SocketAddr, Arc<rustls::ClientConfig>) {
+    let mut cluster = Cluster::start(1);
+    for (name, source) in [("a", APP), ("events", EVENTS_APP)] {
+        let app = write_app(cluster.dir.path(), name, source);
+        cluster.deploy(&app, name);
+    }
+    let ca = TestCa::new(cluster.dir.path(), "ca");
+    let tls: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().expect("address");
+    let mut flags = vec!["--domain".to_string(), "steady.page".into(), "--domain".into(), "steady.sh".into()];
+    flags.extend(["--tls-listen".to_string(), tls.to_string()]);
+    for domain in ["steady.page", "steady.sh"] {
+        let (chain, key) = ca.issue(domain);
+        flags.extend(["--tls-cert".to_string(), format!("{domain}={},{}", chain.display(), key.display())]);
+    }
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    cluster.add_lb_with(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut config = (*client_config(&[ca.cert_path()])).clone();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    (cluster, tls, Arc::new(config))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS connection to `addr` for `host`, and the protocol ALPN chose.
+async fn tls_connect(addr: SocketAddr, host: &str, config: &Arc<rustls::ClientConfig>) -> (TlsStream, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.set_nodelay(true).expect("no delay, as browsers ask");
+    let name = ServerName::try_from(host.to_owned()).expect("server name");
+    let stream = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.expect("TLS handshake");
+    let alpn = stream.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
+    (stream, alpn.unwrap_or_default())
+}
+
+/// An HTTP/2 connection to `addr` for `host`; the task driving it ends when the server closes it.
+async fn h2_connect(
+    addr: SocketAddr,
+    host: &str,
+    config: &Arc<rustls::ClientConfig>,
+) -> (SendRequest<Bytes>, tokio::task::JoinHandle<()>) {
+    let (stream, alpn) = tls_connect(addr, host, config).await;
+    assert_eq!(alpn, "h2", "the LB offers HTTP/2 by ALPN");
+    let (client, connection) = h2::client::handshake(stream).await.expect("HTTP/2 handshake");
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (client, driver)
+}
+
+/// An answer: status, body, and when each `\n\n`-ended event of the body arrived.
+struct Answer {
+    status: u16,
+    body: String,
+    events_at: Vec<Instant>,
+}
+
+/// Sends `method url` with `headers` and `body` (in 64 KiB pieces, as the server's flow
+/// control allows) on `client`, and reads the whole answer.
+async fn send(
+    client: &SendRequest<Bytes>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Bytes>,
+) -> Answer {
+    let mut request = http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(()).expect("request");
+    let mut client = client.clone().ready().await.expect("a stream to send on");
+    let (response, mut upload) = client.send_request(request, body.is_none()).expect("request sent");
+    if let Some(mut body) = body {
+        while !body.is_empty() {
+            upload.reserve_capacity(body.len().min(64 * 1024));
+            let granted = std::future::poll_fn(|cx| upload.poll_capacity(cx))
+                .await
+                .expect("the stream stays open")
+                .expect("capacity");
+            upload.send_data(body.split_to(granted.min(body.len())), false).expect("body piece sent");
+        }
+        upload.send_data(Bytes::new(), true).expect("end of body sent");
+    }
+    let response = response.await.expect("an answer");
+    let status = response.status().as_u16();
+    let mut stream = response.into_body();
+    let (mut body, mut events_at) = (Vec::new(), Vec::new());
+    while let Some(chunk) = stream.data().await {
+        let chunk = chunk.expect("the answer's body");
+        let _ = stream.flow_control().release_capacity(chunk.len());
+        body.extend_from_slice(&chunk);
+        assert!(body.len() <= BODY_BYTES_MAX, "an answer larger than the test expects");
+        while events_at.len() < body.windows(2).filter(|w| w == b"\n\n").count() {
+            events_at.push(Instant::now());
+        }
+    }
+    Answer { status, body: String::from_utf8_lossy(&body).into_owned(), events_at }
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn a_browser_speaks_http2_over_tls_to_both_domains_with_streams_side_by_side() {
+    let (cluster, tls, config) = cluster_with_tls_lb(&[]);
+    runtime().block_on(async {
+        for domain in ["steady.page", "steady.sh"] {
+            let host = format!("a.{domain}");
+            let (client, _driver) = h2_connect(tls, &host, &config).await;
+            let answer = send(&client, "GET", &format!("https://{host}/path?q=1"), &[], None).await;
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            let seen = json(&answer.body);
+            // The app is reached over plain HTTP: the scheme is in X-Forwarded-Proto.
+            assert_eq!(seen["url"], format!("http://{host}/path?q=1"), "the app sees the host and target asked for");
+            assert_eq!(seen["headers"]["host"], host.as_str());
+            assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+            assert_eq!(seen["headers"]["x-forwarded-host"], host.as_str());
+        }
+
+        // One connection: an event stream, and meanwhile a request and an upload on streams
+        // beside it, answered before the events end.
+        let (client, _driver) = h2_connect(tls, "events.steady.page", &config).await;
+        let events = send(&client, "GET", "https://events.steady.page/", &[], None);
+        let beside = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let got = send(&client, "GET", "https://a.steady.page/", &[], None).await;
+            let upload_bytes = 8 * 1024 * 1024;
+            let body = Bytes::from(vec![b'x'; upload_bytes]);
+            let sunk = send(&client, "POST", "https://a.steady.page/sink", &[], Some(body)).await;
+            (got, sunk, upload_bytes, Instant::now())
+        };
+        let (events, (got, sunk, upload_bytes, beside_done)) = tokio::join!(events, beside);
+        assert_eq!(got.status, 200, "{}", got.body);
+        assert_eq!((sunk.status, sunk.body), (200, upload_bytes.to_string()), "the app got every byte");
+        assert_eq!(events.status, 200);
+        assert_eq!(events.body, "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\n");
+        let spread = events.events_at[3].duration_since(events.events_at[0]);
+        assert!(spread >= Duration::from_millis(800), "events arrived together ({spread:?} apart)");
+        assert!(beside_done < events.events_at[3], "the streams beside the events waited for them to end");
+
+        // The authority names the app; a Host beside it that names another is refused.
+        let mixed = send(&client, "GET", "https://a.steady.page/", &[("host", "events.steady.page")], None).await;
+        assert_eq!(mixed.status, 400, "{}", mixed.body);
+    });
+    drop(cluster);
+}
+
+#[test]
+fn an_http2_connection_that_asks_for_nothing_is_closed_at_the_header_deadline() {
+    let deadline = Duration::from_millis(1_000);
+    let deadline_ms = deadline.as_millis().to_string();
+    let (cluster, tls, config) = cluster_with_tls_lb(&["--header-read-timeout-ms", &deadline_ms]);
+    runtime().block_on(async {
+        // Negotiates HTTP/2, then sends not even the preface.
+        let (mut silent, alpn) = tls_connect(tls, "a.steady.page", &config).await;
+        assert_eq!(alpn, "h2");
+        let started = Instant::now();
+        let mut sink = vec![0u8; 64 * 1024];
+        let closed = tokio::time::timeout(deadline * 10, async {
+            // The server's SETTINGS come first; then the end (or a reset).
+            while let Ok(read) = silent.read(&mut sink).await {
+                if read == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the silent connection was still open after {:?}", deadline * 10);
+        assert!(started.elapsed() >= deadline / 2, "closed before its deadline ({:?})", started.elapsed());
+
+        // A connection that served a request and then idles is closed as well.
+        let (client, driver) = h2_connect(tls, "a.steady.page", &config).await;
+        assert_eq!(send(&client, "GET", "https://a.steady.page/", &[], None).await.status, 200);
+        let ended = tokio::time::timeout(deadline * 10, driver).await;
+        assert!(ended.is_ok(), "the idle HTTP/2 connection was still open after {:?}", deadline * 10);
+
+        // The LB serves the next connection as before.
+        let (client, _driver) = h2_connect(tls, "a.steady.page", &config).await;
+        assert_eq!(send(&client, "GET", "https://a.steady.page/", &[], None).await.status, 200);
+    });
+    drop(cluster);
+}
