@@ -47,6 +47,17 @@ pub const STOP_SETTLE_MS: u64 = 500;
 tokio::task_local! {
     /// Set once the header of the request being processed on this task has been read.
     static HEADER_READ: Arc<AtomicBool>;
+    /// Whether the connection being handed to pingora on this task opened with HTTP/2's
+    /// preface over plain TCP.
+    static H2C_PREFACE: bool;
+}
+
+/// Runs `connection` (pingora's handling of a new connection) knowing whether it opened with
+/// HTTP/2's preface over plain TCP: only then does pingora take it for HTTP/2 without ALPN.
+/// pingora's own check reads 24 bytes with no deadline, which a short HTTP/1.0 request or a
+/// silent client would never send, so it is not asked of any other connection.
+pub async fn with_h2c_preface<F: std::future::Future>(preface_seen: bool, connection: F) -> F::Output {
+    H2C_PREFACE.scope(preface_seen, connection).await
 }
 
 /// Tells the deadline around this request that its header has been read in full. Called from
@@ -117,18 +128,23 @@ pub struct PublicSessions<A> {
     header_timeout: Duration,
     in_flight: InFlight,
     h2_arrivals: Arc<H2Arrivals>,
+    /// `inner`'s options with HTTP/2 over plain TCP allowed ([`with_h2c_preface`]).
+    h2c_options: HttpServerOptions,
 }
 
-impl<A> PublicSessions<A> {
+impl<A: HttpServerApp> PublicSessions<A> {
     /// Wraps `inner`; each request header must be read within `header_timeout_ms`, and each
     /// session counts in `in_flight` while it lasts.
     pub fn new(inner: A, header_timeout_ms: u64, in_flight: InFlight) -> Self {
         assert!(header_timeout_ms > 0, "a header deadline of zero would refuse every request");
+        let mut h2c_options = inner.server_options().cloned().unwrap_or_default();
+        h2c_options.h2c = true;
         Self {
             inner: Arc::new(inner),
             header_timeout: Duration::from_millis(header_timeout_ms),
             in_flight,
             h2_arrivals: Arc::default(),
+            h2c_options,
         }
     }
 
@@ -174,7 +190,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for PublicSessions<
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {
-        self.inner.server_options()
+        match H2C_PREFACE.try_with(|seen| *seen) {
+            Ok(true) => Some(&self.h2c_options),
+            _ => self.inner.server_options(),
+        }
     }
 
     async fn http_cleanup(&self) {

@@ -12,7 +12,7 @@ use h2::client::SendRequest;
 use rustls::pki_types::ServerName;
 use steady_e2e::tls::{client_config, TestCa};
 use steady_e2e::{free_port, write_app, Cluster};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Answers with the headers it got; `/sink` counts the bytes of the body it got.
 const APP: &str = r#"export default {
@@ -223,6 +223,22 @@ fn an_http2_connection_that_asks_for_nothing_is_closed_at_the_header_deadline() 
         assert!(closed.is_ok(), "the silent connection was still open after {:?}", deadline * 10);
         assert!(started.elapsed() >= deadline / 2, "closed before its deadline ({:?})", started.elapsed());
 
+        // Over plain TCP: the preface, then silence.
+        let public = cluster.more_lbs[0].public;
+        let mut silent = tokio::net::TcpStream::connect(public).await.expect("connect");
+        silent.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.expect("preface");
+        let started = Instant::now();
+        let closed = tokio::time::timeout(deadline * 10, async {
+            while let Ok(read) = silent.read(&mut sink).await {
+                if read == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the silent plain connection was still open after {:?}", deadline * 10);
+        assert!(started.elapsed() >= deadline / 2, "closed before its deadline ({:?})", started.elapsed());
+
         // A connection that served a request and then idles is closed as well.
         let (client, driver) = h2_connect(tls, "a.steady.page", &config).await;
         assert_eq!(send(&client, "GET", "https://a.steady.page/", &[], None).await.status, 200);
@@ -234,4 +250,31 @@ fn an_http2_connection_that_asks_for_nothing_is_closed_at_the_header_deadline() 
         assert_eq!(send(&client, "GET", "https://a.steady.page/", &[], None).await.status, 200);
     });
     drop(cluster);
+}
+
+#[test]
+fn a_client_with_prior_knowledge_speaks_http2_on_the_plain_listener() {
+    let cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "a", APP);
+    cluster.deploy(&app, "a");
+    let host = format!("a.{}", cluster.domain);
+    runtime().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(cluster.public).await.expect("connect");
+        tcp.set_nodelay(true).expect("no delay");
+        let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        for path in ["/one", "/two"] {
+            let answer = send(&client, "GET", &format!("http://{host}{path}"), &[], None).await;
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            let seen = json(&answer.body);
+            assert_eq!(seen["url"], format!("http://{host}{path}"));
+            assert_eq!(seen["headers"]["x-forwarded-proto"], "http");
+        }
+        let sunk = send(&client, "POST", &format!("http://{host}/sink"), &[], Some(Bytes::from_static(b"12345"))).await;
+        assert_eq!((sunk.status, sunk.body.as_str()), (200, "5"));
+    });
+    // HTTP/1.1 on the same listener as before.
+    assert_eq!(cluster.get("a", "/").status, 200);
 }

@@ -47,7 +47,7 @@ use crate::drain::InFlight;
 use crate::limits::Limited;
 use crate::metrics::RequestCounters;
 use crate::public::{PublicProxy, CONNECT_RETRIES_MAX, CONNECT_RETRY_BACKOFF_MS_MIN};
-use crate::sessions::{H2Arrivals, STOP_SETTLE_MS};
+use crate::sessions::{with_h2c_preface, H2Arrivals, STOP_SETTLE_MS};
 use request::{Forwarding, Parsed, LANE_HEADERS_MAX};
 
 /// Stop signals connections are spread over.
@@ -97,6 +97,10 @@ struct Admitted {
     head: bool,
     close: bool,
 }
+
+/// How HTTP/2's connection preface starts: what a client speaking HTTP/2 over plain TCP sends
+/// first (RFC 9113 §3.3); the rest of the preface (`SM\r\n\r\n`) may come later.
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
 
 /// What the lane made of the bytes at the start of its buffer.
 enum Next {
@@ -185,7 +189,7 @@ impl<A> FastLane<A> {
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for FastLane<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         match stream.selected_alpn_proto() {
-            Some(ALPN::H2) => self.serve_h2(stream, shutdown).await,
+            Some(ALPN::H2) => self.serve_h2(stream, false, shutdown).await,
             Some(ALPN::Custom(_)) => ServerApp::process_new(&self.inner, stream, shutdown).await,
             _ if !self.public.lane_open() => ServerApp::process_new(&self.inner, stream, shutdown).await,
             _ => self.run(stream, shutdown).await,
@@ -205,15 +209,20 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for FastLane<A> {
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
-    /// Hands an HTTP/2 connection to `inner` (pingora's HTTP/2 server), closing it if no
-    /// stream arrives within the header deadline: pingora waits for a client's preface without
-    /// a bound, and a connection that never asks for anything must not hold a worker's memory.
-    async fn serve_h2(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let Some(socket) = stream.get_socket_digest() else {
-            return ServerApp::process_new(&self.inner, stream, shutdown).await;
-        };
+    /// Hands an HTTP/2 connection (by ALPN, or over plain TCP when `preface_seen`) to `inner`
+    /// (pingora's HTTP/2 server), closing it if no stream arrives within the header deadline:
+    /// pingora waits for a client's preface without a bound, and a connection that never asks
+    /// for anything must not hold a worker's memory.
+    async fn serve_h2(
+        self: &Arc<Self>,
+        stream: Stream,
+        preface_seen: bool,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let socket = stream.get_socket_digest();
+        let connection = with_h2c_preface(preface_seen, ServerApp::process_new(&self.inner, stream, shutdown));
+        let Some(socket) = socket else { return connection.await };
         let expected = self.h2_arrivals.expect(socket);
-        let connection = ServerApp::process_new(&self.inner, stream, shutdown);
         tokio::pin!(connection);
         tokio::select! {
             done = &mut connection => return done,
@@ -243,10 +252,18 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
             client_bytes: BytesMut::with_capacity(READ_BYTES),
             buffers: Buffers::default(),
         };
+        let mut first = true;
         loop {
-            let _in_flight = self.in_flight.enter();
+            let in_flight = self.in_flight.enter();
             let next = self.next_request(&mut stream, &mut conn).await?;
             match next {
+                // A client speaking HTTP/2 without TLS ("prior knowledge") opens with its preface.
+                Next::HandOn if first && conn.client_bytes.starts_with(H2_PREFACE_START) => {
+                    // Its streams are counted one by one as they come (crate::sessions).
+                    drop(in_flight);
+                    let read = conn.client_bytes.split();
+                    return self.serve_h2c(stream, &read, shutdown).await;
+                }
                 Next::HandOn => {
                     let read = conn.client_bytes.split();
                     stream = self.hand_on(stream, read, shutdown).await?;
@@ -258,7 +275,21 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
                     }
                 }
             }
+            drop(in_flight);
+            first = false;
         }
+    }
+
+    /// Hands a plain connection that opened with HTTP/2's preface to pingora's HTTP/2 server,
+    /// the bytes already read given back to the stream first.
+    async fn serve_h2c(self: &Arc<Self>, stream: Stream, read: &[u8], shutdown: &ShutdownWatch) -> Option<Stream> {
+        // Only a plain TCP stream takes bytes back; over TLS, HTTP/2 is chosen by ALPN instead.
+        let Ok(mut plain) = stream.into_any().downcast::<pingora::protocols::l4::stream::Stream>() else {
+            tracing::debug!("an HTTP/2 preface on a TLS connection that did not negotiate h2; closing");
+            return None;
+        };
+        plain.rewind(read);
+        self.serve_h2(plain, true, shutdown).await
     }
 
     /// Reads until the buffer starts with a whole request header (within the header deadline,
