@@ -76,11 +76,19 @@ Bun.serve({
     if (schedule !== null) {
       return schedule in crons ? runCron(schedule) : new Response("no such schedule\n", { status: 404 });
     }
+    const received = request;
     const ctx = {
       waitUntil() {},
       passThroughOnException() {},
-      upgrade: (req, options) => (websocket ? server.upgrade(req, options) : false),
+      // Bun upgrades only the request its server received.
+      upgrade: (_req, options) => (websocket ? server.upgrade(received, options) : false),
     };
+    // The app is reached over plain HTTP; a request that came over TLS shows its real URL,
+    // so links and redirects built from request.url stay on https. X-Forwarded-Proto is the
+    // LB's own (it replaces what a client sends).
+    if (request.headers.get("x-forwarded-proto") === "https" && request.url.startsWith("http:")) {
+      request = new Request("https:" + request.url.slice("http:".length), request);
+    }
     return app.fetch(request, process.env, ctx);
   },
   websocket,

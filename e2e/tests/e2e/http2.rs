@@ -165,8 +165,7 @@ fn a_browser_speaks_http2_over_tls_to_both_domains_with_streams_side_by_side() {
             let answer = send(&client, "GET", &format!("https://{host}/path?q=1"), &[], None).await;
             assert_eq!(answer.status, 200, "{}", answer.body);
             let seen = json(&answer.body);
-            // The app is reached over plain HTTP: the scheme is in X-Forwarded-Proto.
-            assert_eq!(seen["url"], format!("http://{host}/path?q=1"), "the app sees the host and target asked for");
+            assert_eq!(seen["url"], format!("https://{host}/path?q=1"), "the app sees the URL the browser asked for");
             assert_eq!(seen["headers"]["host"], host.as_str());
             assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
             assert_eq!(seen["headers"]["x-forwarded-host"], host.as_str());

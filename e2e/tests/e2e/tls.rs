@@ -11,10 +11,23 @@ use std::time::Instant;
 use steady_e2e::tls::{client_config, first_cert_der, https_get, TestCa, TlsClient};
 use steady_e2e::{eventually, free_port, write_app, Cluster};
 
-/// Answers with the headers it got.
+/// Answers with the URL and the headers it got.
 const HEADERS_APP: &str = r#"export default {
   fetch(request) {
-    return Response.json({ headers: Object.fromEntries(request.headers) });
+    return Response.json({ url: request.url, headers: Object.fromEntries(request.headers) });
+  },
+};
+"#;
+
+/// Accepts a WebSocket, greets it with the URL the app saw, and echoes its messages.
+const ECHO_APP: &str = r#"export default {
+  fetch(request, env, ctx) {
+    if (ctx.upgrade(request, { data: { url: request.url } })) return;
+    return new Response("websockets only", { status: 400 });
+  },
+  websocket: {
+    open(ws) { ws.send(`welcome to ${ws.data.url}`); },
+    message(ws, message) { ws.send(`echo: ${message}`); },
   },
 };
 "#;
@@ -63,6 +76,8 @@ fn https_serves_two_domains_each_with_its_certificate() {
         let answer = https_get(tls, &host, "/", &config).unwrap_or_else(|e| panic!("https://{host}/: {e}"));
         assert_eq!(answer.status, 200, "{}", answer.text);
         assert_eq!(answer.peer_cert, first_cert_der(chain), "{host} got its domain's certificate");
+        let url = &serde_json::from_str::<serde_json::Value>(answer.body()).expect("the app's JSON")["url"];
+        assert_eq!(url, &format!("https://{host}/"), "the app sees the URL the browser asked for");
         let seen = headers(answer.body());
         assert_eq!(seen["x-forwarded-proto"], "https");
         assert_eq!(seen["x-forwarded-host"], host.as_str());
@@ -86,7 +101,10 @@ fn https_serves_two_domains_each_with_its_certificate() {
             .send()
             .expect("plain request");
         assert_eq!(answer.status(), 200);
-        assert_eq!(headers(&answer.text().expect("body"))["x-forwarded-proto"], "http");
+        let body = answer.text().expect("body");
+        assert_eq!(headers(&body)["x-forwarded-proto"], "http");
+        let url = &serde_json::from_str::<serde_json::Value>(&body).expect("the app's JSON")["url"];
+        assert_eq!(url, &format!("http://{host}/"));
     }
 }
 
@@ -179,4 +197,31 @@ fn certificates_reload_on_sighup_without_a_failed_request_and_a_bad_file_keeps_t
     // The connection opened before the reloads is still up, on the certificate it started with.
     let answer = kept.get("/", false).expect("the kept connection still serves");
     assert_eq!((answer.status, answer.peer_cert == old_der), (200, true));
+}
+
+#[test]
+fn a_websocket_opens_over_tls_and_its_app_sees_the_https_url() {
+    let mut cluster = cluster_with_app();
+    let echo = write_app(cluster.dir.path(), "echo", ECHO_APP);
+    cluster.deploy(&echo, "echo");
+    let ca = TestCa::new(cluster.dir.path(), "ca");
+    let page = ca.issue("steady.page");
+    let (_, tls) = tls_lb(&mut cluster, &[("steady.page", &page)]);
+    let config = client_config(&[ca.cert_path()]);
+
+    let tcp = std::net::TcpStream::connect(tls).expect("connect");
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+    let name = rustls::pki_types::ServerName::try_from("echo.steady.page").expect("name");
+    let connection = rustls::ClientConnection::new(config, name).expect("TLS client");
+    let stream = rustls::StreamOwned::new(connection, tcp);
+    let (mut socket, response) =
+        tungstenite::client("wss://echo.steady.page/chat", stream).expect("WebSocket handshake");
+    assert_eq!(response.status().as_u16(), 101);
+    let welcome = socket.read().expect("first message");
+    assert_eq!(welcome, tungstenite::Message::text("welcome to https://echo.steady.page/chat"));
+    for i in 0..3 {
+        socket.send(tungstenite::Message::text(format!("hello {i}"))).expect("send");
+        assert_eq!(socket.read().expect("echo"), tungstenite::Message::text(format!("echo: hello {i}")));
+    }
+    socket.close(None).expect("close");
 }
