@@ -195,6 +195,15 @@ fn a_browser_speaks_http2_over_tls_to_both_domains_with_streams_side_by_side() {
         // The authority names the app; a Host beside it that names another is refused.
         let mixed = send(&client, "GET", "https://a.steady.page/", &[("host", "events.steady.page")], None).await;
         assert_eq!(mixed.status, 400, "{}", mixed.body);
+        // The edge's limits hold per stream: 40 KiB of headers is over its 32 KiB.
+        let big = "v".repeat(40 * 1024);
+        let oversized = send(&client, "GET", "https://a.steady.page/", &[("x-big", &big)], None).await;
+        assert_eq!(oversized.status, 431, "{}", oversized.body);
+        assert_eq!(
+            send(&client, "GET", "https://a.steady.page/", &[], None).await.status,
+            200,
+            "the connection serves on"
+        );
     });
     drop(cluster);
 }
