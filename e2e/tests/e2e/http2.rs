@@ -247,9 +247,14 @@ fn an_http2_connection_that_asks_for_nothing_is_closed_at_the_header_deadline() 
         assert!(closed.is_ok(), "the silent plain connection was still open after {:?}", deadline * 10);
         assert!(started.elapsed() >= deadline / 2, "closed before its deadline ({:?})", started.elapsed());
 
-        // A connection that served a request and then idles is closed as well.
+        // A connection in use lives past the deadline; once it idles, it is closed as well.
         let (client, driver) = h2_connect(tls, "a.steady.page", &config).await;
-        assert_eq!(send(&client, "GET", "https://a.steady.page/", &[], None).await.status, 200);
+        let opened = Instant::now();
+        while opened.elapsed() < deadline * 5 / 2 {
+            assert_eq!(send(&client, "GET", "https://a.steady.page/", &[], None).await.status, 200);
+            tokio::time::sleep(deadline * 2 / 5).await;
+        }
+        assert!(!driver.is_finished(), "a connection in use was closed");
         let ended = tokio::time::timeout(deadline * 10, driver).await;
         assert!(ended.is_ok(), "the idle HTTP/2 connection was still open after {:?}", deadline * 10);
 
