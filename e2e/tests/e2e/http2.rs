@@ -209,7 +209,7 @@ fn a_browser_speaks_http2_over_tls_to_both_domains_with_streams_side_by_side() {
 }
 
 #[test]
-fn an_http2_connection_that_asks_for_nothing_is_closed_at_the_header_deadline() {
+fn an_http2_connection_is_closed_at_the_header_deadline_when_silent_or_idle_not_in_use() {
     let deadline = Duration::from_millis(1_000);
     let deadline_ms = deadline.as_millis().to_string();
     let (cluster, tls, config) = cluster_with_tls_lb(&["--header-read-timeout-ms", &deadline_ms]);
