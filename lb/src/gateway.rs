@@ -81,7 +81,8 @@ pub struct Gateway {
     http: reqwest::Client,
     anonymous_runs: Rate,
     anonymous_runs_per_minute_max: u32,
-    /// Public base of app URLs: `http://{app}.<domain>[:port]` is built from these.
+    /// Public base of app URLs: `<scheme>://{app}.<domain>[:port]` is built from these.
+    url_scheme: &'static str,
     url_domain: String,
     url_port_suffix: String,
 }
@@ -145,16 +146,24 @@ async fn refuse(session: &mut Session, status: u16, code: &str, message: &str) -
 
 impl Gateway {
     /// A gateway to `slicer` and the hosts `routes` names. App URLs it reports are under
-    /// `domain` on the public listener `public`.
+    /// `domain` on the public listener `public`, or over https on the TLS listener and under
+    /// the domain `tls` names.
     pub fn new(
         routes: Arc<Routes>,
         slicer: SocketAddr,
         domain: &str,
         public: SocketAddr,
+        tls: Option<(SocketAddr, &str)>,
         anonymous_runs_per_minute_max: u32,
     ) -> Self {
         assert!(anonymous_runs_per_minute_max > 0);
-        let url_port_suffix = if public.port() == 80 { String::new() } else { format!(":{}", public.port()) };
+        // Apps' URLs name the TLS listener (`tls`: its address and a domain it has a
+        // certificate for) when there is one: that is where a user should go.
+        let (url_scheme, domain, port, default_port) = match tls {
+            Some((listen, tls_domain)) => ("https", tls_domain, listen.port(), 443),
+            None => ("http", domain, public.port(), 80),
+        };
+        let url_port_suffix = if port == default_port { String::new() } else { format!(":{port}") };
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(AUTHORIZE_TIMEOUT_MS))
             .build()
@@ -165,6 +174,7 @@ impl Gateway {
             http,
             anonymous_runs: Rate::new(Duration::from_secs(60)),
             anonymous_runs_per_minute_max,
+            url_scheme,
             url_domain: domain.to_owned(),
             url_port_suffix,
         }
@@ -302,7 +312,8 @@ impl Gateway {
             }
         }
         if let Some(app) = &ctx.app {
-            response.insert_header(HEADER_URL, format!("http://{app}.{}{}/", self.url_domain, self.url_port_suffix))?;
+            let url = format!("{}://{app}.{}{}/", self.url_scheme, self.url_domain, self.url_port_suffix);
+            response.insert_header(HEADER_URL, url)?;
         }
         if let Some(token) = ctx.principal.as_ref().and_then(|p| p.new_token.as_deref()) {
             response.insert_header(HEADER_NEW_TOKEN, token)?;

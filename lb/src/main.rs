@@ -77,6 +77,7 @@ fn main() {
         config.slicer,
         &config.domains[0],
         config.public,
+        config.tls_listen.zip(config.tls_certs.first().map(|cert| cert.domain.as_str())),
         config.anonymous_runs_per_minute_max,
     ));
 

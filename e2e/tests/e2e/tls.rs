@@ -92,6 +92,14 @@ fn https_serves_two_domains_each_with_its_certificate() {
     // Two labels are not covered by a wildcard certificate, so none is offered.
     assert!(https_get(tls, "x.a.steady.page", "/", &config).is_err());
 
+    // Deployed through this LB's API, an app's URL names the TLS listener.
+    let private = cluster.more_lbs[index].private.to_string();
+    let source = write_app(cluster.dir.path(), "b", HEADERS_APP);
+    let output = cluster.steady(&["--api", &private, "deploy", &source.display().to_string(), "--name", "b", "--json"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let deployed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("deploy prints JSON");
+    assert_eq!(deployed["url"], format!("https://b.steady.page:{}/", tls.port()));
+
     // Plain HTTP stays on the public listener, for both domains.
     let public = cluster.more_lbs[index].public;
     for host in ["a.steady.page", "a.steady.sh"] {
