@@ -291,3 +291,28 @@ fn a_client_with_prior_knowledge_speaks_http2_on_the_plain_listener() {
     // HTTP/1.1 on the same listener as before.
     assert_eq!(cluster.get("a", "/").status, 200);
 }
+
+#[test]
+fn a_stalled_http2_upload_ends_at_the_upstream_read_timeout() {
+    // pingora bounds each read of an HTTP/1.1 body (60 s) but not of an HTTP/2 one: what ends a
+    // stream whose body stops coming is the host's silence, past the upstream read timeout.
+    let timeout = Duration::from_millis(2_000);
+    let timeout_ms = timeout.as_millis().to_string();
+    let (cluster, tls, config) = cluster_with_tls_lb(&["--upstream-read-timeout-ms", &timeout_ms]);
+    runtime().block_on(async {
+        let (client, _driver) = h2_connect(tls, "a.steady.page", &config).await;
+        let request =
+            http::Request::builder().method("POST").uri("https://a.steady.page/sink").body(()).expect("request");
+        let mut ready = client.clone().ready().await.expect("a stream to send on");
+        let (response, mut upload) = ready.send_request(request, false).expect("request sent");
+        upload.send_data(Bytes::from_static(b"a first piece, then nothing"), false).expect("a piece sent");
+        let started = Instant::now();
+        let response = tokio::time::timeout(timeout * 5, response).await.expect("an answer before 5x the timeout");
+        let status = response.expect("an answer").status().as_u16();
+        assert_eq!(status, 504, "the stalled upload ends in a gateway timeout");
+        assert!(started.elapsed() >= timeout / 2, "ended before the timeout ({:?})", started.elapsed());
+        // The connection serves on.
+        assert_eq!(send(&client, "GET", "https://a.steady.page/", &[], None).await.status, 200);
+    });
+    drop(cluster);
+}
