@@ -1,7 +1,9 @@
 //! HTTP/2 from clients: the LB's TLS listener offers `h2` by ALPN (browsers speak HTTP/2 only
 //! over TLS), serves many streams on one connection — events streamed one by one beside
-//! other requests, bodies uploaded with flow control — for both domains, and bounds a
-//! connection that never asks for anything as it bounds a silent HTTP/1.1 one.
+//! other requests, bodies uploaded with flow control — for both domains, holds each stream
+//! to the edge's rules, takes HTTP/2 with prior knowledge on the plain listener, and bounds
+//! a connection that never asks for anything, or a body that stops coming, as it bounds a
+//! silent HTTP/1.1 client.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
