@@ -16,6 +16,8 @@ use steady_e2e::tls::{client_config, TestCa};
 use steady_e2e::{free_port, write_app, Cluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::protocols::EVENTS_APP;
+
 /// Answers with the headers it got; `/sink` counts the bytes of the body it got.
 const APP: &str = r#"export default {
   async fetch(request) {
@@ -25,22 +27,6 @@ const APP: &str = r#"export default {
       return new Response(String(bytes));
     }
     return Response.json({ url: request.url, headers: Object.fromEntries(request.headers) });
-  },
-};
-"#;
-
-/// Sends four events 400 ms apart.
-const EVENTS_APP: &str = r#"export default {
-  fetch() {
-    let next = 0;
-    const stream = new ReadableStream({
-      async pull(controller) {
-        if (next === 4) return controller.close();
-        if (next > 0) await Bun.sleep(400);
-        controller.enqueue(new TextEncoder().encode(`data: ${next++}\n\n`));
-      },
-    });
-    return new Response(stream, { headers: { "content-type": "text/event-stream" } });
   },
 };
 "#;
@@ -210,6 +196,23 @@ fn a_browser_speaks_http2_over_tls_to_both_domains_with_streams_side_by_side() {
     drop(cluster);
 }
 
+/// Reads `stream` (the server's SETTINGS come first) until the server closes it, which must
+/// happen at about `deadline`: not before half of it, not after ten times it.
+async fn assert_closed_at(mut stream: impl tokio::io::AsyncRead + Unpin, deadline: Duration, what: &str) {
+    let started = Instant::now();
+    let mut sink = vec![0u8; 64 * 1024];
+    let closed = tokio::time::timeout(deadline * 10, async {
+        while let Ok(read) = stream.read(&mut sink).await {
+            if read == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "{what} was still open after {:?}", deadline * 10);
+    assert!(started.elapsed() >= deadline / 2, "{what} was closed before its deadline ({:?})", started.elapsed());
+}
+
 #[test]
 fn an_http2_connection_is_closed_at_the_header_deadline_when_silent_or_idle_not_in_use() {
     let deadline = Duration::from_millis(1_000);
@@ -217,37 +220,15 @@ fn an_http2_connection_is_closed_at_the_header_deadline_when_silent_or_idle_not_
     let (cluster, tls, config) = cluster_with_tls_lb(&["--header-read-timeout-ms", &deadline_ms]);
     runtime().block_on(async {
         // Negotiates HTTP/2, then sends not even the preface.
-        let (mut silent, alpn) = tls_connect(tls, "a.steady.page", &config).await;
+        let (silent, alpn) = tls_connect(tls, "a.steady.page", &config).await;
         assert_eq!(alpn, "h2");
-        let started = Instant::now();
-        let mut sink = vec![0u8; 64 * 1024];
-        let closed = tokio::time::timeout(deadline * 10, async {
-            // The server's SETTINGS come first; then the end (or a reset).
-            while let Ok(read) = silent.read(&mut sink).await {
-                if read == 0 {
-                    break;
-                }
-            }
-        })
-        .await;
-        assert!(closed.is_ok(), "the silent connection was still open after {:?}", deadline * 10);
-        assert!(started.elapsed() >= deadline / 2, "closed before its deadline ({:?})", started.elapsed());
+        assert_closed_at(silent, deadline, "a silent TLS connection").await;
 
         // Over plain TCP: the preface, then silence.
         let public = cluster.more_lbs[0].public;
         let mut silent = tokio::net::TcpStream::connect(public).await.expect("connect");
         silent.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.expect("preface");
-        let started = Instant::now();
-        let closed = tokio::time::timeout(deadline * 10, async {
-            while let Ok(read) = silent.read(&mut sink).await {
-                if read == 0 {
-                    break;
-                }
-            }
-        })
-        .await;
-        assert!(closed.is_ok(), "the silent plain connection was still open after {:?}", deadline * 10);
-        assert!(started.elapsed() >= deadline / 2, "closed before its deadline ({:?})", started.elapsed());
+        assert_closed_at(silent, deadline, "a silent plain connection").await;
 
         // A connection in use lives past the deadline; once it idles, it is closed as well.
         let (client, driver) = h2_connect(tls, "a.steady.page", &config).await;

@@ -47,7 +47,8 @@ fn assert_websocket_echoes(lb: std::net::SocketAddr) {
     socket.close(None).expect("close");
 }
 
-const EVENTS_APP: &str = r#"export default {
+/// Sends four events 400 ms apart.
+pub const EVENTS_APP: &str = r#"export default {
   fetch() {
     let next = 0;
     const stream = new ReadableStream({
