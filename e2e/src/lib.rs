@@ -66,8 +66,30 @@ pub fn bin_dir() -> PathBuf {
             "{binary} is not built in {}: run `cargo build --workspace --bins` with the same profile first",
             dir.display()
         );
+        if let Some(source) = newer_source(&dir, binary) {
+            panic!(
+                "{binary} in {} is older than {}: run `cargo build --workspace --bins` with the same profile \
+                 first (`cargo test -p steady-e2e` builds the tests, not the daemons they start)",
+                dir.display(),
+                source.display()
+            );
+        }
     }
     dir
+}
+
+/// A source file `binary` was built from that changed after it was built, from the list of
+/// its sources cargo writes beside it (`<binary>.d`); `None` when there is none, or no list.
+fn newer_source(dir: &Path, binary: &str) -> Option<PathBuf> {
+    let built = std::fs::metadata(dir.join(binary)).and_then(|m| m.modified()).ok()?;
+    let list = std::fs::read_to_string(dir.join(format!("{binary}.d"))).ok()?;
+    let (_, sources) = list.split_once(": ")?;
+    // Paths are separated by spaces; a space inside a path is escaped with a backslash.
+    let sources = sources.replace("\\ ", "\u{0}");
+    sources
+        .split_whitespace()
+        .map(|path| PathBuf::from(path.replace('\u{0}', " ")))
+        .find(|path| std::fs::metadata(path).and_then(|m| m.modified()).is_ok_and(|changed| changed > built))
 }
 
 /// PATH for the daemons and the CLI: the checkout's `.tools/bin` first.
@@ -694,4 +716,35 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
 pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|s| !s[s.rfind(')').unwrap_or(0)..].starts_with(") Z"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn set_modified(path: &Path, at: SystemTime) {
+        std::fs::File::options().write(true).open(path).expect("open").set_modified(at).expect("set mtime");
+    }
+
+    #[test]
+    fn a_binary_older_than_one_of_its_sources_is_found_out() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (binary, source, spaced) =
+            (dir.path().join("steady-lb"), dir.path().join("main.rs"), dir.path().join("a b.rs"));
+        for path in [&binary, &source, &spaced] {
+            std::fs::write(path, "x").expect("file");
+        }
+        let escaped = spaced.display().to_string().replace(' ', "\\ ");
+        let list = format!("{}: {} {escaped}\n", binary.display(), source.display());
+        std::fs::write(dir.path().join("steady-lb.d"), list).expect("dep-info");
+        let now = SystemTime::now();
+        set_modified(&source, now - Duration::from_secs(60));
+        set_modified(&spaced, now - Duration::from_secs(60));
+        set_modified(&binary, now - Duration::from_secs(30));
+        assert_eq!(newer_source(dir.path(), "steady-lb"), None, "built after its sources");
+        set_modified(&spaced, now);
+        assert_eq!(newer_source(dir.path(), "steady-lb"), Some(spaced), "a source changed since");
+        assert_eq!(newer_source(dir.path(), "steady"), None, "no list, no verdict");
+    }
 }
