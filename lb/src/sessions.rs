@@ -21,8 +21,8 @@
 //! **HTTP/2.** A client that negotiated `h2` by ALPN is served by pingora's HTTP/2 server, one
 //! session per stream. Its request headers come whole in one frame sequence, bounded in size
 //! by pingora's defaults, so the deadline that matters is the connection's: pingora waits for
-//! the client's preface without a bound and closes an idle connection only once it served a
-//! stream. So the public listener ([`crate::fastlane::FastLane`]) closes an HTTP/2 connection
+//! the client's preface without a bound, and its idle timeout (when one is set) starts only
+//! after that handshake. So the public listener ([`crate::fastlane::FastLane`]) closes an HTTP/2 connection
 //! that has not opened a stream within the header deadline ([`H2Arrivals`] tells it one
 //! did), and an HTTP/2 connection with nothing in flight for that long is closed by pingora
 //! (its `h2_idle_timeout`, set to the same deadline), as an idle HTTP/1.1 one is.
