@@ -110,8 +110,12 @@ impl Store {
     }
 
     /// Records `name` as serving `version` (bundle `bundle`), as the cluster knows it: how a
-    /// host that lacks the app (a new disk, a new owner) takes it over. A no-op if the app is
-    /// already here.
+    /// host that lacks the app (a new disk, a new owner, a move) takes it over. A no-op if the
+    /// app is already here, or while a deploy of it is under way here.
+    ///
+    /// What failed deploys left of the app (a row with no current version: none of it ever
+    /// served here) gives way. Otherwise a deploy that lost a race with a move — begun here just
+    /// as the app left, refused by the slicer — would keep the app from ever coming back.
     pub fn adopt(
         &mut self,
         name: &str,
@@ -122,6 +126,10 @@ impl Store {
     ) -> Result<bool, StoreError> {
         assert!(version > 0);
         let tx = self.connection.transaction()?;
+        let leftover = "SELECT id FROM apps WHERE name = ?1 AND current_version IS NULL
+             AND NOT EXISTS (SELECT 1 FROM versions WHERE app_id = apps.id AND status = 'starting')";
+        tx.execute(&format!("DELETE FROM versions WHERE app_id IN ({leftover})"), [name])?;
+        tx.execute(&format!("DELETE FROM apps WHERE id IN ({leftover})"), [name])?;
         let inserted = tx.execute(
             "INSERT OR IGNORE INTO apps (name, current_version, created_at_ms, expires_at_ms) VALUES (?1, ?2, ?3, ?4)",
             params![name, version as i64, now_ms as i64, expires_at_ms.map(|v| v as i64)],
@@ -302,6 +310,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("h.db")).unwrap();
         (dir, store)
+    }
+
+    #[test]
+    fn an_arriving_app_takes_the_place_of_what_failed_deploys_left_but_not_of_a_deploy_under_way() {
+        let (_dir, mut store) = store();
+        let (id, v1) = store.begin_version("a", "b1", 1, None).unwrap();
+        assert!(!store.adopt("a", 8, "b8", None, 2).unwrap(), "a deploy of it is under way");
+        store.finish_version(id, v1, Outcome::Failed).unwrap();
+        assert!(store.adopt("a", 8, "b8", None, 3).unwrap(), "a failed deploy's leftovers give way");
+        let current = store.current("a").unwrap().expect("the adopted version serves");
+        assert_eq!((current.version, current.bundle.as_str()), (8, "b8"));
+        assert!(!store.adopt("a", 9, "b9", None, 4).unwrap(), "an app that serves here stays as it is");
+        let (_, next) = store.begin_version("a", "b10", 5, None).unwrap();
+        assert_eq!(next, 9, "the next deploy follows the adopted version");
     }
 
     #[test]

@@ -26,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
         steady_daemon::write_ready_file(path, &serde_json::json!({ "api": addr.to_string() }))?;
     }
     tracing::info!(%addr, "slicer listening");
-    axum::serve(listener, api::router(slicer)).with_graceful_shutdown(steady_daemon::shutdown_signal()).await?;
+    let router = steady_daemon::keepalive::announce_close(api::router(slicer));
+    axum::serve(listener, router).with_graceful_shutdown(steady_daemon::shutdown_signal()).await?;
     Ok(())
 }

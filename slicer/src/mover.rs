@@ -46,14 +46,20 @@ pub struct Move {
 
 /// The moves `table` asks for: apps held by a live host that is not their slice's owner, in
 /// name order. An app whose holder is gone is not moved but adopted by the owner.
+///
+/// A move that has begun toward a live host is finished even when the slice's owner has
+/// turned back to the holder meanwhile (a drain undone): the holder may already have handed
+/// the app over (step 3), and then only the target can serve it. A later move brings it back.
 pub fn pending(table: &RoutingTable) -> Vec<Move> {
     table
         .apps
         .iter()
         .filter_map(|app| {
             let from = table.host(&app.host_id)?;
-            let to = table.owner_of(&app.name)?;
-            (from.id != to.id).then(|| Move { app: app.clone(), from: from.clone(), to: to.clone() })
+            let owner = table.owner_of(&app.name)?;
+            let begun = app.moving_to.as_deref().and_then(|id| table.host(id)).filter(|to| to.id != from.id);
+            let to = if owner.id != from.id { owner } else { begun? };
+            Some(Move { app: app.clone(), from: from.clone(), to: to.clone() })
         })
         .collect()
 }
@@ -251,5 +257,21 @@ mod tests {
         let moves = pending(&table);
         assert_eq!(moves.len(), 1, "{moves:?}");
         assert_eq!((moves[0].app.name.as_str(), moves[0].from.id.as_str(), moves[0].to.id.as_str()), ("one", "a", "b"));
+    }
+
+    #[test]
+    fn a_begun_move_is_finished_when_the_owner_turns_back_to_the_holder() {
+        let mut table = RoutingTable::empty();
+        table.hosts = vec![host("a"), host("b")];
+        table.slices = vec![0; SLICE_COUNT as usize];
+        let begun = |to: &str| AppEntry { moving_to: Some(to.into()), ..app("one", "a") };
+        table.apps = vec![begun("b")];
+        let moves = pending(&table);
+        assert_eq!(moves.len(), 1, "a owns the slice again, but a may have let the app go: {moves:?}");
+        assert_eq!((moves[0].from.id.as_str(), moves[0].to.id.as_str()), ("a", "b"));
+        table.apps = vec![begun("gone")];
+        assert!(pending(&table).is_empty(), "no live target to finish toward");
+        table.apps = vec![app("one", "a")];
+        assert!(pending(&table).is_empty(), "nothing begun, the holder owns it");
     }
 }
