@@ -103,7 +103,10 @@ fn serve(
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        if let Err(error) = axum::serve(listener, steady_daemon::keepalive::announce_close(router)).with_graceful_shutdown(shutdown).await {
+        if let Err(error) = axum::serve(listener, steady_daemon::keepalive::announce_close(router))
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             tracing::error!(%error, "listener failed");
         }
     })
