@@ -29,7 +29,8 @@ pub fn announce_close<S: Clone + Send + Sync + 'static>(router: axum::Router<S>)
 async fn close_unless_read(request: Request, next: Next) -> Response {
     use http_body::Body as _;
     let (parts, body) = request.into_parts();
-    if body.is_end_stream() {
+    // HTTP/2 ends a stream, never the connection, on an unread body.
+    if body.is_end_stream() || parts.version >= axum::http::Version::HTTP_2 {
         return next.run(Request::from_parts(parts, body)).await;
     }
     let read = Arc::new(AtomicBool::new(false));
