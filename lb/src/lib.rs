@@ -28,6 +28,7 @@ pub mod pages;
 pub mod private;
 pub mod probe;
 pub mod public;
+pub mod readiness;
 pub mod routing;
 pub mod sessions;
 pub mod upstream;

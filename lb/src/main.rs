@@ -15,7 +15,9 @@ use steady_lb::config::Config;
 use steady_lb::drain::{Drain, InFlight};
 use steady_lb::fastlane::{FastLane, LaneTimeouts};
 use steady_lb::sessions::PublicSessions;
-use steady_lb::{private::PrivateProxy, public::PublicProxy, routing::Routes, watch::SlicerWatch, workers};
+use steady_lb::{
+    private::PrivateProxy, public::PublicProxy, readiness::Readiness, routing::Routes, watch::SlicerWatch, workers,
+};
 
 /// Every request allocates and frees dozens of small buffers across worker threads; mimalloc's
 /// per-thread free lists took 15 % off the LB's instructions per request (docs/notes.md).
@@ -105,7 +107,9 @@ fn main() {
             public_worker(worker, lane, &config, certs.as_ref())
         })
         .collect();
-    let private_proxy = PrivateProxy::new(routes.clone(), metrics, gateway).with_in_flight(in_flight.clone());
+    let readiness = Arc::new(Readiness::new(std::iter::once(config.public).chain(config.tls_listen).collect()));
+    let private_proxy =
+        PrivateProxy::new(routes.clone(), metrics, gateway, readiness).with_in_flight(in_flight.clone());
     let mut private = pingora::proxy::http_proxy_service(&server.configuration, private_proxy);
     private.add_tcp(&config.private.to_string());
     private.threads = Some(1);

@@ -1,6 +1,7 @@
 //! The private listener: the whole API (see [`crate::gateway`]: `/v1/apps/<name>[/<action>]`
 //! goes to the host that holds the app, the rest to the slicer), and the LB's own `/metrics`
-//! and `/readyz`, which need no token (the private network is trusted to scrape them).
+//! and `/readyz` ([`crate::readiness`]), which need no token (the private network is trusted
+//! to scrape them).
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use pingora::upstreams::peer::HttpPeer;
 
 use crate::gateway::{ApiCtx, Gateway, Listener};
 use crate::pages;
+use crate::readiness::Readiness;
 use crate::routing::Routes;
 use crate::upstream;
 
@@ -21,12 +23,18 @@ pub struct PrivateProxy {
     metrics: Arc<crate::metrics::Metrics>,
     gateway: Arc<Gateway>,
     in_flight: crate::drain::InFlight,
+    readiness: Arc<Readiness>,
 }
 
 impl PrivateProxy {
-    /// A proxy that sends API calls through `gateway`.
-    pub fn new(routes: Arc<Routes>, metrics: Arc<crate::metrics::Metrics>, gateway: Arc<Gateway>) -> Self {
-        Self { routes, metrics, gateway, in_flight: crate::drain::InFlight::default() }
+    /// A proxy that sends API calls through `gateway` and says it is ready per `readiness`.
+    pub fn new(
+        routes: Arc<Routes>,
+        metrics: Arc<crate::metrics::Metrics>,
+        gateway: Arc<Gateway>,
+        readiness: Arc<Readiness>,
+    ) -> Self {
+        Self { routes, metrics, gateway, in_flight: crate::drain::InFlight::default(), readiness }
     }
 
     /// Counts this proxy's calls in `in_flight` (which a stopping LB waits for).
@@ -53,10 +61,9 @@ impl ProxyHttp for PrivateProxy {
         }
         if path == "/readyz" {
             let version = self.routes.current().version;
-            let (status, body) = if version > 0 {
-                (200, format!("ready: table version {version}\n"))
-            } else {
-                (503, "no routing table yet\n".into())
+            let (status, body) = match self.readiness.check(version).await {
+                Ok(()) => (200, format!("ready: table version {version}\n")),
+                Err(why) => (503, format!("{why}\n")),
             };
             pages::respond(session, status, "text/plain; charset=utf-8", body).await?;
             return Ok(true);
