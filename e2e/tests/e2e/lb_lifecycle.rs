@@ -92,9 +92,16 @@ fn a_stopping_lb_lets_its_requests_in_flight_finish_then_exits() {
             let answer = plain_get(public, "slow.localhost");
             (answer, started.elapsed())
         });
-        eventually("the slow request in flight", || {
-            (scrape(&private.to_string(), "steady_lb_requests_in_flight") == 1.0).then_some(())
+        let in_flight = eventually("the slow request in flight, or its early end", || {
+            if request.is_finished() {
+                return Some(false);
+            }
+            (scrape(&private.to_string(), "steady_lb_requests_in_flight") == 1.0).then_some(true)
         });
+        if !in_flight {
+            let (answer, took) = request.join().expect("request thread");
+            panic!("the slow request ended before it was seen in flight, after {took:?}: {answer:?}");
+        }
         let lb = &mut cluster.more_lbs[index].daemon;
         let stopped = Instant::now();
         lb.signal(libc::SIGTERM);
