@@ -14,7 +14,9 @@
 //!    serves the requests it held;
 //! 5. record the move as done: the new host holds the app.
 //!
-//! Between 3 and 4 the app runs nowhere; at no point does it run on two hosts.
+//! Between 3 and 4 the app runs nowhere; at no point does it run on two hosts. A move whose
+//! target died while the holder owns the slice again goes back home: steps 2 and 4 on the
+//! holder itself, without 3 (see [`pending`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -47,9 +49,11 @@ pub struct Move {
 /// The moves `table` asks for: apps held by a live host that is not their slice's owner, in
 /// name order. An app whose holder is gone is not moved but adopted by the owner.
 ///
-/// A move that has begun toward a live host is finished even when the slice's owner has
-/// turned back to the holder meanwhile (a drain undone): the holder may already have handed
-/// the app over (step 3), and then only the target can serve it. A later move brings it back.
+/// A move that has begun is finished even when the slice's owner has turned back to the
+/// holder meanwhile (a drain undone, the target dead): the holder may already have handed the
+/// app over (step 3). Toward a live target it goes on (a later move brings the app back);
+/// with the target gone it starts again at home, a move from the holder to itself, in which
+/// the holder takes the app back as a new host would (restoring its data from the replica).
 pub fn pending(table: &RoutingTable) -> Vec<Move> {
     table
         .apps
@@ -57,8 +61,11 @@ pub fn pending(table: &RoutingTable) -> Vec<Move> {
         .filter_map(|app| {
             let from = table.host(&app.host_id)?;
             let owner = table.owner_of(&app.name)?;
-            let begun = app.moving_to.as_deref().and_then(|id| table.host(id)).filter(|to| to.id != from.id);
-            let to = if owner.id != from.id { owner } else { begun? };
+            let to = match app.moving_to.as_deref() {
+                _ if owner.id != from.id => owner,
+                None => return None,
+                Some(target) => table.host(target).unwrap_or(from),
+            };
             Some(Move { app: app.clone(), from: from.clone(), to: to.clone() })
         })
         .collect()
@@ -191,7 +198,10 @@ async fn drive(slicer: &Slicer, http: &reqwest::Client, planned: Move) -> Result
     let entry = AppEntry { moving_to: Some(to.id.clone()), ..app.clone() };
     call(http, "arrive", &to, &app.name, &entry, PREPARE_TIMEOUT_MS).await?;
     let departed = Instant::now();
-    call(http, "depart", &from, &app.name, &to, DEPART_TIMEOUT_MS).await?;
+    // Back home (see `pending`): the holder has already let the app go, or still serves it.
+    if from.id != to.id {
+        call(http, "depart", &from, &app.name, &to, DEPART_TIMEOUT_MS).await?;
+    }
     call(http, "start", &to, &app.name, &entry, PREPARE_TIMEOUT_MS).await?;
     let downtime_ms = departed.elapsed().as_millis() as u64;
     let now_ms = crate::api::now_ms();
@@ -260,7 +270,7 @@ mod tests {
     }
 
     #[test]
-    fn a_begun_move_is_finished_when_the_owner_turns_back_to_the_holder() {
+    fn a_begun_move_is_finished_when_the_owner_turns_back_to_the_holder_even_if_its_target_died() {
         let mut table = RoutingTable::empty();
         table.hosts = vec![host("a"), host("b")];
         table.slices = vec![0; SLICE_COUNT as usize];
@@ -270,7 +280,11 @@ mod tests {
         assert_eq!(moves.len(), 1, "a owns the slice again, but a may have let the app go: {moves:?}");
         assert_eq!((moves[0].from.id.as_str(), moves[0].to.id.as_str()), ("a", "b"));
         table.apps = vec![begun("gone")];
-        assert!(pending(&table).is_empty(), "no live target to finish toward");
+        let moves = pending(&table);
+        assert_eq!(moves.len(), 1, "the target died: the app starts again at home: {moves:?}");
+        assert_eq!((moves[0].from.id.as_str(), moves[0].to.id.as_str()), ("a", "a"));
+        table.apps = vec![begun("a")];
+        assert_eq!(pending(&table).len(), 1, "a move back home under way goes on");
         table.apps = vec![app("one", "a")];
         assert!(pending(&table).is_empty(), "nothing begun, the holder owns it");
     }
