@@ -79,6 +79,12 @@ pub struct Config {
     /// should send a heartbeat more often.
     #[arg(long, default_value_t = 120_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub upstream_read_timeout_ms: u64,
+    /// Most client connections the public listeners keep open (all workers together); past it a
+    /// new connection gets 503 and is closed. Default: 16384, or as many as the open files
+    /// limit covers (the LB raises its soft limit to the hard one; each connection is counted
+    /// with a host connection of its own). A value the limit does not cover is refused at start.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub connections_max: Option<u64>,
     /// Worker threads of the public listener: each serves the connections it accepts, with its
     /// own pool of host connections (the private listener has one thread). At most 31, 15 with
     /// TLS: each worker has its own listening sockets, and an upgrade hands over at most 32.

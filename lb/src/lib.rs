@@ -17,6 +17,7 @@
 
 pub mod certs;
 pub mod config;
+pub mod connections;
 pub mod dashboard;
 pub mod drain;
 pub mod edge;

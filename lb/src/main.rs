@@ -12,8 +12,9 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use steady_lb::certs::{CertReloader, CertStore};
 use steady_lb::config::Config;
+use steady_lb::connections::{self, Budget, Capped, Slots};
 use steady_lb::drain::{Drain, InFlight};
-use steady_lb::fastlane::{FastLane, LaneTimeouts};
+use steady_lb::fastlane::{FastLane, LaneTimeouts, HOST_POOL};
 use steady_lb::sessions::PublicSessions;
 use steady_lb::{
     private::PrivateProxy, public::PublicProxy, readiness::Readiness, routing::Routes, watch::SlicerWatch, workers,
@@ -26,7 +27,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Seconds in-flight work gets after pingora's grace period, before its runtimes are dropped.
 const GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
-/// Idle keep-alive connections kept to hosts, across all hosts.
+/// Idle keep-alive connections each worker's proxy keeps to hosts, across all hosts.
 const UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 1024;
 
 fn main() {
@@ -35,6 +36,7 @@ fn main() {
         Ok(config) => config,
         Err(message) => exit_on_bad_config(&message),
     };
+    let connections_max = connections_bound(&config);
     if let Err(error) = std::fs::create_dir_all(&config.data) {
         exit_on_bad_config(&format!("creating {}: {error}", config.data.display()));
     }
@@ -97,6 +99,7 @@ fn main() {
         header_read_ms: config.header_read_timeout_ms,
         upstream_read_ms: config.upstream_read_timeout_ms,
     };
+    let slots = Slots::new(connections_max, metrics.connections_open.clone(), metrics.connections_refused.clone());
     let publics: Vec<_> = (0..config.threads)
         .map(|worker| {
             let mut proxy = pingora::proxy::http_proxy(&server.configuration, public_proxy.clone());
@@ -104,7 +107,7 @@ fn main() {
             let sessions = PublicSessions::new(proxy, config.header_read_timeout_ms, in_flight.clone());
             let h2_arrivals = sessions.h2_arrivals();
             let lane = FastLane::new(sessions, public_proxy.clone(), timeouts, in_flight.clone(), h2_arrivals);
-            public_worker(worker, lane, &config, certs.as_ref())
+            public_worker(worker, Capped::new(lane, slots.clone()), &config, certs.as_ref())
         })
         .collect();
     let readiness = Arc::new(Readiness::new(std::iter::once(config.public).chain(config.tls_listen).collect()));
@@ -131,6 +134,7 @@ fn main() {
         private = %config.private,
         slicer = %config.slicer,
         upgrade = config.upgrade,
+        connections_max,
         "load balancer starting"
     );
     server.run_forever();
@@ -159,6 +163,26 @@ fn public_worker<A: ServerApp + Send + Sync + 'static>(
     }
     public.threads = Some(1);
     public
+}
+
+/// The bound on open client connections: `--connections-max`, or the default the open files
+/// limit covers (`steady_lb::connections`); a bound the limit cannot cover exits.
+fn connections_bound(config: &Config) -> usize {
+    let open_files_max = match connections::raise_open_files_limit() {
+        Ok(limit) => limit,
+        Err(error) => exit_on_bad_config(&format!("reading the open files limit: {error}")),
+    };
+    // Every worker keeps its lane's idle host connections and its proxy's (pingora's pool).
+    let pooled_max = (config.threads * (HOST_POOL.idle_total_max + UPSTREAM_KEEPALIVE_POOL_SIZE)) as u64;
+    let asked = config.connections_max.map(|max| usize::try_from(max).unwrap_or(usize::MAX));
+    match (Budget { open_files_max, pooled_max }).connections_max(asked) {
+        Ok((max, None)) => max,
+        Ok((max, Some(reason))) => {
+            tracing::warn!(connections_max = max, "{reason}");
+            max
+        }
+        Err(message) => exit_on_bad_config(&message),
+    }
 }
 
 /// The public proxy's options: an HTTP/2 connection with no stream in flight for the header

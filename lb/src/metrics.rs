@@ -78,6 +78,10 @@ pub struct Metrics {
     pub probes: Family<ProbeLabels, Counter>,
     /// Requests answered 429 by a limit.
     pub limited: Family<LimitLabels, Counter>,
+    /// Client connections open on the public listeners.
+    pub connections_open: Gauge,
+    /// Client connections refused because `--connections-max` were open.
+    pub connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -92,6 +96,8 @@ impl Default for Metrics {
             table_version: Gauge::default(),
             probes: Family::default(),
             limited: Family::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Counter::<u64, AtomicU64>::default(),
         };
         let mut registry = Registry::with_prefix("steady_lb");
         registry.register("requests", "Finished public requests by app and status class", metrics.requests.clone());
@@ -114,6 +120,16 @@ impl Default for Metrics {
         );
         registry.register("move_probes", "Probes of a moving app's old host, by outcome", metrics.probes.clone());
         registry.register("requests_limited", "Requests answered 429 by a limit, by limit", metrics.limited.clone());
+        registry.register(
+            "connections_open",
+            "Client connections open on the public listeners",
+            metrics.connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Client connections refused because --connections-max were open",
+            metrics.connections_refused.clone(),
+        );
         for limit in ["client_rate", "app_in_flight"] {
             drop(metrics.limited.get_or_create(&LimitLabels { limit }));
         }

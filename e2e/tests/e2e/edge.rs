@@ -333,3 +333,48 @@ fn a_client_that_hangs_up_before_its_answer_lets_go_of_the_host_and_the_app() {
     assert_eq!(logged["status"], 499, "logged as a client gone: {logged}");
     assert_eq!(cluster.get("waiting", "/").status, 200, "the app serves on");
 }
+
+/// One figure from an LB's metrics, or `None` if it is not there.
+fn lb_metric(private: SocketAddr, name: &str) -> Option<f64> {
+    let text = reqwest::blocking::get(format!("http://{private}/metrics")).ok()?.text().ok()?;
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn connections_past_the_bound_are_refused_and_the_open_ones_still_served() {
+    let mut cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "headers", HEADERS_APP);
+    cluster.deploy(&app, "headers");
+    let index = cluster.add_lb_with(&["--connections-max", "8"]);
+    let (lb, private) = (cluster.more_lbs[index].public, cluster.more_lbs[index].private);
+    let open = || lb_metric(private, "steady_lb_connections_open").unwrap_or(-1.0);
+
+    // Eight idle connections fill the LB; it has accepted them all once it counts eight.
+    let mut held: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(lb).expect("connect")).collect();
+    steady_e2e::eventually("the LB to hold eight connections", || (open() == 8.0).then_some(()));
+
+    // The ninth is told to come back, in a whole answer, and closed.
+    let (status, text) = get(lb, "");
+    assert_eq!(status, 503, "{text}");
+    assert!(text.to_ascii_lowercase().contains("retry-after: 1"), "{text}");
+    let error: serde_json::Value = body_json(&text);
+    assert_eq!(error["error"], "connections_max", "{text}");
+    assert_eq!(lb_metric(private, "steady_lb_connections_refused_total"), Some(1.0));
+
+    // The open ones are served as before.
+    let mut first = held.remove(0);
+    first.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    first.write_all(b"GET / HTTP/1.1\r\nHost: headers.localhost\r\n\r\n").expect("request");
+    let mut answer = [0u8; 64];
+    let read = first.read(&mut answer).expect("an answer on a held connection");
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer[..read]));
+
+    // A place given back is taken by the next client.
+    drop(first);
+    steady_e2e::eventually("the LB to let go of a closed connection", || (open() == 7.0).then_some(()));
+    let (status, text) = get(lb, "");
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(body_json(&text)["served"], 2, "the refused request never reached the app");
+    drop(held);
+    steady_e2e::eventually("every place given back", || (open() == 0.0).then_some(()));
+}

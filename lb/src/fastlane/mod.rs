@@ -54,9 +54,12 @@ use request::{Forwarding, Parsed, LANE_HEADERS_MAX};
 const STOP_SHARDS: usize = 16;
 
 /// Idle connections each worker's lane keeps to hosts (`crate::workers`: one lane per worker
-/// thread): enough per host for every connection of a busy client-side burst to find one
-/// again, closed well before a host daemon's ingress would close them.
-pub const HOST_POOL: PoolBounds = PoolBounds { idle_per_upstream_max: 256, idle_total_max: 1024, idle_ms_max: 30_000 };
+/// thread): enough per host for every request of a busy client-side burst to find one again
+/// (with 256 per host, 1,024 client connections on two workers opened 900 host connections a
+/// second as the load wavered; docs/notes.md "Connections"), closed well before a host
+/// daemon's ingress would close them. Counted in the LB's budget of open files
+/// (`crate::connections`).
+pub const HOST_POOL: PoolBounds = PoolBounds { idle_per_upstream_max: 1024, idle_total_max: 2048, idle_ms_max: 30_000 };
 
 /// How long one write to a client may wait for the client to read; a client that stops reading
 /// an answer loses its connection after this.

@@ -1,0 +1,314 @@
+//! The public listeners' bound on open client connections, and the open files it rests on.
+//!
+//! Every client connection holds a file descriptor, and every request passed on holds another
+//! for its host connection. A process out of descriptors can neither accept nor reach a host,
+//! so every client fails, not only the newest: a flood of connections (each within the header
+//! deadline) would take the whole LB down. So the public listeners keep at most
+//! `--connections-max` client connections open, and the LB checks at start that its open
+//! files cover that many twice over, the lanes' idle host connections and a reserve
+//! ([`Budget`]).
+//!
+//! pingora's accept loop cannot be paused, so a connection past the bound is accepted and
+//! refused at once ([`Capped`]): an HTTP/1 one gets `503` with `retry-after`, one that chose
+//! HTTP/2 by ALPN is closed. Refusing is bounded too: a refused connection lingers (its answer
+//! sent, what the client sends meanwhile read and dropped, so the kernel does not reset the
+//! connection before the client has read the answer) at most [`LINGER_MS`], and at most
+//! [`LINGERING_MAX`] do at once; past that they are closed without an answer.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::{Stream, ALPN};
+use pingora::server::ShutdownWatch;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Default bound on open client connections (all public listeners and workers together).
+pub const CONNECTIONS_MAX: usize = 16_384;
+
+/// Connections the LB must be able to hold at least: below this the open files limit is a
+/// mistake, not a choice.
+pub const CONNECTIONS_MIN: usize = 16;
+
+/// Open files kept aside for everything but client connections and the lanes' pools: the
+/// private listener's connections, pingora's own host connections, the slicer watch, logs.
+pub const FILES_RESERVED: u64 = 512;
+
+/// Longest a refused connection stays open for its client to read the `503`.
+pub const LINGER_MS: u64 = 250;
+
+/// Refused connections lingering at once, at most; past it they are closed without an answer.
+pub const LINGERING_MAX: usize = 256;
+
+/// Bytes of a refused client's request read (and dropped) while it lingers, at most.
+const LINGER_READ_BYTES_MAX: usize = 64 * 1024;
+
+/// The answer to a connection past the bound.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+retry-after: 1\r\ncache-control: private, no-store\r\nconnection: close\r\ncontent-length: 76\r\n\r\n\
+{\"error\":\"connections_max\",\"message\":\"too many open connections; try again\"}";
+
+/// How many client connections the LB may keep open, from its open files limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Files the process may open (its soft limit, raised to the hard one at start).
+    pub open_files_max: u64,
+    /// Idle host connections the lanes keep, all workers together.
+    pub pooled_max: u64,
+}
+
+impl Budget {
+    /// Open files `connections_max` client connections need: each with one host connection,
+    /// beside the lanes' idle ones and the reserve.
+    pub fn files_needed(&self, connections_max: usize) -> u64 {
+        2 * connections_max as u64 + self.pooled_max + FILES_RESERVED
+    }
+
+    /// The most client connections the limit covers.
+    pub fn connections_covered(&self) -> usize {
+        let spare = self.open_files_max.saturating_sub(self.pooled_max + FILES_RESERVED);
+        usize::try_from(spare / 2).unwrap_or(usize::MAX)
+    }
+
+    /// The bound to run with: `asked` if the limit covers it (an error otherwise), else the
+    /// default or as many as the limit covers, whichever is less (and the reason, if less).
+    pub fn connections_max(&self, asked: Option<usize>) -> Result<(usize, Option<String>), String> {
+        let covered = self.connections_covered();
+        if covered < CONNECTIONS_MIN {
+            return Err(format!(
+                "the open files limit ({}) leaves room for {covered} client connections; raise it (ulimit -n, \
+                 or LimitNOFILE= in a systemd unit) to at least {}",
+                self.open_files_max,
+                self.files_needed(CONNECTIONS_MIN)
+            ));
+        }
+        match asked {
+            Some(asked) if asked > covered => Err(format!(
+                "--connections-max {asked} needs {} open files (each connection and its host connection, \
+                 the idle host connections, a reserve), and this process may open {}; raise the limit \
+                 (ulimit -n, or LimitNOFILE= in a systemd unit) or ask for at most {covered}",
+                self.files_needed(asked),
+                self.open_files_max
+            )),
+            Some(asked) => Ok((asked, None)),
+            None if covered < CONNECTIONS_MAX => Ok((
+                covered,
+                Some(format!(
+                    "the open files limit ({}) covers {covered} client connections, fewer than the default \
+                     {CONNECTIONS_MAX}; raise it (ulimit -n, or LimitNOFILE= in a systemd unit) for more",
+                    self.open_files_max
+                )),
+            )),
+            None => Ok((CONNECTIONS_MAX, None)),
+        }
+    }
+}
+
+/// Raises the process's soft limit on open files to its hard limit (as most servers do at
+/// start) and returns the limit in force.
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct it is given and reads nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// The public listeners' open client connections, shared by every worker.
+#[derive(Debug)]
+pub struct Slots {
+    open: AtomicUsize,
+    max: usize,
+    lingering: AtomicUsize,
+    open_gauge: Gauge,
+    refused: Counter,
+    /// When the slots were made, and the second after it of the last refusal logged: a flood
+    /// of refusals logs one line a second, not one per connection.
+    made: Instant,
+    warned_s: AtomicU64,
+}
+
+/// One open connection's place in [`Slots`]; dropping it gives the place back.
+#[derive(Debug)]
+pub struct Slot(Arc<Slots>);
+
+impl Slots {
+    /// Room for `max` connections, reported in `open_gauge` and (each refusal) `refused`.
+    pub fn new(max: usize, open_gauge: Gauge, refused: Counter) -> Arc<Self> {
+        assert!(max > 0, "a listener with no room refuses everyone");
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            max,
+            lingering: AtomicUsize::new(0),
+            open_gauge,
+            refused,
+            made: Instant::now(),
+            warned_s: AtomicU64::new(0),
+        })
+    }
+
+    /// A place for one more connection, unless all are taken.
+    pub fn take(self: &Arc<Self>) -> Option<Slot> {
+        let taken =
+            self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| (open < self.max).then_some(open + 1));
+        match taken {
+            Ok(_) => {
+                self.open_gauge.inc();
+                Some(Slot(self.clone()))
+            }
+            Err(_) => {
+                self.refused.inc();
+                None
+            }
+        }
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Logs a refusal, at most once a second.
+    fn warn_refused(&self) {
+        let now_s = self.made.elapsed().as_secs() + 1;
+        if self.warned_s.swap(now_s, Ordering::AcqRel) != now_s {
+            tracing::warn!(
+                open = self.open(),
+                max = self.max,
+                refused_total = self.refused.get(),
+                "connections refused: --connections-max reached"
+            );
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let before = self.0.open.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "a slot given back twice");
+        self.0.open_gauge.dec();
+    }
+}
+
+/// A public listener's connection app that keeps `A` within the [`Slots`]: a connection that
+/// finds no place is refused, the rest are `A`'s for as long as they stay open.
+pub struct Capped<A> {
+    inner: Arc<A>,
+    slots: Arc<Slots>,
+}
+
+impl<A> Capped<A> {
+    /// `inner`, with its connections counted in `slots`.
+    pub fn new(inner: A, slots: Arc<Slots>) -> Self {
+        Self { inner: Arc::new(inner), slots }
+    }
+
+    /// Answers `503` on an HTTP/1 connection and waits (bounded) for the client to read it;
+    /// closes an HTTP/2 one, or any when too many refusals linger already.
+    async fn refuse(&self, mut stream: Stream) {
+        self.slots.warn_refused();
+        if stream.selected_alpn_proto() == Some(ALPN::H2) {
+            return;
+        }
+        let lingering = &self.slots.lingering;
+        if lingering.fetch_add(1, Ordering::AcqRel) >= LINGERING_MAX {
+            lingering.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let linger = async {
+            stream.write_all(REFUSAL).await?;
+            stream.flush().await?;
+            stream.shutdown().await?;
+            let mut buffer = [0u8; 4096];
+            let mut read_bytes = 0;
+            while read_bytes < LINGER_READ_BYTES_MAX {
+                match stream.read(&mut buffer).await? {
+                    0 => break,
+                    read => read_bytes += read,
+                }
+            }
+            std::io::Result::Ok(())
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(LINGER_MS), linger).await;
+        lingering.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Capped<A> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let Some(_slot) = self.slots.take() else {
+            self.refuse(stream).await;
+            return None;
+        };
+        // The connection keeps its place across every turn `A` takes with it.
+        let mut next = Some(stream);
+        while let Some(stream) = next {
+            next = ServerApp::process_new(&self.inner, stream, shutdown).await;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn places_are_given_back_and_refusals_counted() {
+        let (gauge, refused) = (Gauge::default(), Counter::default());
+        let slots = Slots::new(2, gauge.clone(), refused.clone());
+        let first = slots.take().expect("room for one");
+        let second = slots.take().expect("room for two");
+        assert!(slots.take().is_none(), "a third past the bound");
+        assert_eq!((slots.open(), gauge.get(), refused.get()), (2, 2, 1));
+        drop(first);
+        let third = slots.take().expect("a place given back is taken again");
+        drop((second, third));
+        assert_eq!((slots.open(), gauge.get(), refused.get()), (0, 0, 1));
+    }
+
+    #[test]
+    fn the_bound_follows_the_open_files_limit() {
+        let budget = Budget { open_files_max: 65_536, pooled_max: 4_096 };
+        assert_eq!(budget.connections_max(None), Ok((CONNECTIONS_MAX, None)));
+        assert_eq!(budget.connections_max(Some(20_000)), Ok((20_000, None)));
+        let refused = budget.connections_max(Some(40_000)).unwrap_err();
+        assert!(refused.contains("--connections-max 40000 needs 84608 open files"), "{refused}");
+        assert!(refused.contains("at most 30464"), "{refused}");
+
+        let small = Budget { open_files_max: 20_000, pooled_max: 4_096 };
+        let (max, why) = small.connections_max(None).unwrap();
+        assert_eq!(max, 7_696);
+        assert!(small.files_needed(max) <= small.open_files_max);
+        assert!(why.expect("a shrunk default says why").contains("covers 7696"));
+
+        let tiny = Budget { open_files_max: 1_024, pooled_max: 4_096 };
+        let refused = tiny.connections_max(None).unwrap_err();
+        assert!(refused.contains("at least 4640"), "{refused}");
+    }
+
+    #[test]
+    fn the_refusal_says_its_length_truly() {
+        let text = std::str::from_utf8(REFUSAL).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+        serde_json::from_str::<serde_json::Value>(body).expect("a JSON body");
+    }
+}
