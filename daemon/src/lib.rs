@@ -1,10 +1,11 @@
 //! What every steady daemon does the same way at its edges: set up logging from
-//! `STEADY_LOG`, tell its supervisor it is ready through a ready file, wait for the signal to
+//! `STEADY_LOG`, raise its open files limit and bound its connections by it ([`files`]), tell its supervisor it is ready through a ready file, wait for the signal to
 //! stop, and keep its API's keep-alive honest ([`keepalive`]). Used by the binaries' `main.rs`
 //! only.
 
 use std::path::Path;
 
+pub mod files;
 pub mod keepalive;
 
 use anyhow::Context;

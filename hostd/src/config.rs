@@ -104,9 +104,11 @@ pub struct Config {
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub request_body_max_bytes: u64,
     /// Most connections the ingress keeps open at once (from LBs and other hosts); past it
-    /// the listener stops accepting until one closes.
-    #[arg(long, default_value_t = 16_384)]
-    pub ingress_connections_max: usize,
+    /// the listener stops accepting until one closes. Default: 16384, or as many as the open
+    /// files limit covers (hostd raises its soft limit to the hard one; each connection is
+    /// counted with a connection to an app); a value the limit does not cover is refused.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub ingress_connections_max: Option<u64>,
     /// Memory limit of each app process (kernel-enforced where cgroups are available).
     #[arg(long, default_value_t = 256)]
     pub app_memory_max_mib: u64,
@@ -130,11 +132,8 @@ impl Config {
         if self.app_memory_max_mib < 32 || self.app_pids_max < 8 || self.app_cpu_max_percent == 0 {
             return Err("app limits too small: memory at least 32 MiB, at least 8 processes, CPU above 0 %".into());
         }
-        if self.app_concurrency_max == 0 || self.request_body_max_bytes == 0 || self.ingress_connections_max == 0 {
-            return Err(
-                "--app-concurrency-max, --request-body-max-bytes and --ingress-connections-max must be above zero"
-                    .into(),
-            );
+        if self.app_concurrency_max == 0 || self.request_body_max_bytes == 0 {
+            return Err("--app-concurrency-max and --request-body-max-bytes must be above zero".into());
         }
         if self.awake_max == 0 {
             return Err("--awake-max must be above zero".into());
@@ -171,7 +170,26 @@ pub fn resolve_binary(name: &std::path::Path) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{} not found on PATH (run scripts/setup.sh)", name.display()))
 }
 
+/// Default bound on the ingress listener's open connections.
+pub const INGRESS_CONNECTIONS_MAX: usize = 16_384;
+
+/// Open files kept aside from ingress connections and the lane's idle app connections: the
+/// API's connections, app processes' pipes and logs, the store, the router's app connections.
+pub const FILES_RESERVED: u64 = 4_096;
+
 impl Config {
+    /// The ingress connections the open files limit `open_files_max` covers: each with a
+    /// connection to its app, beside the lane's idle app connections and [`FILES_RESERVED`].
+    pub fn ingress_budget(&self, open_files_max: u64) -> steady_daemon::files::Budget {
+        let pooled_max = crate::ingress::lane::app_pool_bounds(self.app_concurrency_max).idle_total_max as u64;
+        steady_daemon::files::Budget {
+            open_files_max,
+            fixed: pooled_max + FILES_RESERVED,
+            flag: "--ingress-connections-max",
+            default_max: INGRESS_CONNECTIONS_MAX,
+        }
+    }
+
     /// The blob store: `--storage-config`, else a local directory (`--storage-dir` or
     /// `<data>/storage`). Checked here so a bad file is a configuration error at start.
     pub fn storage(&self) -> Result<steady_blob::BlobConfig, String> {

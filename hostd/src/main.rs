@@ -22,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    let ingress_connections_max = ingress_bound(&config);
     let secrets_key = match config.secrets_key_file.as_deref().map(steady_hostd::secrets::read_key_file).transpose() {
         Ok(key) => key,
         Err(error) => {
@@ -56,7 +57,6 @@ async fn main() -> anyhow::Result<()> {
     let builder =
         Arc::new(steady_hostd::build::Builder::new(config.bwrap.clone(), config.bun.clone(), data.join("builds")));
     let request_body_max_bytes = config.request_body_max_bytes;
-    let ingress_connections_max = config.ingress_connections_max;
     let app_idle_connections_max = config.app_concurrency_max;
     let ready_file = config.ready_file.clone();
     let secrets = Secrets::new(secrets_key, blobs.clone());
@@ -110,4 +110,28 @@ fn serve(
             tracing::error!(%error, "listener failed");
         }
     })
+}
+
+/// The bound on the ingress listener's connections: `--ingress-connections-max`, or the
+/// default the open files limit covers (`steady_daemon::files`); one it cannot cover exits.
+fn ingress_bound(config: &Config) -> usize {
+    let open_files_max = match steady_daemon::files::raise_open_files_limit() {
+        Ok(limit) => limit,
+        Err(error) => {
+            eprintln!("steady-hostd: reading the open files limit: {error}");
+            std::process::exit(2);
+        }
+    };
+    let asked = config.ingress_connections_max.map(|max| usize::try_from(max).unwrap_or(usize::MAX));
+    match config.ingress_budget(open_files_max).connections_max(asked) {
+        Ok((max, None)) => max,
+        Ok((max, Some(reason))) => {
+            tracing::warn!(ingress_connections_max = max, "{reason}");
+            max
+        }
+        Err(message) => {
+            eprintln!("steady-hostd: {message}");
+            std::process::exit(2);
+        }
+    }
 }

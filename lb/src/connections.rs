@@ -5,8 +5,8 @@
 //! so every client fails, not only the newest: a flood of connections (each within the header
 //! deadline) would take the whole LB down. So the public listeners keep at most
 //! `--connections-max` client connections open, and the LB checks at start that its open
-//! files cover that many twice over, the lanes' idle host connections and a reserve
-//! ([`Budget`]).
+//! files cover that many twice over, the idle host connections and a reserve
+//! (`steady_daemon::files::Budget`).
 //!
 //! pingora's accept loop cannot be paused, so a connection past the bound is accepted and
 //! refused at once ([`Capped`]): an HTTP/1 one gets `503` with `retry-after`, one that chose
@@ -30,10 +30,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Default bound on open client connections (all public listeners and workers together).
 pub const CONNECTIONS_MAX: usize = 16_384;
 
-/// Connections the LB must be able to hold at least: below this the open files limit is a
-/// mistake, not a choice.
-pub const CONNECTIONS_MIN: usize = 16;
-
 /// Open files kept aside for everything but client connections and the lanes' pools: the
 /// private listener's connections, pingora's own host connections, the slicer watch, logs.
 pub const FILES_RESERVED: u64 = 512;
@@ -51,80 +47,6 @@ const LINGER_READ_BYTES_MAX: usize = 64 * 1024;
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
 retry-after: 1\r\ncache-control: private, no-store\r\nconnection: close\r\ncontent-length: 76\r\n\r\n\
 {\"error\":\"connections_max\",\"message\":\"too many open connections; try again\"}";
-
-/// How many client connections the LB may keep open, from its open files limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Budget {
-    /// Files the process may open (its soft limit, raised to the hard one at start).
-    pub open_files_max: u64,
-    /// Idle host connections the lanes keep, all workers together.
-    pub pooled_max: u64,
-}
-
-impl Budget {
-    /// Open files `connections_max` client connections need: each with one host connection,
-    /// beside the lanes' idle ones and the reserve.
-    pub fn files_needed(&self, connections_max: usize) -> u64 {
-        2 * connections_max as u64 + self.pooled_max + FILES_RESERVED
-    }
-
-    /// The most client connections the limit covers.
-    pub fn connections_covered(&self) -> usize {
-        let spare = self.open_files_max.saturating_sub(self.pooled_max + FILES_RESERVED);
-        usize::try_from(spare / 2).unwrap_or(usize::MAX)
-    }
-
-    /// The bound to run with: `asked` if the limit covers it (an error otherwise), else the
-    /// default or as many as the limit covers, whichever is less (and the reason, if less).
-    pub fn connections_max(&self, asked: Option<usize>) -> Result<(usize, Option<String>), String> {
-        let covered = self.connections_covered();
-        if covered < CONNECTIONS_MIN {
-            return Err(format!(
-                "the open files limit ({}) leaves room for {covered} client connections; raise it (ulimit -n, \
-                 or LimitNOFILE= in a systemd unit) to at least {}",
-                self.open_files_max,
-                self.files_needed(CONNECTIONS_MIN)
-            ));
-        }
-        match asked {
-            Some(asked) if asked > covered => Err(format!(
-                "--connections-max {asked} needs {} open files (each connection and its host connection, \
-                 the idle host connections, a reserve), and this process may open {}; raise the limit \
-                 (ulimit -n, or LimitNOFILE= in a systemd unit) or ask for at most {covered}",
-                self.files_needed(asked),
-                self.open_files_max
-            )),
-            Some(asked) => Ok((asked, None)),
-            None if covered < CONNECTIONS_MAX => Ok((
-                covered,
-                Some(format!(
-                    "the open files limit ({}) covers {covered} client connections, fewer than the default \
-                     {CONNECTIONS_MAX}; raise it (ulimit -n, or LimitNOFILE= in a systemd unit) for more",
-                    self.open_files_max
-                )),
-            )),
-            None => Ok((CONNECTIONS_MAX, None)),
-        }
-    }
-}
-
-/// Raises the process's soft limit on open files to its hard limit (as most servers do at
-/// start) and returns the limit in force.
-pub fn raise_open_files_limit() -> std::io::Result<u64> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes into the struct it is given and reads nothing else.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-        // SAFETY: setrlimit reads the struct it is given.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            limit = raised;
-        }
-    }
-    Ok(limit.rlim_cur)
-}
 
 /// The public listeners' open client connections, shared by every worker.
 #[derive(Debug)]
@@ -282,26 +204,6 @@ mod tests {
         let third = slots.take().expect("a place given back is taken again");
         drop((second, third));
         assert_eq!((slots.open(), gauge.get(), refused.get()), (0, 0, 1));
-    }
-
-    #[test]
-    fn the_bound_follows_the_open_files_limit() {
-        let budget = Budget { open_files_max: 65_536, pooled_max: 4_096 };
-        assert_eq!(budget.connections_max(None), Ok((CONNECTIONS_MAX, None)));
-        assert_eq!(budget.connections_max(Some(20_000)), Ok((20_000, None)));
-        let refused = budget.connections_max(Some(40_000)).unwrap_err();
-        assert!(refused.contains("--connections-max 40000 needs 84608 open files"), "{refused}");
-        assert!(refused.contains("at most 30464"), "{refused}");
-
-        let small = Budget { open_files_max: 20_000, pooled_max: 4_096 };
-        let (max, why) = small.connections_max(None).unwrap();
-        assert_eq!(max, 7_696);
-        assert!(small.files_needed(max) <= small.open_files_max);
-        assert!(why.expect("a shrunk default says why").contains("covers 7696"));
-
-        let tiny = Budget { open_files_max: 1_024, pooled_max: 4_096 };
-        let refused = tiny.connections_max(None).unwrap_err();
-        assert!(refused.contains("at least 4640"), "{refused}");
     }
 
     #[test]

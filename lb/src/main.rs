@@ -10,9 +10,10 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use steady_daemon::files::{self, Budget};
 use steady_lb::certs::{CertReloader, CertStore};
 use steady_lb::config::Config;
-use steady_lb::connections::{self, Budget, Capped, Slots};
+use steady_lb::connections::{self, Capped, Slots};
 use steady_lb::drain::{Drain, InFlight};
 use steady_lb::fastlane::{FastLane, LaneTimeouts, HOST_POOL};
 use steady_lb::sessions::PublicSessions;
@@ -168,14 +169,20 @@ fn public_worker<A: ServerApp + Send + Sync + 'static>(
 /// The bound on open client connections: `--connections-max`, or the default the open files
 /// limit covers (`steady_lb::connections`); a bound the limit cannot cover exits.
 fn connections_bound(config: &Config) -> usize {
-    let open_files_max = match connections::raise_open_files_limit() {
+    let open_files_max = match files::raise_open_files_limit() {
         Ok(limit) => limit,
         Err(error) => exit_on_bad_config(&format!("reading the open files limit: {error}")),
     };
     // Every worker keeps its lane's idle host connections and its proxy's (pingora's pool).
     let pooled_max = (config.threads * (HOST_POOL.idle_total_max + UPSTREAM_KEEPALIVE_POOL_SIZE)) as u64;
+    let budget = Budget {
+        open_files_max,
+        fixed: pooled_max + connections::FILES_RESERVED,
+        flag: "--connections-max",
+        default_max: connections::CONNECTIONS_MAX,
+    };
     let asked = config.connections_max.map(|max| usize::try_from(max).unwrap_or(usize::MAX));
-    match (Budget { open_files_max, pooled_max }).connections_max(asked) {
+    match budget.connections_max(asked) {
         Ok((max, None)) => max,
         Ok((max, Some(reason))) => {
             tracing::warn!(connections_max = max, "{reason}");

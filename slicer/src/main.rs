@@ -7,6 +7,9 @@ use steady_slicer::{api, config::Config, store::Store};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     steady_daemon::init_tracing();
+    if let Err(error) = steady_daemon::files::raise_open_files_limit() {
+        tracing::warn!(%error, "could not raise the open files limit");
+    }
     let config = Config::parse();
     std::fs::create_dir_all(&config.data).with_context(|| format!("creating {}", config.data.display()))?;
     let store = Store::open(&config.data.join("slicer.db")).context("opening the slicer database")?;
