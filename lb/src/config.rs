@@ -144,6 +144,10 @@ impl Config {
             if tls == self.public || tls == self.private {
                 return Err("--tls-listen must differ from --public and --private".into());
             }
+            // Both listen as plain TCP; a connection is known for TLS by the port it came in on.
+            if tls.port() == self.public.port() {
+                return Err("--tls-listen and --public must use different ports".into());
+            }
         }
         if self.tls_certs.len() > TLS_CERTS_MAX {
             return Err(format!("at most {TLS_CERTS_MAX} --tls-cert"));

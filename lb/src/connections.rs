@@ -9,8 +9,9 @@
 //! (`steady_daemon::files::Budget`).
 //!
 //! pingora's accept loop cannot be paused, so a connection past the bound is accepted and
-//! refused at once ([`Capped`]): an HTTP/1 one gets `503` with `retry-after`, one that chose
-//! HTTP/2 by ALPN is closed. Refusing is bounded too: a refused connection lingers (its answer
+//! refused at once ([`Capped`]): a plain one gets `503` with `retry-after`, one to the TLS
+//! address is closed (its handshake, which comes after the connection has its place, is
+//! [`crate::handshake`]'s). Refusing is bounded too: a refused connection lingers (its answer
 //! sent, what the client sends meanwhile read and dropped, so the kernel does not reset the
 //! connection before the client has read the answer) at most [`LINGER_MS`], and at most
 //! [`LINGERING_MAX`] do at once; past that they are closed without an answer.
@@ -21,11 +22,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
-use pingora::protocols::{Stream, ALPN};
+use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::handshake::TlsPort;
 
 /// Default bound on open client connections (all public listeners and workers together).
 pub const CONNECTIONS_MAX: usize = 16_384;
@@ -125,25 +128,24 @@ impl Drop for Slot {
 }
 
 /// A public listener's connection app that keeps `A` within the [`Slots`]: a connection that
-/// finds no place is refused, the rest are `A`'s for as long as they stay open.
+/// finds no place is refused, the rest are `A`'s for as long as they stay open, those to the
+/// TLS address once their handshake is done.
 pub struct Capped<A> {
     inner: Arc<A>,
     slots: Arc<Slots>,
+    tls: Option<Arc<TlsPort>>,
 }
 
 impl<A> Capped<A> {
-    /// `inner`, with its connections counted in `slots`.
-    pub fn new(inner: A, slots: Arc<Slots>) -> Self {
-        Self { inner: Arc::new(inner), slots }
+    /// `inner`, with its connections counted in `slots`; connections to `tls`'s address are
+    /// taken through its handshake first.
+    pub fn new(inner: A, slots: Arc<Slots>, tls: Option<Arc<TlsPort>>) -> Self {
+        Self { inner: Arc::new(inner), slots, tls }
     }
 
-    /// Answers `503` on an HTTP/1 connection and waits (bounded) for the client to read it;
-    /// closes an HTTP/2 one, or any when too many refusals linger already.
+    /// Answers `503` and waits (bounded) for the client to read it; closes at once when too
+    /// many refusals linger already.
     async fn refuse(&self, mut stream: Stream) {
-        self.slots.warn_refused();
-        if stream.selected_alpn_proto() == Some(ALPN::H2) {
-            return;
-        }
         let lingering = &self.slots.lingering;
         if lingering.fetch_add(1, Ordering::AcqRel) >= LINGERING_MAX {
             lingering.fetch_sub(1, Ordering::AcqRel);
@@ -171,9 +173,18 @@ impl<A> Capped<A> {
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Capped<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let tls = self.tls.as_deref().filter(|port| port.arrived(&stream));
         let Some(_slot) = self.slots.take() else {
-            self.refuse(stream).await;
+            self.slots.warn_refused();
+            // Before a handshake there is nothing a TLS client could read.
+            if tls.is_none() {
+                self.refuse(stream).await;
+            }
             return None;
+        };
+        let stream = match tls {
+            Some(port) => port.handshake(stream).await?,
+            None => stream,
         };
         // The connection keeps its place across every turn `A` takes with it.
         let mut next = Some(stream);

@@ -23,6 +23,7 @@ pub mod drain;
 pub mod edge;
 pub mod fastlane;
 pub mod gateway;
+pub mod handshake;
 pub mod limits;
 pub mod metrics;
 pub mod pages;

@@ -16,6 +16,7 @@ use steady_lb::config::Config;
 use steady_lb::connections::{self, Capped, Slots};
 use steady_lb::drain::{Drain, InFlight};
 use steady_lb::fastlane::{FastLane, LaneTimeouts, HOST_POOL};
+use steady_lb::handshake::TlsPort;
 use steady_lb::sessions::PublicSessions;
 use steady_lb::{
     private::PrivateProxy, public::PublicProxy, readiness::Readiness, routing::Routes, watch::SlicerWatch, workers,
@@ -100,6 +101,13 @@ fn main() {
         header_read_ms: config.header_read_timeout_ms,
         upstream_read_ms: config.upstream_read_timeout_ms,
     };
+    let tls_port = match (config.tls_listen, &certs) {
+        (Some(addr), Some(store)) => match TlsPort::new(addr, store.clone(), config.header_read_timeout_ms) {
+            Ok(port) => Some(Arc::new(port)),
+            Err(message) => exit_on_bad_config(&message),
+        },
+        _ => None,
+    };
     let slots = Slots::new(connections_max, metrics.connections_open.clone(), metrics.connections_refused.clone());
     let publics: Vec<_> = (0..config.threads)
         .map(|worker| {
@@ -108,7 +116,7 @@ fn main() {
             let sessions = PublicSessions::new(proxy, config.header_read_timeout_ms, in_flight.clone());
             let h2_arrivals = sessions.h2_arrivals();
             let lane = FastLane::new(sessions, public_proxy.clone(), timeouts, in_flight.clone(), h2_arrivals);
-            public_worker(worker, Capped::new(lane, slots.clone()), &config, certs.as_ref())
+            public_worker(worker, Capped::new(lane, slots.clone(), tls_port.clone()), &config)
         })
         .collect();
     let readiness = Arc::new(Readiness::new(std::iter::once(config.public).chain(config.tls_listen).collect()));
@@ -143,24 +151,12 @@ fn main() {
 
 /// Worker `worker`'s public service: one thread, its own sockets on the public (and TLS)
 /// addresses (`steady_lb::workers`).
-fn public_worker<A: ServerApp + Send + Sync + 'static>(
-    worker: usize,
-    lane: A,
-    config: &Config,
-    certs: Option<&Arc<CertStore>>,
-) -> Service<A> {
-    let mut public = Service::new(format!("public {worker}"), lane);
-    public.add_tcp_with_settings(&workers::listen_key(config.public, worker), workers::socket_options());
-    if let (Some(listen), Some(store)) = (config.tls_listen, certs) {
-        let mut settings = match pingora::listeners::tls::TlsSettings::intermediate("", "") {
-            Ok(settings) => settings,
-            Err(error) => exit_on_bad_config(&format!("TLS settings: {error}")),
-        };
-        settings.set_cert_resolver(store.clone());
-        // Offer HTTP/2 and HTTP/1.1 by ALPN: browsers speak HTTP/2 only over TLS.
-        settings.enable_h2();
-        let key = workers::listen_key(listen, worker);
-        public.add_tls_with_settings(&key, Some(workers::socket_options()), settings);
+fn public_worker<A: ServerApp + Send + Sync + 'static>(worker: usize, app: A, config: &Config) -> Service<A> {
+    let mut public = Service::new(format!("public {worker}"), app);
+    // The TLS address is a plain endpoint too: the app runs the handshake itself
+    // (steady_lb::handshake), so a connection there counts and is timed from its first byte.
+    for addr in std::iter::once(config.public).chain(config.tls_listen) {
+        public.add_tcp_with_settings(&workers::listen_key(addr, worker), workers::socket_options());
     }
     public.threads = Some(1);
     public

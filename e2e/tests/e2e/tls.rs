@@ -38,6 +38,15 @@ const LOOP_REQUESTS_MAX: usize = 20_000;
 /// A cluster with app `a` deployed and an LB serving `steady.page` and `steady.sh` over TLS with
 /// the given (chain, key) per domain; returns the LB's index and its TLS address.
 pub fn tls_lb(cluster: &mut Cluster, certs: &[(&str, &(PathBuf, PathBuf))]) -> (usize, SocketAddr) {
+    tls_lb_with(cluster, certs, &[])
+}
+
+/// [`tls_lb`] with more flags for the LB.
+pub fn tls_lb_with(
+    cluster: &mut Cluster,
+    certs: &[(&str, &(PathBuf, PathBuf))],
+    extra: &[&str],
+) -> (usize, SocketAddr) {
     let tls: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().expect("address");
     let mut flags: Vec<String> =
         ["--domain", "steady.page", "--domain", "steady.sh", "--tls-listen"].iter().map(|s| s.to_string()).collect();
@@ -46,6 +55,7 @@ pub fn tls_lb(cluster: &mut Cluster, certs: &[(&str, &(PathBuf, PathBuf))]) -> (
         flags.push("--tls-cert".into());
         flags.push(format!("{domain}={},{}", chain.display(), key.display()));
     }
+    flags.extend(extra.iter().map(|s| s.to_string()));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let index = cluster.add_lb_with(&flags);
     (index, tls)
@@ -232,4 +242,43 @@ fn a_websocket_opens_over_tls_and_its_app_sees_the_https_url() {
         assert_eq!(socket.read().expect("echo"), tungstenite::Message::text(format!("echo: hello {i}")));
     }
     socket.close(None).expect("close");
+}
+
+#[test]
+fn a_tls_client_that_never_says_hello_counts_against_the_bound_and_is_cut_off_at_the_deadline() {
+    let mut cluster = cluster_with_app();
+    let ca = TestCa::new(cluster.dir.path(), "ca");
+    let page = ca.issue("steady.page");
+    let limits = ["--header-read-timeout-ms", "1500", "--connections-max", "3"];
+    let (index, tls) = tls_lb_with(&mut cluster, &[("steady.page", &page)], &limits);
+    let (public, private) = (cluster.more_lbs[index].public, cluster.more_lbs[index].private);
+    let open = || {
+        let metrics = reqwest::blocking::get(format!("http://{private}/metrics")).and_then(|r| r.text());
+        let metrics = metrics.unwrap_or_default();
+        metrics.lines().find_map(|l| l.strip_prefix("steady_lb_connections_open ")?.parse::<f64>().ok())
+    };
+
+    // Three connections to the TLS port that send nothing take every place.
+    let silent: Vec<std::net::TcpStream> =
+        (0..3).map(|_| std::net::TcpStream::connect(tls).expect("connect to the TLS port")).collect();
+    eventually("the silent TLS connections to be counted", || (open() == Some(3.0)).then_some(()));
+    let refused =
+        reqwest::blocking::Client::new().get(format!("http://{public}/")).header("host", "a.steady.page").send();
+    assert_eq!(refused.expect("a plain request meanwhile").status(), 503, "no place left");
+
+    // Each is closed at the header deadline (pingora's own handshake bound was 60 s).
+    for mut stream in silent {
+        use std::io::Read;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).expect("timeout");
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("a silent TLS connection still open after 20 s, or answered: {other:?}"),
+        }
+    }
+    eventually("the places to be given back", || (open() == Some(0.0)).then_some(()));
+    let config = client_config(&[ca.cert_path()]);
+    let answer = https_get(tls, "a.steady.page", "/", &config).expect("HTTPS once the silent ones are gone");
+    assert_eq!(answer.status, 200, "{}", answer.text);
 }
