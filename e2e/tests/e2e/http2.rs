@@ -250,29 +250,36 @@ fn an_http2_connection_is_closed_at_the_header_deadline_when_silent_or_idle_not_
 
 #[test]
 fn a_client_with_prior_knowledge_speaks_http2_on_the_plain_listener() {
-    let cluster = Cluster::start(1);
+    let mut cluster = Cluster::start(1);
     let app = write_app(cluster.dir.path(), "a", APP);
     cluster.deploy(&app, "a");
     let host = format!("a.{}", cluster.domain);
-    runtime().block_on(async {
-        let tcp = tokio::net::TcpStream::connect(cluster.public).await.expect("connect");
-        tcp.set_nodelay(true).expect("no delay");
-        let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
-        tokio::spawn(async move {
-            let _ = connection.await;
+    // The same on an LB that speaks h2c to hosts (where no request takes the fast lane).
+    let h2c = cluster.add_lb_with(&["--host-protocol", "h2c"]);
+    for lb in [cluster.public, cluster.more_lbs[h2c].public] {
+        runtime().block_on(async {
+            let tcp = tokio::net::TcpStream::connect(lb).await.expect("connect");
+            tcp.set_nodelay(true).expect("no delay");
+            let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            for path in ["/one", "/two"] {
+                let answer = send(&client, "GET", &format!("http://{host}{path}"), &[], None).await;
+                assert_eq!(answer.status, 200, "{lb}: {}", answer.body);
+                let seen = json(&answer.body);
+                assert_eq!(seen["url"], format!("http://{host}{path}"));
+                assert_eq!(seen["headers"]["x-forwarded-proto"], "http");
+            }
+            let body = Some(Bytes::from_static(b"12345"));
+            let sunk = send(&client, "POST", &format!("http://{host}/sink"), &[], body).await;
+            assert_eq!((sunk.status, sunk.body.as_str()), (200, "5"), "{lb}");
         });
-        for path in ["/one", "/two"] {
-            let answer = send(&client, "GET", &format!("http://{host}{path}"), &[], None).await;
-            assert_eq!(answer.status, 200, "{}", answer.body);
-            let seen = json(&answer.body);
-            assert_eq!(seen["url"], format!("http://{host}{path}"));
-            assert_eq!(seen["headers"]["x-forwarded-proto"], "http");
-        }
-        let sunk = send(&client, "POST", &format!("http://{host}/sink"), &[], Some(Bytes::from_static(b"12345"))).await;
-        assert_eq!((sunk.status, sunk.body.as_str()), (200, "5"));
-    });
-    // HTTP/1.1 on the same listener as before.
+    }
+    // HTTP/1.1 on the same listeners as before.
     assert_eq!(cluster.get("a", "/").status, 200);
+    let plain = reqwest::blocking::Client::new().get(format!("http://{}/", cluster.more_lbs[h2c].public));
+    assert_eq!(plain.header("host", &host).send().expect("HTTP/1.1 through the h2c LB").status(), 200);
 }
 
 #[test]

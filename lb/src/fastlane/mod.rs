@@ -194,7 +194,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for FastLane<A> {
         match stream.selected_alpn_proto() {
             Some(ALPN::H2) => self.serve_h2(stream, false, shutdown).await,
             Some(ALPN::Custom(_)) => ServerApp::process_new(&self.inner, stream, shutdown).await,
-            _ if !self.public.lane_open() => ServerApp::process_new(&self.inner, stream, shutdown).await,
             _ => self.run(stream, shutdown).await,
         }
     }
