@@ -173,18 +173,19 @@ pub fn resolve_binary(name: &std::path::Path) -> Result<PathBuf, String> {
 /// Default bound on the ingress listener's open connections.
 pub const INGRESS_CONNECTIONS_MAX: usize = 16_384;
 
-/// Open files kept aside from ingress connections and the lane's idle app connections: the
-/// API's connections, app processes' pipes and logs, the store, the router's app connections.
+/// Open files kept aside from ingress connections and the idle app connections: the API's
+/// connections, app processes' pipes and logs, the store, replication.
 pub const FILES_RESERVED: u64 = 4_096;
 
 impl Config {
     /// The ingress connections the open files limit `open_files_max` covers: each with a
-    /// connection to its app, beside the lane's idle app connections and [`FILES_RESERVED`].
+    /// connection to its app, beside the idle app connections (the lane's pool and the
+    /// router's, bounded alike) and [`FILES_RESERVED`].
     pub fn ingress_budget(&self, open_files_max: u64) -> steady_daemon::files::Budget {
         let pooled_max = crate::ingress::lane::app_pool_bounds(self.app_concurrency_max).idle_total_max as u64;
         steady_daemon::files::Budget {
             open_files_max,
-            fixed: pooled_max + FILES_RESERVED,
+            fixed: 2 * pooled_max + FILES_RESERVED,
             flag: "--ingress-connections-max",
             default_max: INGRESS_CONNECTIONS_MAX,
         }

@@ -36,7 +36,8 @@ const LOGGED_PATH_BYTES_MAX: usize = 512;
 
 /// The ingress router: every path is app traffic. Bodies above `body_max_bytes` are refused.
 pub fn router(apps: Arc<Apps>, body_max_bytes: u64, app_idle_connections_max: usize) -> axum::Router {
-    let connections = Arc::new(AppConnections::new(app_idle_connections_max));
+    let bounds = lane::app_pool_bounds(app_idle_connections_max);
+    let connections = Arc::new(AppConnections::new(bounds.idle_per_upstream_max, bounds.idle_total_max));
     axum::Router::new().fallback(forward).with_state(Ingress { apps, connections, body_max_bytes })
 }
 

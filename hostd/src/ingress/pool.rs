@@ -28,9 +28,29 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// The idle connections of every app socket on this host.
 pub struct AppConnections {
-    idle: Mutex<HashMap<PathBuf, Vec<SendRequest<Body>>>>,
+    idle: Mutex<Idle>,
     /// Idle connections kept per app socket (the app's concurrency limit).
     idle_per_socket_max: usize,
+    /// Idle connections kept over all sockets.
+    idle_total_max: usize,
+}
+
+/// The idle connections by socket, and how many there are in all.
+#[derive(Default)]
+struct Idle {
+    by_socket: HashMap<PathBuf, Vec<SendRequest<Body>>>,
+    total: usize,
+}
+
+impl Idle {
+    /// Drops the connections their apps closed, and the sockets left with none.
+    fn forget_closed(&mut self) {
+        self.by_socket.retain(|_, senders| {
+            senders.retain(|s| !s.is_closed());
+            !senders.is_empty()
+        });
+        self.total = self.by_socket.values().map(Vec::len).sum();
+    }
 }
 
 /// A connection lent to one request; give it back with [`AppConnections::give_back`] once its
@@ -41,10 +61,12 @@ pub struct Lent {
 }
 
 impl AppConnections {
-    /// An empty pool that keeps at most `idle_per_socket_max` idle connections per app socket.
-    pub fn new(idle_per_socket_max: usize) -> Self {
+    /// An empty pool that keeps at most `idle_per_socket_max` idle connections per app socket
+    /// and `idle_total_max` in all (each is an open file of hostd's).
+    pub fn new(idle_per_socket_max: usize, idle_total_max: usize) -> Self {
         assert!(idle_per_socket_max > 0, "a pool that keeps nothing");
-        Self { idle: Mutex::default(), idle_per_socket_max }
+        assert!(idle_per_socket_max <= idle_total_max, "one socket's share exceeds the whole");
+        Self { idle: Mutex::default(), idle_per_socket_max, idle_total_max }
     }
 
     /// Sends `request` to the app on `socket` over an idle connection, or a new one when none is
@@ -80,27 +102,30 @@ impl AppConnections {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() >= SOCKETS_MAX && !idle.contains_key(&lent.socket) {
-            idle.retain(|_, senders| {
-                senders.retain(|s| !s.is_closed());
-                !senders.is_empty()
-            });
-            if idle.len() >= SOCKETS_MAX {
+        let new_socket = !idle.by_socket.contains_key(&lent.socket);
+        if (new_socket && idle.by_socket.len() >= SOCKETS_MAX) || idle.total >= self.idle_total_max {
+            idle.forget_closed();
+            if (new_socket && idle.by_socket.len() >= SOCKETS_MAX) || idle.total >= self.idle_total_max {
                 return;
             }
         }
-        let senders = idle.entry(lent.socket).or_default();
+        let senders = idle.by_socket.entry(lent.socket).or_default();
         if senders.len() < self.idle_per_socket_max {
             senders.push(lent.sender);
+            idle.total += 1;
         }
+        debug_assert!(idle.total <= self.idle_total_max, "more idle connections than the pool keeps");
     }
 
     fn take(&self, socket: &Path) -> Option<SendRequest<Body>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let senders = idle.get_mut(socket)?;
+        let senders = idle.by_socket.get_mut(socket)?;
         let sender = senders.pop();
         if senders.is_empty() {
-            idle.remove(socket);
+            idle.by_socket.remove(socket);
+        }
+        if sender.is_some() {
+            idle.total -= 1;
         }
         sender
     }
@@ -145,7 +170,7 @@ mod tests {
                 });
             }
         });
-        let pool = AppConnections::new(8);
+        let pool = AppConnections::new(8, 8);
         for _ in 0..3 {
             let (response, lent) = pool.send(&socket, Request::new(Body::empty())).await.expect("answer");
             http_body_util::BodyExt::collect(response.into_body()).await.expect("body");
@@ -157,5 +182,43 @@ mod tests {
         pool.give_back(lent);
         let (response, _) = pool.send(&socket, Request::new(Body::empty())).await.expect("answer");
         assert_eq!(response.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_bounded_in_all_not_only_per_socket() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut sockets = Vec::new();
+        for name in ["a.sock", "b.sock"] {
+            let socket = dir.path().join(name);
+            let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+            tokio::spawn(async move {
+                loop {
+                    let (stream, _) = listener.accept().await.expect("accept");
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(|_request| async {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Body::from("hi")))
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+            sockets.push(socket);
+        }
+        let pool = AppConnections::new(2, 3);
+        // Two requests in flight on each socket, then all four connections given back.
+        let mut lent = Vec::new();
+        for socket in sockets.iter().chain(&sockets) {
+            let (response, connection) = pool.send(socket, Request::new(Body::empty())).await.expect("answer");
+            http_body_util::BodyExt::collect(response.into_body()).await.expect("body");
+            lent.push(connection);
+        }
+        for connection in lent {
+            pool.give_back(connection);
+        }
+        let idle = pool.idle.lock().unwrap();
+        assert_eq!(idle.total, 3, "the fourth is closed, not kept");
+        assert_eq!(idle.by_socket.values().map(Vec::len).sum::<usize>(), 3);
     }
 }
