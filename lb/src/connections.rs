@@ -33,8 +33,8 @@ use crate::handshake::TlsPort;
 /// Default bound on open client connections (all public listeners and workers together).
 pub const CONNECTIONS_MAX: usize = 16_384;
 
-/// Open files kept aside for everything but client connections and the lanes' pools: the
-/// private listener's connections, pingora's own host connections, the slicer watch, logs.
+/// Open files kept aside for everything but client connections, their host connections and
+/// the idle pools: the private listener's connections, the slicer watch, certificates, logs.
 pub const FILES_RESERVED: u64 = 512;
 
 /// Longest a refused connection stays open for its client to read the `503`.
