@@ -149,10 +149,11 @@ impl ClusterFile {
                 return Err(format!("{field} address {address} is used twice"));
             }
         }
-        if let Some(lb) = self.lbs.iter().find(|l| l.threads.is_some_and(|t| t == 0 || t > 31)) {
+        let threads_max = steady_proto::LB_THREADS_MAX;
+        if let Some(lb) = self.lbs.iter().find(|l| l.threads.is_some_and(|t| t == 0 || t > threads_max)) {
             return Err(format!(
-                "lbs: threads of {} must be between 1 and 31 (each LB worker listens on a socket \
-                 of its own, and an upgrade hands over at most 32)",
+                "lbs: threads of {} must be between 1 and {threads_max} (each LB worker listens on a \
+                 socket of its own, and an upgrade hands over at most 32)",
                 lb.public
             ));
         }

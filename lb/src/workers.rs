@@ -104,10 +104,12 @@ mod tests {
         let (public, private): (SocketAddr, SocketAddr) =
             ("127.0.0.1:8080".parse().unwrap(), "127.0.0.1:8081".parse().unwrap());
         let tls: SocketAddr = "[2001:db8::1]:8443".parse().unwrap();
-        check_upgrade_bounds(31, public, None, private).unwrap();
-        check_upgrade_bounds(32, public, None, private).unwrap_err();
-        check_upgrade_bounds(15, public, Some(tls), private).unwrap();
-        let refused = check_upgrade_bounds(16, public, Some(tls), private).unwrap_err();
+        // The bounds the other binaries check against are the ones an upgrade imposes.
+        use steady_proto::{LB_THREADS_MAX, LB_THREADS_MAX_WITH_TLS};
+        check_upgrade_bounds(LB_THREADS_MAX, public, None, private).unwrap();
+        check_upgrade_bounds(LB_THREADS_MAX + 1, public, None, private).unwrap_err();
+        check_upgrade_bounds(LB_THREADS_MAX_WITH_TLS, public, Some(tls), private).unwrap();
+        let refused = check_upgrade_bounds(LB_THREADS_MAX_WITH_TLS + 1, public, Some(tls), private).unwrap_err();
         assert!(refused.contains("--threads 16"), "{refused}");
     }
 

@@ -12,5 +12,13 @@ pub mod name;
 pub mod slice;
 pub mod wire;
 
+/// Most worker threads a load balancer takes (`steady-lb --threads`): each worker listens on
+/// a socket of its own, and an upgrade hands at most 32 sockets to the new process (one is
+/// the private listener's). The CLI checks cluster files and the bench its flag against it.
+pub const LB_THREADS_MAX: usize = 31;
+
+/// [`LB_THREADS_MAX`] for a load balancer with a TLS listener: each worker has two sockets.
+pub const LB_THREADS_MAX_WITH_TLS: usize = 15;
+
 /// Version of the HTTP API between steady's own binaries; every path starts with `/v1`.
 pub const API_VERSION: &str = "v1";

@@ -142,7 +142,8 @@ fn addr() -> SocketAddr {
 /// Runs the comparison and writes its report.
 pub fn run(options: &Options) -> anyhow::Result<Report> {
     anyhow::ensure!(!options.connections.is_empty() && options.duration_s > 0, "nothing to measure");
-    anyhow::ensure!((1..=31).contains(&options.threads), "--threads must be 1–31 (the LB's bound)");
+    let threads_max = steady_proto::LB_THREADS_MAX;
+    anyhow::ensure!((1..=threads_max).contains(&options.threads), "--threads must be 1–{threads_max} (the LB's bound)");
     let dir = crate::scenario::report_dir(options.out.as_deref(), "proxies");
     std::fs::create_dir_all(&dir)?;
     // nginx resolves relative paths against its prefix: give every tool absolute ones.
