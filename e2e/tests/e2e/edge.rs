@@ -336,8 +336,7 @@ fn a_client_that_hangs_up_before_its_answer_lets_go_of_the_host_and_the_app() {
 
 /// One figure from an LB's metrics, or `None` if it is not there.
 fn lb_metric(private: SocketAddr, name: &str) -> Option<f64> {
-    let text = reqwest::blocking::get(format!("http://{private}/metrics")).ok()?.text().ok()?;
-    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    crate::metrics::series(&private.to_string(), name)
 }
 
 #[test]

@@ -20,7 +20,7 @@ pub fn scrape(addr: &str, name: &str) -> f64 {
 }
 
 /// The value of the sample `name` at `http://<addr>/metrics`, if it is exposed.
-fn series(addr: &str, name: &str) -> Option<f64> {
+pub fn series(addr: &str, name: &str) -> Option<f64> {
     let text = reqwest::blocking::get(format!("http://{addr}/metrics")).and_then(|r| r.text()).expect("scrape");
     text.lines()
         .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
