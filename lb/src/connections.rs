@@ -33,8 +33,12 @@ use crate::handshake::TlsPort;
 /// Default bound on open client connections (all public listeners and workers together).
 pub const CONNECTIONS_MAX: usize = 16_384;
 
-/// Open files kept aside for everything but client connections, their host connections and
-/// the idle pools: the private listener's connections, the slicer watch, certificates, logs.
+/// Bound on the private listener's open connections (operators' API calls, log streams and
+/// scrapes); counted in the open files budget with a host connection each.
+pub const PRIVATE_CONNECTIONS_MAX: usize = 1_024;
+
+/// Open files kept aside for everything but client connections (public and private), their
+/// host connections and the idle pools: the slicer watch, certificates, logs.
 pub const FILES_RESERVED: u64 = 512;
 
 /// Longest a refused connection stays open for its client to read the `503`.
@@ -56,6 +60,8 @@ retry-after: 1\r\ncache-control: private, no-store\r\nconnection: close\r\nconte
 pub struct Slots {
     open: AtomicUsize,
     max: usize,
+    /// The flag or constant that sets `max`, for the log.
+    bound: &'static str,
     lingering: AtomicUsize,
     open_gauge: Gauge,
     refused: Counter,
@@ -70,12 +76,14 @@ pub struct Slots {
 pub struct Slot(Arc<Slots>);
 
 impl Slots {
-    /// Room for `max` connections, reported in `open_gauge` and (each refusal) `refused`.
-    pub fn new(max: usize, open_gauge: Gauge, refused: Counter) -> Arc<Self> {
+    /// Room for `max` connections (set by `bound`, named in the log), reported in `open_gauge`
+    /// and (each refusal) `refused`.
+    pub fn new(max: usize, bound: &'static str, open_gauge: Gauge, refused: Counter) -> Arc<Self> {
         assert!(max > 0, "a listener with no room refuses everyone");
         Arc::new(Self {
             open: AtomicUsize::new(0),
             max,
+            bound,
             lingering: AtomicUsize::new(0),
             open_gauge,
             refused,
@@ -113,7 +121,8 @@ impl Slots {
                 open = self.open(),
                 max = self.max,
                 refused_total = self.refused.get(),
-                "connections refused: --connections-max reached"
+                "connections refused: {} reached",
+                self.bound
             );
         }
     }
@@ -152,21 +161,47 @@ impl<A> Capped<A> {
             return;
         }
         let linger = async {
+            // The request's header first: a client that gets its answer before it has sent its
+            // request (hyper's, for one) takes the connection for broken, not refused.
+            let mut read = Drained::default();
+            while !read.header_seen && read.bytes < LINGER_READ_BYTES_MAX {
+                if !read.more(&mut stream).await? {
+                    return Ok(());
+                }
+            }
             stream.write_all(REFUSAL).await?;
             stream.flush().await?;
             stream.shutdown().await?;
-            let mut buffer = [0u8; 4096];
-            let mut read_bytes = 0;
-            while read_bytes < LINGER_READ_BYTES_MAX {
-                match stream.read(&mut buffer).await? {
-                    0 => break,
-                    read => read_bytes += read,
-                }
-            }
+            while read.bytes < LINGER_READ_BYTES_MAX && read.more(&mut stream).await? {}
             std::io::Result::Ok(())
         };
         let _ = tokio::time::timeout(Duration::from_millis(LINGER_MS), linger).await;
         lingering.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a refused connection's client has sent, read and dropped.
+#[derive(Default)]
+struct Drained {
+    bytes: usize,
+    /// The last bytes read, to spot a header's end across reads.
+    tail: [u8; 3],
+    header_seen: bool,
+}
+
+impl Drained {
+    /// Reads and drops what comes next; `false` at the end of the stream.
+    async fn more(&mut self, stream: &mut Stream) -> std::io::Result<bool> {
+        let mut buffer = [0u8; 4096];
+        let read = stream.read(&mut buffer).await?;
+        let mut window = self.tail.to_vec();
+        window.extend_from_slice(&buffer[..read]);
+        self.header_seen |= window.windows(4).any(|w| w == b"\r\n\r\n");
+        let keep = window.len().min(3);
+        self.tail = [0; 3];
+        self.tail[3 - keep..].copy_from_slice(&window[window.len() - keep..]);
+        self.bytes += read;
+        Ok(read > 0)
     }
 }
 
@@ -206,7 +241,7 @@ mod tests {
     #[test]
     fn places_are_given_back_and_refusals_counted() {
         let (gauge, refused) = (Gauge::default(), Counter::default());
-        let slots = Slots::new(2, gauge.clone(), refused.clone());
+        let slots = Slots::new(2, "a test bound", gauge.clone(), refused.clone());
         let first = slots.take().expect("room for one");
         let second = slots.take().expect("room for two");
         assert!(slots.take().is_none(), "a third past the bound");
@@ -215,6 +250,25 @@ mod tests {
         let third = slots.take().expect("a place given back is taken again");
         drop((second, third));
         assert_eq!((slots.open(), gauge.get(), refused.get()), (0, 0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_header_end_split_across_reads_is_seen() {
+        use tokio::io::AsyncWriteExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(accepted));
+        let mut read = Drained::default();
+        client.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r").await.unwrap();
+        assert!(read.more(&mut stream).await.unwrap());
+        assert!(!read.header_seen, "one byte short of the end");
+        client.write_all(b"\n").await.unwrap();
+        assert!(read.more(&mut stream).await.unwrap());
+        assert!(read.header_seen);
+        assert_eq!(read.bytes, 27);
+        drop(client);
+        assert!(!read.more(&mut stream).await.unwrap(), "the end of the stream");
     }
 
     #[test]

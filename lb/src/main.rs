@@ -17,6 +17,7 @@ use steady_lb::connections::{self, Capped, Slots};
 use steady_lb::drain::{Drain, InFlight};
 use steady_lb::fastlane::{FastLane, LaneTimeouts, HOST_POOL};
 use steady_lb::handshake::TlsPort;
+use steady_lb::metrics::ListenerLabels;
 use steady_lb::sessions::PublicSessions;
 use steady_lb::{
     private::PrivateProxy, public::PublicProxy, readiness::Readiness, routing::Routes, watch::SlicerWatch, workers,
@@ -108,7 +109,13 @@ fn main() {
         },
         _ => None,
     };
-    let slots = Slots::new(connections_max, metrics.connections_open.clone(), metrics.connections_refused.clone());
+    let public_labels = ListenerLabels { listener: "public" };
+    let slots = Slots::new(
+        connections_max,
+        "--connections-max",
+        metrics.connections_open.get_or_create(&public_labels).clone(),
+        metrics.connections_refused.get_or_create(&public_labels).clone(),
+    );
     let publics: Vec<_> = (0..config.threads)
         .map(|worker| {
             let mut proxy = pingora::proxy::http_proxy(&server.configuration, public_proxy.clone());
@@ -120,9 +127,17 @@ fn main() {
         })
         .collect();
     let readiness = Arc::new(Readiness::new(std::iter::once(config.public).chain(config.tls_listen).collect()));
+    let private_labels = ListenerLabels { listener: "private" };
+    let private_slots = Slots::new(
+        connections::PRIVATE_CONNECTIONS_MAX,
+        "the private listener's bound",
+        metrics.connections_open.get_or_create(&private_labels).clone(),
+        metrics.connections_refused.get_or_create(&private_labels).clone(),
+    );
     let private_proxy =
         PrivateProxy::new(routes.clone(), metrics, gateway, readiness).with_in_flight(in_flight.clone());
-    let mut private = pingora::proxy::http_proxy_service(&server.configuration, private_proxy);
+    let private_proxy = pingora::proxy::http_proxy(&server.configuration, private_proxy);
+    let mut private = Service::new("private".to_string(), Capped::new(private_proxy, private_slots, None));
     private.add_tcp(&config.private.to_string());
     private.threads = Some(1);
     let watch = background_service("slicer watch", SlicerWatch::new(config.slicer, routes));
@@ -169,11 +184,13 @@ fn connections_bound(config: &Config) -> usize {
         Ok(limit) => limit,
         Err(error) => exit_on_bad_config(&format!("reading the open files limit: {error}")),
     };
-    // Every worker keeps its lane's idle host connections and its proxy's (pingora's pool).
+    // Every worker keeps its lane's idle host connections and its proxy's (pingora's pool);
+    // the private listener its proxy's, and its own connections with a host connection each.
     let pooled_max = (config.threads * (HOST_POOL.idle_total_max + UPSTREAM_KEEPALIVE_POOL_SIZE)) as u64;
+    let private_max = (UPSTREAM_KEEPALIVE_POOL_SIZE + 2 * connections::PRIVATE_CONNECTIONS_MAX) as u64;
     let budget = Budget {
         open_files_max,
-        fixed: pooled_max + connections::FILES_RESERVED,
+        fixed: pooled_max + private_max + connections::FILES_RESERVED,
         flag: "--connections-max",
         default_max: connections::CONNECTIONS_MAX,
     };

@@ -59,6 +59,13 @@ pub struct LimitLabels {
     pub limit: &'static str,
 }
 
+/// Labels of a client connection count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `public` (apps, plain and TLS) or `private` (the API, metrics).
+    pub listener: &'static str,
+}
+
 /// Every metric of one load balancer.
 pub struct Metrics {
     registry: Registry,
@@ -78,10 +85,10 @@ pub struct Metrics {
     pub probes: Family<ProbeLabels, Counter>,
     /// Requests answered 429 by a limit.
     pub limited: Family<LimitLabels, Counter>,
-    /// Client connections open on the public listeners.
-    pub connections_open: Gauge,
-    /// Client connections refused because `--connections-max` were open.
-    pub connections_refused: Counter,
+    /// Client connections open, by listener.
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    /// Client connections refused because their listener's bound was reached, by listener.
+    pub connections_refused: Family<ListenerLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -96,8 +103,8 @@ impl Default for Metrics {
             table_version: Gauge::default(),
             probes: Family::default(),
             limited: Family::default(),
-            connections_open: Gauge::default(),
-            connections_refused: Counter::<u64, AtomicU64>::default(),
+            connections_open: Family::default(),
+            connections_refused: Family::default(),
         };
         let mut registry = Registry::with_prefix("steady_lb");
         registry.register("requests", "Finished public requests by app and status class", metrics.requests.clone());
@@ -120,16 +127,16 @@ impl Default for Metrics {
         );
         registry.register("move_probes", "Probes of a moving app's old host, by outcome", metrics.probes.clone());
         registry.register("requests_limited", "Requests answered 429 by a limit, by limit", metrics.limited.clone());
-        registry.register(
-            "connections_open",
-            "Client connections open on the public listeners",
-            metrics.connections_open.clone(),
-        );
+        registry.register("connections_open", "Client connections open, by listener", metrics.connections_open.clone());
         registry.register(
             "connections_refused",
-            "Client connections refused because --connections-max were open",
+            "Client connections refused because the listener's bound was reached, by listener",
             metrics.connections_refused.clone(),
         );
+        for listener in ["public", "private"] {
+            drop(metrics.connections_open.get_or_create(&ListenerLabels { listener }));
+            drop(metrics.connections_refused.get_or_create(&ListenerLabels { listener }));
+        }
         for limit in ["client_rate", "app_in_flight"] {
             drop(metrics.limited.get_or_create(&LimitLabels { limit }));
         }

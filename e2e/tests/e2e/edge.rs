@@ -346,7 +346,7 @@ fn connections_past_the_bound_are_refused_and_the_open_ones_still_served() {
     cluster.deploy(&app, "headers");
     let index = cluster.add_lb_with(&["--connections-max", "8"]);
     let (lb, private) = (cluster.more_lbs[index].public, cluster.more_lbs[index].private);
-    let open = || lb_metric(private, "steady_lb_connections_open").unwrap_or(-1.0);
+    let open = || lb_metric(private, "steady_lb_connections_open{listener=\"public\"}").unwrap_or(-1.0);
 
     // Eight idle connections fill the LB; it has accepted them all once it counts eight.
     let mut held: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(lb).expect("connect")).collect();
@@ -358,7 +358,10 @@ fn connections_past_the_bound_are_refused_and_the_open_ones_still_served() {
     assert!(text.to_ascii_lowercase().contains("retry-after: 1"), "{text}");
     let error: serde_json::Value = body_json(&text);
     assert_eq!(error["error"], "connections_max", "{text}");
-    assert_eq!(lb_metric(private, "steady_lb_connections_refused_total"), Some(1.0));
+    assert_eq!(lb_metric(private, "steady_lb_connections_refused_total{listener=\"public\"}"), Some(1.0));
+    // The private listener counts its own (the scrape itself is one), apart from the public bound.
+    let private_open = lb_metric(private, "steady_lb_connections_open{listener=\"private\"}");
+    assert!(private_open >= Some(1.0), "{private_open:?}");
 
     // The open ones are served as before.
     let mut first = held.remove(0);

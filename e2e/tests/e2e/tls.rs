@@ -252,7 +252,7 @@ fn a_tls_client_that_never_says_hello_counts_against_the_bound_and_is_cut_off_at
     let limits = ["--header-read-timeout-ms", "1500", "--connections-max", "3"];
     let (index, tls) = tls_lb_with(&mut cluster, &[("steady.page", &page)], &limits);
     let (public, private) = (cluster.more_lbs[index].public, cluster.more_lbs[index].private);
-    let open = || crate::metrics::series(&private.to_string(), "steady_lb_connections_open");
+    let open = || crate::metrics::series(&private.to_string(), "steady_lb_connections_open{listener=\"public\"}");
 
     // Three connections to the TLS port that send nothing take every place.
     let silent: Vec<std::net::TcpStream> =
