@@ -85,6 +85,17 @@ impl Budget {
             None => Ok((self.default_max, None)),
         }
     }
+
+    /// [`Self::connections_max`] for a daemon's start: `asked` as the flag gave it, the reason
+    /// for a shrunk default logged as a warning; an error is the daemon's to report and exit on.
+    pub fn settle(&self, asked: Option<u64>) -> Result<usize, String> {
+        let asked = asked.map(|max| usize::try_from(max).unwrap_or(usize::MAX));
+        let (max, reason) = self.connections_max(asked)?;
+        if let Some(reason) = reason {
+            tracing::warn!(connections_max = max, "{reason}");
+        }
+        Ok(max)
+    }
 }
 
 #[cfg(test)]

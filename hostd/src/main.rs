@@ -122,16 +122,8 @@ fn ingress_bound(config: &Config) -> usize {
             std::process::exit(2);
         }
     };
-    let asked = config.ingress_connections_max.map(|max| usize::try_from(max).unwrap_or(usize::MAX));
-    match config.ingress_budget(open_files_max).connections_max(asked) {
-        Ok((max, None)) => max,
-        Ok((max, Some(reason))) => {
-            tracing::warn!(ingress_connections_max = max, "{reason}");
-            max
-        }
-        Err(message) => {
-            eprintln!("steady-hostd: {message}");
-            std::process::exit(2);
-        }
-    }
+    config.ingress_budget(open_files_max).settle(config.ingress_connections_max).unwrap_or_else(|message| {
+        eprintln!("steady-hostd: {message}");
+        std::process::exit(2);
+    })
 }

@@ -1,12 +1,12 @@
-//! The public listeners' bound on open client connections, and the open files it rests on.
+//! The listeners' bounds on open client connections, and the open files they rest on.
 //!
 //! Every client connection holds a file descriptor, and every request passed on holds another
 //! for its host connection. A process out of descriptors can neither accept nor reach a host,
 //! so every client fails, not only the newest: a flood of connections (each within the header
 //! deadline) would take the whole LB down. So the public listeners keep at most
-//! `--connections-max` client connections open, and the LB checks at start that its open
-//! files cover that many twice over, the idle host connections and a reserve
-//! (`steady_daemon::files::Budget`).
+//! `--connections-max` client connections open (the private listener
+//! [`PRIVATE_CONNECTIONS_MAX`]), and the LB checks at start that its open files cover that
+//! many twice over, the idle host connections and a reserve (`steady_daemon::files::Budget`).
 //!
 //! pingora's accept loop cannot be paused, so a connection past the bound is accepted and
 //! refused at once ([`Capped`]): a plain one gets `503` with `retry-after`, one to the TLS
@@ -55,7 +55,8 @@ const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: appli
 retry-after: 1\r\ncache-control: private, no-store\r\nconnection: close\r\ncontent-length: 76\r\n\r\n\
 {\"error\":\"connections_max\",\"message\":\"too many open connections; try again\"}";
 
-/// The public listeners' open client connections, shared by every worker.
+/// One listener's open client connections: the public one's are shared by every worker, the
+/// private listener has its own.
 #[derive(Debug)]
 pub struct Slots {
     open: AtomicUsize,
@@ -136,7 +137,7 @@ impl Drop for Slot {
     }
 }
 
-/// A public listener's connection app that keeps `A` within the [`Slots`]: a connection that
+/// A listener's connection app that keeps `A` within the [`Slots`]: a connection that
 /// finds no place is refused, the rest are `A`'s for as long as they stay open, those to the
 /// TLS address once their handshake is done.
 pub struct Capped<A> {
@@ -197,9 +198,8 @@ impl Drained {
         let mut window = self.tail.to_vec();
         window.extend_from_slice(&buffer[..read]);
         self.header_seen |= window.windows(4).any(|w| w == b"\r\n\r\n");
-        let keep = window.len().min(3);
-        self.tail = [0; 3];
-        self.tail[3 - keep..].copy_from_slice(&window[window.len() - keep..]);
+        // The window starts with the three bytes kept last time, so it always has three.
+        self.tail.copy_from_slice(&window[window.len() - 3..]);
         self.bytes += read;
         Ok(read > 0)
     }

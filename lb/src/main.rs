@@ -194,15 +194,7 @@ fn connections_bound(config: &Config) -> usize {
         flag: "--connections-max",
         default_max: connections::CONNECTIONS_MAX,
     };
-    let asked = config.connections_max.map(|max| usize::try_from(max).unwrap_or(usize::MAX));
-    match budget.connections_max(asked) {
-        Ok((max, None)) => max,
-        Ok((max, Some(reason))) => {
-            tracing::warn!(connections_max = max, "{reason}");
-            max
-        }
-        Err(message) => exit_on_bad_config(&message),
-    }
+    budget.settle(config.connections_max).unwrap_or_else(|message| exit_on_bad_config(&message))
 }
 
 /// The public proxy's options: an HTTP/2 connection with no stream in flight for the header

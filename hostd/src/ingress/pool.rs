@@ -102,10 +102,13 @@ impl AppConnections {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let new_socket = !idle.by_socket.contains_key(&lent.socket);
-        if (new_socket && idle.by_socket.len() >= SOCKETS_MAX) || idle.total >= self.idle_total_max {
+        let full = |idle: &Idle| {
+            idle.total >= self.idle_total_max
+                || (idle.by_socket.len() >= SOCKETS_MAX && !idle.by_socket.contains_key(&lent.socket))
+        };
+        if full(&idle) {
             idle.forget_closed();
-            if (new_socket && idle.by_socket.len() >= SOCKETS_MAX) || idle.total >= self.idle_total_max {
+            if full(&idle) {
                 return;
             }
         }
