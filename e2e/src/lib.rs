@@ -389,12 +389,27 @@ impl Cluster {
 
     /// Waits until the LB has installed a table at least as new as `version`.
     pub fn wait_lb_table(&self, version: u64) {
-        eventually("the LB's routing table", || {
-            let answer = self.http.get(format!("http://{}/readyz", self.private)).send().ok()?;
-            let text = answer.text().ok()?;
-            let installed: u64 = text.trim().rsplit(' ').next()?.parse().ok()?;
-            (installed >= version).then_some(())
-        });
+        // Like `eventually`, but a timeout says what `/readyz` answered last.
+        let deadline = Instant::now() + patience();
+        loop {
+            let answer = self.http.get(format!("http://{}/readyz", self.private)).send().and_then(|a| a.text());
+            let last = match answer {
+                Ok(text) => {
+                    let installed = text.trim().rsplit(' ').next().and_then(|v| v.parse::<u64>().ok());
+                    if installed.is_some_and(|installed| installed >= version) {
+                        return;
+                    }
+                    text
+                }
+                Err(error) => error.to_string(),
+            };
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the LB's routing table (version {version}); /readyz said last: {}",
+                last.trim()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     /// An HTTP client that calls the API with the admin token.
