@@ -80,9 +80,11 @@ pub struct Config {
     #[arg(long, default_value_t = 120_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub upstream_read_timeout_ms: u64,
     /// Most client connections the public listeners keep open (all workers together); past it a
-    /// new connection gets 503 and is closed. Default: 16384, or as many as the open files
-    /// limit covers (the LB raises its soft limit to the hard one; each connection is counted
-    /// with a host connection of its own). A value the limit does not cover is refused at start.
+    /// new connection gets 503 and is closed. An HTTP/2 connection's requests in flight past
+    /// its first count as one connection each (past the bound: 503). Default: 16384, or as
+    /// many as the open files limit covers (the LB raises its soft limit to the hard one; each
+    /// connection is counted with a host connection of its own). A value the limit does not
+    /// cover is refused at start.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub connections_max: Option<u64>,
     /// Worker threads of the public listener: each serves the connections it accepts, with its

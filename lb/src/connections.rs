@@ -15,6 +15,12 @@
 //! sent, what the client sends meanwhile read and dropped, so the kernel does not reset the
 //! connection before the client has read the answer) at most [`LINGER_MS`], and at most
 //! [`LINGERING_MAX`] do at once; past that they are closed without an answer.
+//!
+//! An HTTP/2 connection may carry many requests at once (pingora allows 100 streams), each
+//! holding a host connection of its own when hosts are reached over HTTP/1.1. So its requests
+//! in flight past the first take places in the public [`Slots`] too
+//! ([`crate::sessions`], "Places"), and one past the bound is answered `503`: the open files
+//! budget of two descriptors per place holds whatever the clients speak.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -52,8 +58,12 @@ const LINGER_READ_BYTES_MAX: usize = 64 * 1024;
 
 /// The answer to a connection past the bound.
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-retry-after: 1\r\ncache-control: private, no-store\r\nconnection: close\r\ncontent-length: 76\r\n\r\n\
-{\"error\":\"connections_max\",\"message\":\"too many open connections; try again\"}";
+retry-after: 1\r\ncache-control: private, no-store\r\nconnection: close\r\ncontent-length: 75\r\n\r\n\
+{\"code\":\"connections_max\",\"message\":\"too many open connections; try again\"}";
+
+/// The body of the `503` for an HTTP/2 stream past the bound.
+pub const STREAM_REFUSAL_BODY: &str =
+    "{\"code\":\"connections_max\",\"message\":\"too many open connections and HTTP/2 requests; try again\"}";
 
 /// One listener's open client connections: the public one's are shared by every worker, the
 /// private listener has its own.
@@ -115,7 +125,7 @@ impl Slots {
     }
 
     /// Logs a refusal, at most once a second.
-    fn warn_refused(&self) {
+    pub(crate) fn warn_refused(&self) {
         let now_s = self.made.elapsed().as_secs() + 1;
         if self.warned_s.swap(now_s, Ordering::AcqRel) != now_s {
             tracing::warn!(

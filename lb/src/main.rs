@@ -120,9 +120,9 @@ fn main() {
         .map(|worker| {
             let mut proxy = pingora::proxy::http_proxy(&server.configuration, public_proxy.clone());
             proxy.server_options = Some(public_server_options(config.header_read_timeout_ms));
-            let sessions = PublicSessions::new(proxy, config.header_read_timeout_ms, in_flight.clone());
-            let h2_arrivals = sessions.h2_arrivals();
-            let lane = FastLane::new(sessions, public_proxy.clone(), timeouts, in_flight.clone(), h2_arrivals);
+            let sessions = PublicSessions::new(proxy, config.header_read_timeout_ms, in_flight.clone(), slots.clone());
+            let h2_connections = sessions.h2_connections();
+            let lane = FastLane::new(sessions, public_proxy.clone(), timeouts, in_flight.clone(), h2_connections);
             public_worker(worker, Capped::new(lane, slots.clone(), tls_port.clone()), &config)
         })
         .collect();

@@ -26,9 +26,16 @@
 //! that has not opened a stream within the header deadline ([`H2Arrivals`] tells it one
 //! did), and an HTTP/2 connection with nothing in flight for that long is closed by pingora
 //! (its `h2_idle_timeout`, set to the same deadline), as an idle HTTP/1.1 one is.
+//!
+//! **Places.** An HTTP/2 connection holds one place among the listener's connections
+//! ([`crate::connections`]) like any other, and its first stream in flight rides on it; each
+//! further stream in flight takes a place of its own, since it may hold a host connection of
+//! its own. A stream that finds none is answered `503` with `retry-after` and goes nowhere, so
+//! idle HTTP/2 connections never starve their own first requests, and busy ones cannot
+//! open more host connections than the open files budget counts.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,7 +45,9 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::{SocketDigest, Stream};
 use pingora::server::ShutdownWatch;
 
+use crate::connections::{Slot, Slots, STREAM_REFUSAL_BODY};
 use crate::drain::InFlight;
+use crate::pages;
 
 /// How long after a stop is broadcast connections still get to deliver a request header. Far
 /// longer than a handshake on a healthy connection; short enough not to delay a stop.
@@ -66,58 +75,90 @@ pub fn header_read() {
     let _ = HEADER_READ.try_with(|read| read.store(true, Ordering::Release));
 }
 
-/// HTTP/2 connections of one public service waiting for their first stream, by socket (see
-/// "HTTP/2" above).
+/// The HTTP/2 connections of one public service, by socket: whether each has opened a stream
+/// yet (see "HTTP/2" above) and how many it has in flight (see "Places").
 #[derive(Debug, Default)]
-pub struct H2Arrivals {
+pub struct H2Connections {
     /// The address of each connection's socket digest (shared by the connection and its
-    /// streams, and kept alive by the [`H2Expected`] that registered it) → whether a stream
-    /// arrived.
-    waiting: Mutex<HashMap<usize, Arc<AtomicBool>>>,
+    /// streams, and kept alive by the [`H2Connection`] that registered it) → its state.
+    open: Mutex<HashMap<usize, Arc<H2State>>>,
 }
 
-impl H2Arrivals {
-    /// Starts waiting for a stream on the connection whose socket is `socket`; the wait ends
-    /// when the returned guard drops.
-    pub fn expect(self: &Arc<Self>, socket: Arc<SocketDigest>) -> H2Expected {
-        let arrived = Arc::new(AtomicBool::new(false));
+/// One HTTP/2 connection's streams.
+#[derive(Debug, Default)]
+struct H2State {
+    arrived: AtomicBool,
+    /// Streams being served now.
+    streams: AtomicUsize,
+}
+
+impl H2Connections {
+    /// Registers the connection whose socket is `socket`, until the returned guard drops.
+    pub fn open(self: &Arc<Self>, socket: Arc<SocketDigest>) -> H2Connection {
+        let state = Arc::new(H2State::default());
         let key = Arc::as_ptr(&socket) as usize;
-        let previous = self.lock().insert(key, arrived.clone());
+        let previous = self.lock().insert(key, state.clone());
         assert!(previous.is_none(), "one socket digest registered twice");
-        H2Expected { arrivals: self.clone(), socket, arrived }
+        H2Connection { connections: self.clone(), socket, state }
     }
 
-    /// Notes that a stream arrived on the connection whose socket is `socket`.
-    fn arrived(&self, socket: &Arc<SocketDigest>) {
-        if let Some(arrived) = self.lock().get(&(Arc::as_ptr(socket) as usize)) {
-            arrived.store(true, Ordering::Release);
-        }
+    /// The state of the connection whose socket is `socket`, if it is registered.
+    fn state(&self, socket: &Arc<SocketDigest>) -> Option<Arc<H2State>> {
+        self.lock().get(&(Arc::as_ptr(socket) as usize)).cloned()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Arc<AtomicBool>>> {
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Arc<H2State>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// One HTTP/2 connection's wait for its first stream ([`H2Arrivals::expect`]).
+/// One HTTP/2 connection's registration in [`H2Connections`], for as long as it is open.
 #[derive(Debug)]
-pub struct H2Expected {
-    arrivals: Arc<H2Arrivals>,
+pub struct H2Connection {
+    connections: Arc<H2Connections>,
     /// Held so that the digest's address, the key, is not reused while registered.
     socket: Arc<SocketDigest>,
-    arrived: Arc<AtomicBool>,
+    state: Arc<H2State>,
 }
 
-impl H2Expected {
+impl H2Connection {
     /// Has a stream arrived on the connection?
     pub fn arrived(&self) -> bool {
-        self.arrived.load(Ordering::Acquire)
+        self.state.arrived.load(Ordering::Acquire)
     }
 }
 
-impl Drop for H2Expected {
+impl Drop for H2Connection {
     fn drop(&mut self) {
-        self.arrivals.lock().remove(&(Arc::as_ptr(&self.socket) as usize));
+        self.connections.lock().remove(&(Arc::as_ptr(&self.socket) as usize));
+    }
+}
+
+/// An HTTP/2 stream's share of the connection bound: the first stream in flight on a
+/// connection rides on the connection's own place, every further one holds a place of its own.
+struct StreamPlace {
+    state: Arc<H2State>,
+    _slot: Option<Slot>,
+}
+
+impl StreamPlace {
+    /// A place for one more stream of the connection in `state`, unless `slots` are all taken.
+    fn take(state: Arc<H2State>, slots: &Arc<Slots>) -> Option<Self> {
+        state.arrived.store(true, Ordering::Release);
+        let before = state.streams.fetch_add(1, Ordering::AcqRel);
+        let slot = if before == 0 { None } else { slots.take() };
+        if before > 0 && slot.is_none() {
+            state.streams.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self { state, _slot: slot })
+    }
+}
+
+impl Drop for StreamPlace {
+    fn drop(&mut self) {
+        let before = self.state.streams.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "a stream given back twice");
     }
 }
 
@@ -127,15 +168,18 @@ pub struct PublicSessions<A> {
     inner: Arc<A>,
     header_timeout: Duration,
     in_flight: InFlight,
-    h2_arrivals: Arc<H2Arrivals>,
+    h2_connections: Arc<H2Connections>,
+    /// The listener's connection places, which HTTP/2 streams share (see "Places").
+    slots: Arc<Slots>,
     /// `inner`'s options with HTTP/2 over plain TCP allowed ([`with_h2c_preface`]).
     h2c_options: HttpServerOptions,
 }
 
 impl<A: HttpServerApp> PublicSessions<A> {
-    /// Wraps `inner`; each request header must be read within `header_timeout_ms`, and each
-    /// session counts in `in_flight` while it lasts.
-    pub fn new(inner: A, header_timeout_ms: u64, in_flight: InFlight) -> Self {
+    /// Wraps `inner`; each request header must be read within `header_timeout_ms`, each
+    /// session counts in `in_flight` while it lasts, and HTTP/2 streams past a connection's
+    /// first take places in `slots`.
+    pub fn new(inner: A, header_timeout_ms: u64, in_flight: InFlight, slots: Arc<Slots>) -> Self {
         assert!(header_timeout_ms > 0, "a header deadline of zero would refuse every request");
         let mut h2c_options = inner.server_options().cloned().unwrap_or_default();
         h2c_options.h2c = true;
@@ -143,14 +187,16 @@ impl<A: HttpServerApp> PublicSessions<A> {
             inner: Arc::new(inner),
             header_timeout: Duration::from_millis(header_timeout_ms),
             in_flight,
-            h2_arrivals: Arc::default(),
+            h2_connections: Arc::default(),
+            slots,
             h2c_options,
         }
     }
 
-    /// Where this app notes the HTTP/2 streams it is given, for the listener that waits on them.
-    pub fn h2_arrivals(&self) -> Arc<H2Arrivals> {
-        self.h2_arrivals.clone()
+    /// Where the listener registers the HTTP/2 connections it hands to this app, which notes
+    /// their streams there.
+    pub fn h2_connections(&self) -> Arc<H2Connections> {
+        self.h2_connections.clone()
     }
 }
 
@@ -162,11 +208,21 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for PublicSessions<
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         let _in_flight = self.in_flight.enter();
-        if session.is_http2() {
-            if let Some(socket) = session.digest().and_then(|d| d.socket_digest.as_ref()) {
-                self.h2_arrivals.arrived(socket);
-            }
-        }
+        let mut session = session;
+        let state = session.is_http2().then(|| session.digest().and_then(|d| d.socket_digest.as_ref())).flatten();
+        let _place = match state.and_then(|socket| self.h2_connections.state(socket)) {
+            Some(state) => match StreamPlace::take(state, &self.slots) {
+                Some(place) => Some(place),
+                None => {
+                    self.slots.warn_refused();
+                    let headers = [("retry-after", "1")];
+                    let _ =
+                        pages::respond_with(&mut session, 503, "application/json", &headers, STREAM_REFUSAL_BODY).await;
+                    return None;
+                }
+            },
+            None => None,
+        };
         let read = Arc::new(AtomicBool::new(false));
         let request = HEADER_READ.scope(read.clone(), self.inner.process_new_http(session, shutdown));
         tokio::pin!(request);
@@ -210,6 +266,26 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for PublicSessions<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connections_first_stream_rides_on_its_place_and_further_ones_take_their_own() {
+        use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+        let slots = Slots::new(3, "a test bound", Gauge::default(), Counter::default());
+        let _connection = slots.take().expect("the connection's own place");
+        let state = Arc::new(H2State::default());
+        let first = StreamPlace::take(state.clone(), &slots).expect("the first stream");
+        assert_eq!(slots.open(), 1, "the first stream takes no place");
+        let second = StreamPlace::take(state.clone(), &slots).expect("a second stream");
+        let _third = StreamPlace::take(state.clone(), &slots).expect("a third stream");
+        assert_eq!(slots.open(), 3);
+        assert!(StreamPlace::take(state.clone(), &slots).is_none(), "a fourth past the bound");
+        assert_eq!(state.streams.load(Ordering::Acquire), 3, "a refused stream is not counted");
+        drop(second);
+        assert_eq!(slots.open(), 2);
+        drop(first);
+        assert_eq!(state.streams.load(Ordering::Acquire), 1);
+        assert!(state.arrived.load(Ordering::Acquire));
+    }
 
     #[tokio::test]
     async fn the_flag_is_seen_only_inside_its_scope() {

@@ -357,7 +357,7 @@ fn connections_past_the_bound_are_refused_and_the_open_ones_still_served() {
     assert_eq!(status, 503, "{text}");
     assert!(text.to_ascii_lowercase().contains("retry-after: 1"), "{text}");
     let error: serde_json::Value = body_json(&text);
-    assert_eq!(error["error"], "connections_max", "{text}");
+    assert_eq!(error["code"], "connections_max", "{text}");
     assert_eq!(lb_metric(private, "steady_lb_connections_refused_total{listener=\"public\"}"), Some(1.0));
     // The private listener counts its own (the scrape itself is one), apart from the public bound.
     let private_open = lb_metric(private, "steady_lb_connections_open{listener=\"private\"}");

@@ -306,3 +306,84 @@ fn a_stalled_http2_upload_ends_at_the_upstream_read_timeout() {
     });
     drop(cluster);
 }
+
+/// `/hold` answers once `/release` is asked (which says how many it let go); the rest at once.
+const HOLDING_APP: &str = r#"let waiting = [];
+export default {
+  async fetch(request) {
+    const path = new URL(request.url).pathname;
+    if (path === "/hold") {
+      await new Promise((resolve) => waiting.push(resolve));
+      return new Response("released");
+    }
+    if (path === "/release") {
+      const count = waiting.length;
+      waiting.forEach((resolve) => resolve());
+      waiting = [];
+      return new Response(String(count));
+    }
+    return new Response("ok");
+  },
+};
+"#;
+
+#[test]
+fn an_http2_clients_requests_in_flight_share_the_connection_bound() {
+    // Each HTTP/2 request in flight may hold a host connection, so past a connection's first
+    // they take places of their own: a few clients cannot open more than the bound allows.
+    let mut cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "holding", HOLDING_APP);
+    cluster.deploy(&app, "holding");
+    let index = cluster.add_lb_with(&["--connections-max", "3"]);
+    let (lb, private) = (cluster.more_lbs[index].public, cluster.more_lbs[index].private.to_string());
+    let host = format!("holding.{}", cluster.domain);
+    let metric = move |name: &str| crate::metrics::series(&private, name).unwrap_or(-1.0);
+    let places_taken = |count: f64| {
+        let metric = metric.clone();
+        tokio::task::spawn_blocking(move || {
+            steady_e2e::eventually(&format!("{count} places taken"), || {
+                (metric("steady_lb_connections_open{listener=\"public\"}") == count).then_some(())
+            })
+        })
+    };
+    let runtime = runtime();
+    let held = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(lb).await.expect("connect");
+        let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        // Three requests held by the app: the first on the connection's place, two more.
+        let held: Vec<_> = (0..3)
+            .map(|_| {
+                let (client, url) = (client.clone(), format!("http://{host}/hold"));
+                tokio::spawn(async move { send(&client, "GET", &url, &[], None).await })
+            })
+            .collect();
+        places_taken(3.0).await.expect("waiting");
+
+        // A fourth is told to come back, and never reaches the app.
+        let refused = send(&client, "GET", &format!("http://{host}/"), &[], None).await;
+        assert_eq!(refused.status, 503, "{}", refused.body);
+        assert_eq!(json(&refused.body)["code"], "connections_max", "{}", refused.body);
+        (client, held)
+    });
+    // So is a new connection: streams and connections share the bound.
+    let plain = reqwest::blocking::Client::new().get(format!("http://{lb}/")).header("host", &host).send();
+    assert_eq!(plain.expect("an answer").status(), 503);
+    assert_eq!(metric("steady_lb_connections_refused_total{listener=\"public\"}"), 2.0);
+
+    // Once the app lets the three go (asked through the other LB), the places come back.
+    let released = cluster.get("holding", "/release");
+    assert_eq!((released.status, released.body.as_str()), (200, "3"), "the refused request never reached the app");
+    let (client, held) = held;
+    runtime.block_on(async {
+        for answer in held {
+            let answer = answer.await.expect("a held request");
+            assert_eq!((answer.status, answer.body.as_str()), (200, "released"));
+        }
+        places_taken(1.0).await.expect("waiting");
+        let served = send(&client, "GET", &format!("http://{host}/"), &[], None).await;
+        assert_eq!((served.status, served.body.as_str()), (200, "ok"));
+    });
+}

@@ -47,7 +47,7 @@ use crate::drain::InFlight;
 use crate::limits::Limited;
 use crate::metrics::RequestCounters;
 use crate::public::{PublicProxy, CONNECT_RETRIES_MAX, CONNECT_RETRY_BACKOFF_MS_MIN};
-use crate::sessions::{with_h2c_preface, H2Arrivals, STOP_SETTLE_MS};
+use crate::sessions::{with_h2c_preface, H2Connections, STOP_SETTLE_MS};
 use request::{Forwarding, Parsed, LANE_HEADERS_MAX};
 
 /// Stop signals connections are spread over.
@@ -147,19 +147,19 @@ pub struct FastLane<A> {
     /// Connections served so far (for the shard of each).
     connections: AtomicUsize,
     /// Where `inner` notes the HTTP/2 streams it is given (see [`crate::sessions`], "HTTP/2").
-    h2_arrivals: Arc<H2Arrivals>,
+    h2_connections: Arc<H2Connections>,
 }
 
 impl<A> FastLane<A> {
     /// A lane in front of `inner`, deciding and serving with `public`'s routes and limits,
-    /// counting its connections in `in_flight` for the drain; `h2_arrivals` is where `inner`
+    /// counting its connections in `in_flight` for the drain; `h2_connections` is where `inner`
     /// notes the HTTP/2 streams it is given.
     pub fn new(
         inner: A,
         public: PublicProxy,
         timeouts: LaneTimeouts,
         in_flight: InFlight,
-        h2_arrivals: Arc<H2Arrivals>,
+        h2_connections: Arc<H2Connections>,
     ) -> Self {
         assert!(timeouts.header_read_ms > 0 && timeouts.upstream_read_ms > 0, "zero timeouts refuse everything");
         Self {
@@ -172,7 +172,7 @@ impl<A> FastLane<A> {
             stopping: AtomicBool::new(false),
             stop: std::array::from_fn(|_| Notify::new()),
             connections: AtomicUsize::new(0),
-            h2_arrivals,
+            h2_connections,
         }
     }
 
@@ -224,14 +224,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> FastLane<A> {
         let socket = stream.get_socket_digest();
         let connection = with_h2c_preface(preface_seen, ServerApp::process_new(&self.inner, stream, shutdown));
         let Some(socket) = socket else { return connection.await };
-        let expected = self.h2_arrivals.expect(socket);
+        // Registered for the connection's life: its streams share the connection bound.
+        let registered = self.h2_connections.open(socket);
         tokio::pin!(connection);
         tokio::select! {
             done = &mut connection => return done,
             () = tokio::time::sleep(self.header_timeout) => {}
         }
-        if expected.arrived() {
-            drop(expected);
+        if registered.arrived() {
             return connection.await;
         }
         tracing::debug!(
