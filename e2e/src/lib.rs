@@ -98,9 +98,21 @@ pub fn tools_path() -> String {
     format!("{}:{}", tools.display(), std::env::var("PATH").unwrap_or_default())
 }
 
-/// A free TCP port on `ip` (bound, then released).
+/// A free TCP port on `ip` (bound, then released), never the same one twice in a test process.
 pub fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()).expect("free port").port()
+    // The kernel may hand the same free port to two binds in a row (the first one's socket is
+    // closed at once), and an LB given one port for both its listeners refuses to start. So a
+    // port is handed out once per test process.
+    static HANDED_OUT: std::sync::Mutex<Vec<(String, u16)>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..1_000 {
+        let port = TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()).expect("free port").port();
+        if !handed_out.iter().any(|(i, p)| i == ip && *p == port) {
+            handed_out.push((ip.to_owned(), port));
+            return port;
+        }
+    }
+    panic!("no free port on {ip} that this test process has not handed out already");
 }
 
 /// One daemon started by the harness, in its own process group.
