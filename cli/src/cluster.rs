@@ -33,6 +33,28 @@ pub struct ClusterFile {
     /// file on every host (`openssl rand -hex 32`).
     #[serde(default = "default_secrets_key_file")]
     pub secrets_key_file: PathBuf,
+    /// The certificates of the LBs that terminate TLS (those with `tls_listen`).
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
+}
+
+/// The certificates every LB with a TLS listener serves, one (wildcard) per domain.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    pub certs: Vec<CertSpec>,
+}
+
+/// One domain's certificate: files on every LB machine, reloaded on SIGHUP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertSpec {
+    /// One of `domains`; the certificate should cover `*.<domain>`.
+    pub domain: String,
+    /// The certificate chain (PEM), leaf first.
+    pub chain: PathBuf,
+    /// The private key (PEM).
+    pub key: PathBuf,
 }
 
 fn default_secrets_key_file() -> PathBuf {
@@ -78,6 +100,9 @@ pub struct LbSpec {
     pub private: SocketAddr,
     #[serde(default)]
     pub threads: Option<usize>,
+    /// An HTTPS listener beside `public` (another port), with the certificates of `tls`.
+    #[serde(default)]
+    pub tls_listen: Option<SocketAddr>,
 }
 
 /// Where binaries, tools and data live on the machines.
@@ -144,18 +169,63 @@ impl ClusterFile {
         let mut addresses = HashSet::from([self.slicer.listen]);
         let listed = self.hosts.iter().flat_map(|h| [("ingress", h.ingress), ("api", h.api)]);
         let listed = listed.chain(self.lbs.iter().flat_map(|l| [("public", l.public), ("private", l.private)]));
+        let listed = listed.chain(self.lbs.iter().filter_map(|l| l.tls_listen.map(|a| ("tls_listen", a))));
         for (field, address) in listed {
             if !addresses.insert(address) {
                 return Err(format!("{field} address {address} is used twice"));
             }
         }
-        let threads_max = steady_proto::LB_THREADS_MAX;
-        if let Some(lb) = self.lbs.iter().find(|l| l.threads.is_some_and(|t| t == 0 || t > threads_max)) {
-            return Err(format!(
-                "lbs: threads of {} must be between 1 and {threads_max} (each LB worker listens on a \
-                 socket of its own, and an upgrade hands over at most 32)",
-                lb.public
-            ));
+        for lb in &self.lbs {
+            let threads_max = if lb.tls_listen.is_some() {
+                steady_proto::LB_THREADS_MAX_WITH_TLS
+            } else {
+                steady_proto::LB_THREADS_MAX
+            };
+            if lb.threads.is_some_and(|t| t == 0 || t > threads_max) {
+                return Err(format!(
+                    "lbs: threads of {} must be between 1 and {threads_max} (each LB worker listens on a \
+                     socket of its own per listener, and an upgrade hands over at most 32)",
+                    lb.public
+                ));
+            }
+            if lb.tls_listen.is_some_and(|tls| tls.port() == lb.public.port()) {
+                return Err(format!("lbs: tls_listen of {} must use another port than public", lb.public));
+            }
+        }
+        self.check_tls()
+    }
+
+    /// The certificates agree with the domains and the LBs that listen for TLS.
+    fn check_tls(&self) -> Result<(), String> {
+        let certs: &[CertSpec] = self.tls.as_ref().map_or(&[], |tls| &tls.certs);
+        let tls_lbs = self.lbs.iter().filter(|l| l.tls_listen.is_some()).count();
+        if tls_lbs > 0 && certs.is_empty() {
+            return Err("tls: an LB has tls_listen, so list at least one certificate in tls.certs".into());
+        }
+        if tls_lbs == 0 && !certs.is_empty() {
+            return Err("tls: certificates are listed but no LB has tls_listen".into());
+        }
+        if certs.len() > steady_proto::LB_TLS_CERTS_MAX {
+            return Err(format!("tls: at most {} certificates", steady_proto::LB_TLS_CERTS_MAX));
+        }
+        for (index, cert) in certs.iter().enumerate() {
+            let domain = cert.domain.to_ascii_lowercase();
+            if !self.domains.iter().any(|d| d.eq_ignore_ascii_case(&domain)) {
+                return Err(format!("tls: a certificate for {domain:?}, which is not one of domains"));
+            }
+            if certs[..index].iter().any(|other| other.domain.eq_ignore_ascii_case(&domain)) {
+                return Err(format!("tls: two certificates for {domain:?}"));
+            }
+            for (field, file) in [("chain", &cert.chain), ("key", &cert.key)] {
+                // The LB reads them under a service manager, from no particular directory, and
+                // takes `<domain>=<chain>,<key>` on its command line.
+                let text = file.to_string_lossy();
+                if !file.is_absolute() || text.contains(',') || text.chars().any(char::is_whitespace) {
+                    return Err(format!(
+                        "tls: {field} of {domain:?} must be an absolute path without commas or spaces"
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -199,6 +269,13 @@ impl ClusterFile {
             }
             if let Some(threads) = lb.threads {
                 argv.extend(["--threads".into(), threads.to_string()]);
+            }
+            if let Some(tls) = lb.tls_listen {
+                argv.extend(["--tls-listen".into(), tls.to_string()]);
+                for cert in self.tls.iter().flat_map(|tls| &tls.certs) {
+                    let files = format!("{}={},{}", cert.domain, cert.chain.display(), cert.key.display());
+                    argv.extend(["--tls-cert".into(), files]);
+                }
             }
             launches.push(Launch { name, machine: lb.private.ip().to_string(), argv });
         }
@@ -251,5 +328,40 @@ mod tests {
         assert!(parse(&typo).unwrap_err().contains("unknown field"));
         let clash = EXAMPLE.replace("10.0.0.22:8091", "10.0.0.21:8091");
         assert!(parse(&clash).unwrap_err().contains("used twice"));
+    }
+
+    #[test]
+    fn an_lb_with_tls_gets_its_listener_and_every_certificate() {
+        let file = parse(EXAMPLE).expect("the example is valid");
+        let launches = file.launches();
+        let lb = &launches.last().expect("an LB").argv;
+        assert!(lb.windows(2).any(|w| w[0] == "--tls-listen" && w[1] == "0.0.0.0:443"), "{lb:?}");
+        let certs: Vec<_> = lb.windows(2).filter(|w| w[0] == "--tls-cert").map(|w| w[1].as_str()).collect();
+        assert_eq!(
+            certs,
+            [
+                "steady.page=/etc/steady/tls/steady.page/fullchain.pem,/etc/steady/tls/steady.page/privkey.pem",
+                "steady.sh=/etc/steady/tls/steady.sh/fullchain.pem,/etc/steady/tls/steady.sh/privkey.pem",
+            ]
+        );
+    }
+
+    #[test]
+    fn tls_mistakes_are_named() {
+        let cases = [
+            (EXAMPLE.replace("    tls_listen: 0.0.0.0:443\n", ""), "no LB has tls_listen"),
+            (EXAMPLE.replace("domain: steady.sh", "domain: steady.page"), "two certificates"),
+            (EXAMPLE.replace("domain: steady.sh", "domain: example.com"), "not one of domains"),
+            (EXAMPLE.replace("0.0.0.0:443", "0.0.0.0:80"), "used twice"),
+            (EXAMPLE.replace("0.0.0.0:443", "10.0.0.12:80"), "another port"),
+            (EXAMPLE.replace("threads: 4", "threads: 16"), "between 1 and 15"),
+            (EXAMPLE.replace("key: /etc/steady/tls/steady.sh/privkey.pem", "key: privkey.pem"), "absolute path"),
+        ];
+        for (text, expected) in cases {
+            let error = parse(&text).err().unwrap_or_else(|| panic!("accepted, expected {expected:?}"));
+            assert!(error.contains(expected), "{error} (expected {expected:?})");
+        }
+        let no_certs = EXAMPLE.split("\ntls:").next().unwrap().to_owned() + "\n";
+        assert!(parse(&no_certs).unwrap_err().contains("at least one certificate"));
     }
 }

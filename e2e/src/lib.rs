@@ -197,6 +197,15 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// The last `lines` lines of the daemon's log, under its name.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        format!("--- {} ---\n{}\n", self.name, all[all.len().saturating_sub(lines)..].join("\n"))
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {
@@ -520,9 +529,7 @@ impl Cluster {
         let mut text = String::new();
         let more_lbs = self.more_lbs.iter().map(|l| &l.daemon);
         for daemon in [&self.slicer, &self.lb].into_iter().chain(more_lbs).chain(self.hosts.iter().map(|h| &h.daemon)) {
-            let log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            text += &format!("--- {} ---\n{}\n", daemon.name, lines[lines.len().saturating_sub(40)..].join("\n"));
+            text += &daemon.log_tail(40);
         }
         text
     }

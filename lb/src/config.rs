@@ -13,7 +13,7 @@ pub const HEADER_READ_TIMEOUT_MS: u64 = 15_000;
 /// Default longest a stopping LB waits for its requests in flight.
 pub const DRAIN_TIMEOUT_MS: u64 = 10_000;
 /// Most certificates (domains) on the TLS listener.
-pub const TLS_CERTS_MAX: usize = 64;
+pub const TLS_CERTS_MAX: usize = steady_proto::LB_TLS_CERTS_MAX;
 
 /// `steady-lb`: routes app traffic and API calls to the right host.
 #[derive(Debug, Clone, clap::Parser)]

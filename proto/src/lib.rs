@@ -20,5 +20,9 @@ pub const LB_THREADS_MAX: usize = 31;
 /// [`LB_THREADS_MAX`] for a load balancer with a TLS listener: each worker has two sockets.
 pub const LB_THREADS_MAX_WITH_TLS: usize = 15;
 
+/// Most certificates a load balancer serves (`steady-lb --tls-cert`, one per domain); the CLI
+/// checks cluster files against it.
+pub const LB_TLS_CERTS_MAX: usize = 64;
+
 /// Version of the HTTP API between steady's own binaries; every path starts with `/v1`.
 pub const API_VERSION: &str = "v1";
