@@ -115,6 +115,47 @@ pub fn free_port(ip: &str) -> u16 {
     panic!("no free port on {ip} that this test process has not handed out already");
 }
 
+/// A loopback address where nothing answers: a socket bound but not listening, so every
+/// connection to it is refused, held for as long as this lives so that no other process (a
+/// server another test starts on a free port) can take the port meanwhile. A server that is
+/// stopped to make its address unreachable does not do that: its port is free for anyone.
+pub struct RefusingAddr {
+    fd: std::os::fd::OwnedFd,
+    pub addr: SocketAddr,
+}
+
+impl RefusingAddr {
+    /// Binds a new socket on `ip` (IPv4) to a port the kernel chooses.
+    pub fn bind(ip: std::net::Ipv4Addr) -> Self {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket calls on a descriptor this function owns from its creation; the
+        // address structures are fully initialised and their sizes passed truly.
+        unsafe {
+            let raw = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
+            let fd = std::os::fd::OwnedFd::from_raw_fd(raw);
+            let mut address: libc::sockaddr_in = std::mem::zeroed();
+            address.sin_family = libc::AF_INET as libc::sa_family_t;
+            address.sin_addr.s_addr = u32::from(ip).to_be();
+            let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let bound = libc::bind(raw, &address as *const libc::sockaddr_in as *const libc::sockaddr, size);
+            assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
+            let mut length = size;
+            let named =
+                libc::getsockname(raw, &mut address as *mut libc::sockaddr_in as *mut libc::sockaddr, &mut length);
+            assert_eq!(named, 0, "getsockname: {}", std::io::Error::last_os_error());
+            let addr = SocketAddr::from((ip, u16::from_be(address.sin_port)));
+            Self { fd, addr }
+        }
+    }
+}
+
+impl std::fmt::Debug for RefusingAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefusingAddr").field("addr", &self.addr).field("fd", &self.fd).finish()
+    }
+}
+
 /// One daemon started by the harness, in its own process group.
 pub struct Daemon {
     pub name: String,

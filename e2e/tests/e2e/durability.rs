@@ -219,6 +219,11 @@ fn an_unreachable_s3_fails_the_deploy_clearly() {
     let dir = tempfile::tempdir().expect("temp dir");
     let s3 = S3Server::start(dir.path());
     let config = s3.storage_config("steady", None);
+    // The configured endpoint refuses connections for the whole test (a stopped server's port
+    // could be taken by another test's server, which would answer).
+    let refusing = steady_e2e::RefusingAddr::bind(std::net::Ipv4Addr::LOCALHOST);
+    let text = std::fs::read_to_string(&config).expect("storage config");
+    std::fs::write(&config, text.replace(&s3.endpoint, &format!("http://{}", refusing.addr))).expect("storage config");
     drop(s3);
     let cluster = Cluster::start_with(1, &["--storage-config", config.to_str().unwrap()]);
     let app = write_app(cluster.dir.path(), "ledger", LEDGER);

@@ -11,6 +11,8 @@ pub struct Up {
     pub http: String,
     /// The CLI's config folder (`XDG_CONFIG_HOME`) for this test's commands.
     pub config: std::path::PathBuf,
+    /// Where `steady up`'s output goes (beside `data`), quoted when it fails.
+    log: std::path::PathBuf,
 }
 
 impl Up {
@@ -26,15 +28,17 @@ impl Up {
     pub fn start(data: &std::path::Path, config: &std::path::Path, http: &str, api: &str) -> Self {
         use std::os::unix::process::CommandExt;
         let args = ["up", "--http", http, "--api", api, "--data", data.to_str().unwrap(), "--hosts", "2"];
+        let log = data.with_file_name("up.log");
+        let output = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("up's log");
         let child = steady_command(&args)
             .env("XDG_CONFIG_HOME", config)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(output.try_clone().expect("up's log"))
+            .stderr(output)
             .process_group(0)
             .spawn()
             .expect("steady up");
-        let up = Self { child, api: api.into(), http: http.into(), config: config.to_owned() };
+        let up = Self { child, api: api.into(), http: http.into(), config: config.to_owned(), log };
         eventually("steady up ready", || {
             let ready = reqwest::blocking::get(format!("http://{}/readyz", up.api)).ok()?;
             ready.status().is_success().then_some(())
@@ -65,7 +69,9 @@ impl Up {
             libc::kill(self.child.id() as i32, libc::SIGINT);
         }
         let status = eventually("steady up to exit after Ctrl-C", || self.child.try_wait().ok().flatten());
-        assert!(status.success(), "steady up exited with {status}");
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+        assert!(status.success(), "steady up exited with {status}; its output ended:\n{}", tail.join("\n"));
     }
 
     pub fn get(&self, app: &str) -> (u16, String) {
