@@ -10,5 +10,10 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 for target in $(cargo fuzz list); do
   echo "fuzzing $target for $seconds s"
-  cargo fuzz run "$target" -s none -- -max_total_time="$seconds"
+  # New inputs go to fuzz/corpus/<target> (not kept); fuzz/seeds/<target> holds a few valid
+  # inputs to start from, when there are any.
+  corpora=("fuzz/corpus/$target")
+  if [ -d "fuzz/seeds/$target" ]; then corpora+=("fuzz/seeds/$target"); fi
+  mkdir -p "${corpora[0]}"
+  cargo fuzz run "$target" -s none "${corpora[@]}" -- -max_total_time="$seconds"
 done

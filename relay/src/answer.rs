@@ -80,6 +80,10 @@ pub fn parse_head(bytes: &[u8], head: bool, close: bool, out: &mut Vec<u8>) -> R
     let (Some(status), Some(version)) = (answer.code, answer.version) else {
         return Err(AnswerError::Malformed("no status"));
     };
+    if status < 100 {
+        // Three digits, but no status (RFC 9110 §15): a host that sends one is broken.
+        return Err(AnswerError::Malformed("a status under 100"));
+    }
     if status == 101 {
         return Err(AnswerError::Malformed("101 to a request without an upgrade"));
     }
@@ -139,8 +143,7 @@ fn framing(headers: &[httparse::Header], status: u16, head: bool) -> Result<Fram
             let last = header.value.rsplit(|b| *b == b',').next().unwrap_or_default().trim_ascii();
             chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
         } else if header.name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(header.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
-            let value = value.ok_or(AnswerError::Malformed("Content-Length is not a number"))?;
+            let value = content_length(header.value).ok_or(AnswerError::Malformed("Content-Length is not a number"))?;
             if length.is_some_and(|known| known != value) {
                 return Err(AnswerError::Malformed("conflicting Content-Length headers"));
             }
@@ -154,6 +157,18 @@ fn framing(headers: &[httparse::Header], status: u16, head: bool) -> Result<Fram
         (Some(false), None) | (None, None) => Ok(Framing::UntilClose),
         (None, Some(length)) => Ok(Framing::Length(length)),
     }
+}
+
+/// A `Content-Length` value: digits only (RFC 9110 §8.6). Rust's integer parser also takes a
+/// leading `+`, which a client reading the same header may refuse or read otherwise, so the
+/// digits are checked first. (httparse leaves no CR or LF in a value, so `trim_ascii` trims
+/// spaces and tabs only.)
+fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// Follows a chunked body as it passes through, to find where it ends.
@@ -372,6 +387,7 @@ mod tests {
             framing(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", false),
             Framing::Length(3)
         );
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nContent-Length: \t 042 \r\n\r\n", false), Framing::Length(42));
         let (until_close, out) = final_head(b"HTTP/1.0 200 OK\r\n\r\n", false, false);
         assert!(!until_close.upstream_keeps && until_close.client_closes);
         assert!(out.ends_with("connection: close\r\n\r\n"), "{out}");
@@ -387,7 +403,12 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3 3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"HTTP/1.1 042 Forty-two\r\nContent-Length: 0\r\n\r\n",
             b"SSH-2.0-OpenSSH\r\n\r\n",
         ] {
             assert!(parse_head(bytes, false, false, &mut out).is_err(), "{}", String::from_utf8_lossy(bytes));
