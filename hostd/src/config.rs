@@ -107,6 +107,8 @@ pub struct Config {
     /// the listener stops accepting until one closes. Default: 16384, or as many as the open
     /// files limit covers (hostd raises its soft limit to the hard one; each connection is
     /// counted with a connection to an app); a value the limit does not cover is refused.
+    /// An HTTP/2 connection's requests in flight past its first count as one connection each
+    /// (past the bound: 503).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub ingress_connections_max: Option<u64>,
     /// Memory limit of each app process (kernel-enforced where cgroups are available).

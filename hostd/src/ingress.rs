@@ -7,6 +7,7 @@
 
 pub mod lane;
 mod pool;
+mod streams;
 
 pub use lane::{serve, IngressLimits};
 

@@ -307,12 +307,14 @@ fn a_stalled_http2_upload_ends_at_the_upstream_read_timeout() {
     drop(cluster);
 }
 
-/// `/hold` answers once `/release` is asked (which says how many it let go); the rest at once.
+/// `/hold` answers once `/release` is asked (which says how many it let go), and logs that it
+/// waits; the rest at once.
 const HOLDING_APP: &str = r#"let waiting = [];
 export default {
   async fetch(request) {
     const path = new URL(request.url).pathname;
     if (path === "/hold") {
+      console.log("holding");
       await new Promise((resolve) => waiting.push(resolve));
       return new Response("released");
     }
@@ -385,5 +387,62 @@ fn an_http2_clients_requests_in_flight_share_the_connection_bound() {
         places_taken(1.0).await.expect("waiting");
         let served = send(&client, "GET", &format!("http://{host}/"), &[], None).await;
         assert_eq!((served.status, served.body.as_str()), (200, "ok"));
+    });
+}
+
+#[test]
+fn an_lb_speaking_h2c_shares_the_hosts_ingress_bound_among_its_requests_in_flight() {
+    // hostd's ingress counts connections with an app connection each; an LB speaking h2c
+    // carries many requests on one, so past its first they take places of their own.
+    let cluster = Cluster::start_with(1, &["--ingress-connections-max", "3"]);
+    let app = write_app(cluster.dir.path(), "holding", HOLDING_APP);
+    cluster.deploy(&app, "holding");
+    let ingress = cluster.hosts[0].ingress;
+    let holding = || cluster.app_log("holding").matches("holding").count();
+    runtime().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(ingress).await.expect("connect");
+        let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let app_header = [("x-steady-app", "holding")];
+        // Requests held one after another until one is refused: the connection's first rides on
+        // its place, each further one takes one of the (at most) two places left.
+        let mut held = Vec::new();
+        let refused = loop {
+            assert!(held.len() < 3, "{} requests held on one connection with a bound of 3", held.len());
+            let client = client.clone();
+            let mut request =
+                tokio::spawn(
+                    async move { send(&client, "GET", "http://holding.localhost/hold", &app_header, None).await },
+                );
+            let mut waits = 0;
+            while holding() == held.len() && !request.is_finished() {
+                waits += 1;
+                assert!(waits < 400, "request {} neither reached the app nor was answered", held.len() + 1);
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            if request.is_finished() {
+                break (&mut request).await.expect("the refused request");
+            }
+            held.push(request);
+        };
+        assert!(held.len() >= 2, "only {} held: the connection's place and at least one more", held.len());
+        assert_eq!(refused.status, 503, "{}", refused.body);
+        assert_eq!(json(&refused.body)["code"], "connections_max", "{}", refused.body);
+
+        // A request the LB gives up on gives its place back.
+        held[1].abort();
+        let mut tries = 0;
+        loop {
+            let answer = send(&client, "GET", "http://holding.localhost/", &app_header, None).await;
+            if answer.status == 200 {
+                assert_eq!(answer.body, "ok");
+                break;
+            }
+            tries += 1;
+            assert!(answer.status == 503 && tries < 200, "{} {}", answer.status, answer.body);
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     });
 }

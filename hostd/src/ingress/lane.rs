@@ -225,8 +225,9 @@ impl Lane {
                 }
             };
             let (lane, stop, open) = (self.clone(), stop.clone(), open.clone());
+            let streams = super::streams::ConnectionStreams::new(places.clone());
             tokio::spawn(async move {
-                lane.connection(stream, stop).await;
+                lane.connection(stream, stop, streams).await;
                 drop((open, place));
             });
         }
@@ -234,8 +235,14 @@ impl Lane {
         let _ = all_closed.recv().await;
     }
 
-    /// Serves one connection until it closes, or hands it to the router.
-    async fn connection(&self, mut stream: TcpStream, mut stop: watch::Receiver<bool>) {
+    /// Serves one connection until it closes, or hands it to the router (whose HTTP/2 requests
+    /// share the ingress's places through `streams`).
+    async fn connection(
+        &self,
+        mut stream: TcpStream,
+        mut stop: watch::Receiver<bool>,
+        streams: super::streams::ConnectionStreams,
+    ) {
         // Headers go out in one write each; waiting to coalesce them only adds latency.
         let _ = stream.set_nodelay(true);
         let mut conn = Connection { client_bytes: BytesMut::with_capacity(READ_BYTES), ..Default::default() };
@@ -248,7 +255,7 @@ impl Lane {
                 Served::HandOn => break conn.client_bytes,
             }
         };
-        self.hand_on(stream, handed_on.freeze(), stop).await
+        self.hand_on(stream, handed_on.freeze(), stop, streams).await
     }
 
     /// Reads until the buffer starts with a whole request header and decides it: `None` when
@@ -392,9 +399,19 @@ impl Lane {
 
     /// Gives the connection to the router, the bytes already read first; the router keeps it
     /// until it closes (or the stop drains it).
-    async fn hand_on(&self, stream: TcpStream, read: Bytes, mut stop: watch::Receiver<bool>) {
+    async fn hand_on(
+        &self,
+        stream: TcpStream,
+        read: Bytes,
+        mut stop: watch::Receiver<bool>,
+        streams: super::streams::ConnectionStreams,
+    ) {
         let io = TokioIo::new(Rewind { read, stream });
-        let service = hyper_util::service::TowerToHyperService::new(self.router.clone());
+        let router = Arc::new(hyper_util::service::TowerToHyperService::new(self.router.clone()));
+        let service = hyper::service::service_fn(move |request| {
+            let (router, streams) = (router.clone(), streams.clone());
+            async move { super::streams::serve(&*router, &streams, request).await }
+        });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         let connection = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(connection);
