@@ -209,8 +209,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for PublicSessions<
     ) -> Option<ReusedHttpStream> {
         let _in_flight = self.in_flight.enter();
         let mut session = session;
-        let state = session.is_http2().then(|| session.digest().and_then(|d| d.socket_digest.as_ref())).flatten();
-        let _place = match state.and_then(|socket| self.h2_connections.state(socket)) {
+        let socket = session.is_http2().then(|| session.digest().and_then(|d| d.socket_digest.as_ref())).flatten();
+        let _place = match socket.and_then(|socket| self.h2_connections.state(socket)) {
             Some(state) => match StreamPlace::take(state, &self.slots) {
                 Some(place) => Some(place),
                 None => {
