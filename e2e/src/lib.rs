@@ -119,8 +119,9 @@ pub fn free_port(ip: &str) -> u16 {
 /// connection to it is refused, held for as long as this lives so that no other process (a
 /// server another test starts on a free port) can take the port meanwhile. A server that is
 /// stopped to make its address unreachable does not do that: its port is free for anyone.
+#[derive(Debug)]
 pub struct RefusingAddr {
-    fd: std::os::fd::OwnedFd,
+    _fd: std::os::fd::OwnedFd,
     pub addr: SocketAddr,
 }
 
@@ -145,14 +146,8 @@ impl RefusingAddr {
                 libc::getsockname(raw, &mut address as *mut libc::sockaddr_in as *mut libc::sockaddr, &mut length);
             assert_eq!(named, 0, "getsockname: {}", std::io::Error::last_os_error());
             let addr = SocketAddr::from((ip, u16::from_be(address.sin_port)));
-            Self { fd, addr }
+            Self { _fd: fd, addr }
         }
-    }
-}
-
-impl std::fmt::Debug for RefusingAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RefusingAddr").field("addr", &self.addr).field("fd", &self.fd).finish()
     }
 }
 

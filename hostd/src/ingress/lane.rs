@@ -32,7 +32,7 @@ use steady_relay::pool::{IdlePool, PoolBounds};
 use steady_relay::{hangup, head};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use super::{wake_or_redirect, Redirect, LOGGED_PATH_BYTES_MAX};
 use crate::apps::{Apps, Lease};
@@ -207,7 +207,7 @@ impl Lane {
     async fn accept(self: Arc<Self>, listener: TcpListener, connections_max: usize, mut stop: watch::Receiver<bool>) {
         // Every connection task holds a sender; the stop waits until all are dropped.
         let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
-        let places = Arc::new(tokio::sync::Semaphore::new(connections_max));
+        let places = Arc::new(Semaphore::new(connections_max));
         let mut saturated = false;
         loop {
             let Some(place) = place(&places, &mut saturated, &mut stop).await else { break };
@@ -225,9 +225,9 @@ impl Lane {
                 }
             };
             let (lane, stop, open) = (self.clone(), stop.clone(), open.clone());
-            let streams = super::streams::ConnectionStreams::new(places.clone());
+            let places = places.clone();
             tokio::spawn(async move {
-                lane.connection(stream, stop, streams).await;
+                lane.connection(stream, stop, places).await;
                 drop((open, place));
             });
         }
@@ -236,13 +236,8 @@ impl Lane {
     }
 
     /// Serves one connection until it closes, or hands it to the router (whose HTTP/2 requests
-    /// share the ingress's places through `streams`).
-    async fn connection(
-        &self,
-        mut stream: TcpStream,
-        mut stop: watch::Receiver<bool>,
-        streams: super::streams::ConnectionStreams,
-    ) {
+    /// share the ingress's `places`).
+    async fn connection(&self, mut stream: TcpStream, mut stop: watch::Receiver<bool>, places: Arc<Semaphore>) {
         // Headers go out in one write each; waiting to coalesce them only adds latency.
         let _ = stream.set_nodelay(true);
         let mut conn = Connection { client_bytes: BytesMut::with_capacity(READ_BYTES), ..Default::default() };
@@ -255,7 +250,7 @@ impl Lane {
                 Served::HandOn => break conn.client_bytes,
             }
         };
-        self.hand_on(stream, handed_on.freeze(), stop, streams).await
+        self.hand_on(stream, handed_on.freeze(), stop, places).await
     }
 
     /// Reads until the buffer starts with a whole request header and decides it: `None` when
@@ -399,14 +394,9 @@ impl Lane {
 
     /// Gives the connection to the router, the bytes already read first; the router keeps it
     /// until it closes (or the stop drains it).
-    async fn hand_on(
-        &self,
-        stream: TcpStream,
-        read: Bytes,
-        mut stop: watch::Receiver<bool>,
-        streams: super::streams::ConnectionStreams,
-    ) {
+    async fn hand_on(&self, stream: TcpStream, read: Bytes, mut stop: watch::Receiver<bool>, places: Arc<Semaphore>) {
         let io = TokioIo::new(Rewind { read, stream });
+        let streams = super::streams::ConnectionStreams::new(places);
         let router = Arc::new(hyper_util::service::TowerToHyperService::new(self.router.clone()));
         let service = hyper::service::service_fn(move |request| {
             let (router, streams) = (router.clone(), streams.clone());
@@ -432,7 +422,7 @@ impl Lane {
 /// there is none; `None` when the host stops first. `saturated` remembers a spell at the
 /// bound, so it is logged once, not once per connection.
 async fn place(
-    places: &Arc<tokio::sync::Semaphore>,
+    places: &Arc<Semaphore>,
     saturated: &mut bool,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<tokio::sync::OwnedSemaphorePermit> {
