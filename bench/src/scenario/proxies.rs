@@ -41,8 +41,9 @@ pub struct Options {
     pub duration_s: u64,
     /// Rounds: every target is measured once per round, in turn, and the report gives each
     /// figure's median over the rounds; so a slow spell of the machine lands on every target
-    /// alike rather than on whichever ran then.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+    /// alike rather than on whichever ran then. nginx and `steady-lb` run back to back, in
+    /// turns: nginx first in odd rounds, the LB first in even ones.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=9))]
     pub rounds: u64,
     /// Worker threads of every proxy (nginx workers, HAProxy threads, LB threads).
     #[arg(long, default_value_t = 2)]
@@ -197,17 +198,19 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
 
     let targets: [(&str, SocketAddr, Vec<u32>); 6] = [
         ("bun direct", bun, vec![bun_process.0.id()]),
-        ("nginx", nginx, vec![nginx_process.0.id()]),
         ("haproxy", haproxy, vec![haproxy_process.0.id()]),
+        ("nginx", nginx, vec![nginx_process.0.id()]),
         ("steady-lb", lb, vec![lb_pid]),
         ("steady full path", cluster.more_lbs[http1].public, vec![cluster.more_lbs[http1].daemon.pid(), host_pid]),
         ("full path h2c", cluster.more_lbs[h2c].public, vec![cluster.more_lbs[h2c].daemon.pid(), host_pid]),
     ];
+    let names: Vec<&str> = targets.iter().map(|(name, _, _)| *name).collect();
     let mut results = Vec::new();
     for &connections in &options.connections {
         let mut rounds: Vec<Measured> = Vec::new();
         for round in 1..=options.rounds {
-            for (name, target, groups) in &targets {
+            for index in round_order(&names, round) {
+                let (name, target, groups) = &targets[index];
                 rounds.push(measure(&dir, name, *target, groups, connections, options.duration_s, round)?);
             }
         }
@@ -218,6 +221,18 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     }
     drop(cluster);
     report(&dir, options, &results)
+}
+
+/// The order of the targets (by `names`) in round `round` (from 1): as listed, but with the
+/// two compared most closely, nginx and `steady-lb`, swapped in even rounds, so neither always
+/// runs while the machine settles after the other.
+fn round_order(names: &[&str], round: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..names.len()).collect();
+    let position = |name: &str| names.iter().position(|n| *n == name);
+    if let (Some(nginx), Some(lb), true) = (position("nginx"), position("steady-lb"), round % 2 == 0) {
+        order.swap(nginx, lb);
+    }
+    order
 }
 
 /// One round of one target: a warm-up, then `duration_s` of load, printed as it ends.
@@ -428,9 +443,14 @@ fn start_lb_alone(dir: &Path, bun: SocketAddr, threads: &str) -> anyhow::Result<
 /// `a`'s req/s over `b`'s in each round: measured minutes apart at most, so the machine's slow
 /// spells weigh on both alike.
 fn paired_ratios(a: &Measured, b: &Measured) -> String {
-    let ratios: Vec<String> =
-        a.rounds_requests_per_s.iter().zip(&b.rounds_requests_per_s).map(|(a, b)| format!("{:.2}×", a / b)).collect();
-    ratios.join(", ")
+    let ratios: Vec<f64> = a.rounds_requests_per_s.iter().zip(&b.rounds_requests_per_s).map(|(a, b)| a / b).collect();
+    let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.2}×")).collect();
+    let mut sorted = ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.get(sorted.len() / 2) {
+        Some(median) if sorted.len() > 1 => format!("{} (median {median:.2}×)", listed.join(", ")),
+        _ => listed.join(", "),
+    }
 }
 
 /// What the full path could reach if each of its two proxy hops (LB, host daemon) cost what
@@ -552,8 +572,17 @@ mod tests {
     fn ratios_pair_the_rounds() {
         let mut lb = Measured::median_of(&[round(50_000.0, 1.0, 0), round(44_000.0, 1.0, 0)]);
         let nginx = Measured::median_of(&[round(40_000.0, 1.0, 0), round(44_000.0, 1.0, 0)]);
-        assert_eq!(paired_ratios(&lb, &nginx), "1.25×, 1.00×");
+        assert_eq!(paired_ratios(&lb, &nginx), "1.25×, 1.00× (median 1.25×)");
         lb.rounds_requests_per_s.pop();
         assert_eq!(paired_ratios(&lb, &nginx), "1.25×");
+    }
+
+    #[test]
+    fn nginx_and_the_lb_take_turns_going_first() {
+        let names = ["bun direct", "haproxy", "nginx", "steady-lb", "steady full path"];
+        assert_eq!(round_order(&names, 1), vec![0, 1, 2, 3, 4]);
+        assert_eq!(round_order(&names, 2), vec![0, 1, 3, 2, 4]);
+        assert_eq!(round_order(&names, 3), vec![0, 1, 2, 3, 4]);
+        assert_eq!(round_order(&names[..3], 2), vec![0, 1, 2], "nothing to swap without the LB");
     }
 }
