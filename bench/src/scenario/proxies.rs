@@ -229,7 +229,7 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
 fn round_order(names: &[&str], round: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..names.len()).collect();
     let position = |name: &str| names.iter().position(|n| *n == name);
-    if let (Some(nginx), Some(lb), true) = (position("nginx"), position("steady-lb"), round % 2 == 0) {
+    if let (Some(nginx), Some(lb), true) = (position("nginx"), position("steady-lb"), round.is_multiple_of(2)) {
         order.swap(nginx, lb);
     }
     order
