@@ -69,11 +69,26 @@ pub async fn run(args: UpArgs, api: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(args.data.join("logs"))?;
     let data = args.data.canonicalize()?;
     let env = Environment::find()?;
+    // Listened for before anything starts: a Ctrl-C that comes while the daemons start or the
+    // examples deploy stops everything too, rather than killing `steady up` alone (the
+    // default action) or being lost (a shell starts background jobs with SIGINT ignored).
+    let mut stop = StopSignals::listen()?;
     let mut daemons = Vec::new();
-    let started = start_all(&args, &data, api, &env, &mut daemons).await;
-    if let Err(error) = started {
-        stop_all(&mut daemons).await;
-        return Err(error);
+    let started = tokio::select! {
+        started = start_all(&args, &data, api, &env, &mut daemons) => started.map(|()| None),
+        reason = stop.recv() => Ok(Some(reason)),
+    };
+    match started {
+        Ok(None) => {}
+        Ok(Some(reason)) => {
+            eprintln!("stopping ({reason} while starting)");
+            stop_all(&mut daemons).await;
+            return Ok(());
+        }
+        Err(error) => {
+            stop_all(&mut daemons).await;
+            return Err(error);
+        }
     }
     let port = if args.http.port() == 80 { String::new() } else { format!(":{}", args.http.port()) };
     eprintln!("steady is up: {} hosts, API on {api}, apps at http://<name>.{}{port}/", args.hosts, args.domain);
@@ -82,14 +97,18 @@ pub async fn run(args: UpArgs, api: &str) -> anyhow::Result<()> {
         .context("reading the admin token the slicer made")?
         .trim()
         .to_owned();
-    if let Err(error) = sign_in(api, &admin).await {
-        eprintln!("could not save the admin token in the config file: {error:#}");
-    }
-    let deployed = deploy_examples(&args.deploy, api, &admin).await;
-    if let Err(error) = deployed {
-        crate::exit::report(&error, false);
-    }
-    let reason = wait_for_stop(&mut daemons).await;
+    let setup = async {
+        if let Err(error) = sign_in(api, &admin).await {
+            eprintln!("could not save the admin token in the config file: {error:#}");
+        }
+        if let Err(error) = deploy_examples(&args.deploy, api, &admin).await {
+            crate::exit::report(&error, false);
+        }
+    };
+    let reason = tokio::select! {
+        () = setup => wait_for_stop(&mut daemons, &mut stop).await,
+        reason = stop.recv() => reason.to_owned(),
+    };
     eprintln!("stopping ({reason})");
     stop_all(&mut daemons).await;
     Ok(())
@@ -311,19 +330,39 @@ async fn deploy_examples(paths: &[PathBuf], api: SocketAddr, token: &str) -> any
     Ok(())
 }
 
+/// Ctrl-C and SIGTERM, the two ways to stop `steady up`.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Starts listening: from here on neither signal ends the process by itself.
+    fn listen() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt()).context("listening for Ctrl-C")?;
+        let terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+        Ok(Self { interrupt, terminate })
+    }
+
+    /// The next one to arrive (or to have arrived since [`StopSignals::listen`]), by name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "Ctrl-C",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
 /// Waits for Ctrl-C, SIGTERM or any daemon exiting; says which.
-async fn wait_for_stop(daemons: &mut [Daemon]) -> String {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).expect("signal handler");
-    let mut interrupt = signal(SignalKind::interrupt()).expect("signal handler");
+async fn wait_for_stop(daemons: &mut [Daemon], stop: &mut StopSignals) -> String {
     let any_exit = async {
         let waits = daemons.iter_mut().map(|d| Box::pin(async move { (d.name.clone(), d.child.wait().await) }));
         let ((name, status), _, _) = futures::future::select_all(waits.collect::<Vec<_>>()).await;
         format!("{name} exited: {}", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()))
     };
     tokio::select! {
-        _ = interrupt.recv() => "Ctrl-C".to_owned(),
-        _ = terminate.recv() => "SIGTERM".to_owned(),
+        reason = stop.recv() => reason.to_owned(),
         reason = any_exit => reason,
     }
 }

@@ -13,6 +13,8 @@ pub struct Up {
     pub config: std::path::PathBuf,
     /// Where `steady up`'s output goes (beside `data`), quoted when it fails.
     log: std::path::PathBuf,
+    /// `steady up`'s data folder (the daemons' logs are in its `logs/`).
+    data: std::path::PathBuf,
 }
 
 impl Up {
@@ -38,7 +40,8 @@ impl Up {
             .process_group(0)
             .spawn()
             .expect("steady up");
-        let up = Self { child, api: api.into(), http: http.into(), config: config.to_owned(), log };
+        let up =
+            Self { child, api: api.into(), http: http.into(), config: config.to_owned(), log, data: data.to_owned() };
         eventually("steady up ready", || {
             let ready = reqwest::blocking::get(format!("http://{}/readyz", up.api)).ok()?;
             ready.status().is_success().then_some(())
@@ -62,16 +65,49 @@ impl Up {
         descendants(self.child.id())
     }
 
-    /// Ctrl-C, as a terminal sends it; waits for `steady up` to exit.
+    /// Ctrl-C, as a terminal sends it; waits for `steady up` to exit, successfully. On a
+    /// failure it quotes the end of `steady up`'s output and of every daemon's log, and names
+    /// the processes still running, before the temp dir goes.
     fn interrupt(mut self) {
+        let tree = self.tree();
         // SAFETY: signalling the process this test started.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGINT);
         }
-        let status = eventually("steady up to exit after Ctrl-C", || self.child.try_wait().ok().flatten());
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
-        assert!(status.success(), "steady up exited with {status}; its output ended:\n{}", tail.join("\n"));
+        let deadline = std::time::Instant::now() + steady_e2e::patience();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().ok().flatten() {
+                break Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        };
+        if status.is_some_and(|s| s.success()) {
+            return;
+        }
+        let running: Vec<String> = tree.iter().filter(|&&p| alive(p)).map(|p| command_line(*p)).collect();
+        panic!(
+            "steady up {} after Ctrl-C; still running: {running:?}\n{}",
+            status.map_or("did not exit".to_owned(), |s| format!("exited with {s}")),
+            self.logs()
+        );
+    }
+
+    /// The last lines of `steady up`'s output and of each daemon's log.
+    fn logs(&self) -> String {
+        let tail = |path: &std::path::Path| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().rev().take(25).collect();
+            format!("--- {}:\n{}", path.display(), lines.into_iter().rev().collect::<Vec<_>>().join("\n"))
+        };
+        let mut logs = vec![tail(&self.log)];
+        let daemons = self.data.join("logs");
+        let mut paths: Vec<_> = std::fs::read_dir(&daemons).into_iter().flatten().flatten().map(|e| e.path()).collect();
+        paths.sort();
+        logs.extend(paths.iter().map(|p| tail(p)));
+        logs.join("\n")
     }
 
     pub fn get(&self, app: &str) -> (u16, String) {
@@ -80,6 +116,27 @@ impl Up {
             client.get(format!("http://{}/", self.http)).header("host", format!("{app}.localhost")).send().unwrap();
         (response.status().as_u16(), response.text().unwrap())
     }
+}
+
+/// A `steady up` a test started by hand: if the test fails while it runs, SIGTERM (which it
+/// always heeds once running) stops it and the daemons it started.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            // SAFETY: signalling the process this test started.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let _ = eventually("steady up to exit", || self.0.try_wait().ok().flatten());
+        }
+    }
+}
+
+/// A process's command line, for a failure message.
+fn command_line(pid: u32) -> String {
+    let line = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let line = String::from_utf8_lossy(&line).replace('\0', " ");
+    format!("{pid}: {}", line.chars().take(120).collect::<String>())
 }
 
 impl Drop for Up {
@@ -128,4 +185,38 @@ fn up_serves_the_same_apps_after_a_restart_and_ctrl_c_leaves_nothing() {
     let apps: serde_json::Value = serde_json::from_slice(&apps.stdout).unwrap();
     assert_eq!(apps[0]["name"], "kept");
     again.interrupt();
+}
+
+#[test]
+fn ctrl_c_while_starting_stops_everything_even_when_started_as_a_background_job() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (http, api) =
+        (format!("127.0.0.1:{}", free_port("127.0.0.1")), format!("127.0.0.1:{}", free_port("127.0.0.1")));
+    let log = dir.path().join("up.log");
+    let output = std::fs::File::create(&log).unwrap();
+    let mut command =
+        steady_command(&["up", "--http", &http, "--api", &api, "--data", data.to_str().unwrap(), "--hosts", "2"]);
+    command.env("XDG_CONFIG_HOME", dir.path().join("config"));
+    command.stdin(Stdio::null()).stdout(output.try_clone().unwrap()).stderr(output).process_group(0);
+    // As a shell starts a background job: SIGINT ignored, so a Ctrl-C that came before
+    // `steady up` listened for it would be lost.
+    // SAFETY: signal is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut up = Reaped(command.spawn().unwrap());
+    eventually("steady up to start the slicer", || data.join("logs/slicer.log").exists().then_some(()));
+    let tree = descendants(up.0.id());
+    // SAFETY: signalling the process this test started.
+    unsafe { libc::kill(up.0.id() as i32, libc::SIGINT) };
+    let status = eventually("steady up to exit after Ctrl-C", || up.0.try_wait().ok().flatten());
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "steady up exited with {status}:\n{said}");
+    assert!(said.contains("stopping (Ctrl-C"), "{said}");
+    eventually("every process steady up started to be gone", || tree.iter().all(|&p| !alive(p)).then_some(()));
 }
