@@ -72,6 +72,8 @@ struct Occupancy {
     tenant: Option<Tenant>,
     /// Set by the exit watcher: nothing may be moved into the sandbox directory any more.
     ended: bool,
+    /// hostd killed the sandbox on purpose (an unassigned one at a stop is no news).
+    killed: bool,
 }
 
 /// What the output pumps and the exit watcher share with the owner of a sandbox.
@@ -108,6 +110,7 @@ impl Shared {
         }
         match &occupancy.tenant {
             Some(tenant) => tenant.log.line("steady", &format!("{} exited: {description}", tenant.label)),
+            None if occupancy.killed => tracing::debug!(pid = self.pid, description, "a warm sandbox stopped"),
             None => tracing::warn!(pid = self.pid, description, "an unassigned sandbox exited"),
         }
     }
@@ -365,6 +368,7 @@ impl Sandbox {
 
     /// Kills the sandbox and waits (bounded) until it has exited and its data is back.
     pub async fn kill_and_wait(&self) {
+        self.shared.occupancy().killed = true;
         kill_group(self.shared.pid);
         if self.wait_exit().await.is_none() {
             tracing::error!(pid = self.shared.pid, "sandbox did not exit after SIGKILL");
