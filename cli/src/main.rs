@@ -60,7 +60,8 @@ Exit codes: 0 ok, 1 refused or failed, 2 usage, 3 not signed in or not allowed, 
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the whole platform on this machine, in the foreground, until Ctrl-C.
+    /// Run the whole platform on this machine, in the foreground, until Ctrl-C (a second
+    /// Ctrl-C while it stops kills what is still running).
     Up(up::UpArgs),
     /// Bundle an app with Bun on this machine and deploy it.
     #[command(after_help = "PATH is an entry file (index.ts) or a folder holding index.ts, index.tsx, index.js\n\

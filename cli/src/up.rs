@@ -2,8 +2,9 @@
 //!
 //! Starts one slicer, N host daemons on 127.0.0.2, 127.0.0.3, … and one load balancer, each as
 //! a child process in its own process group with its log under `<data>/logs/`. Ctrl-C (or any
-//! child dying) stops them all in reverse order: LB, hosts (which stop their apps), slicer. A
-//! child that outlives `steady up` itself gets SIGTERM from the kernel (`PR_SET_PDEATHSIG`).
+//! child dying) stops them all in reverse order: LB, hosts (which stop their apps), slicer; a
+//! second Ctrl-C kills what is still running. A child that outlives `steady up` itself gets
+//! SIGTERM from the kernel (`PR_SET_PDEATHSIG`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -82,17 +83,17 @@ pub async fn run(args: UpArgs, api: &str) -> anyhow::Result<()> {
         Ok(None) => {}
         Ok(Some(reason)) => {
             eprintln!("stopping ({reason} while starting)");
-            stop_all(&mut daemons).await;
+            stop_all(&mut daemons, &mut stop).await;
             return Ok(());
         }
         Err(error) => {
-            stop_all(&mut daemons).await;
+            stop_all(&mut daemons, &mut stop).await;
             return Err(error);
         }
     }
     let port = if args.http.port() == 80 { String::new() } else { format!(":{}", args.http.port()) };
     eprintln!("steady is up: {} hosts, API on {api}, apps at http://<name>.{}{port}/", args.hosts, args.domain);
-    eprintln!("logs in {}; press Ctrl-C to stop", data.join("logs").display());
+    eprintln!("logs in {}; press Ctrl-C to stop (twice to hurry)", data.join("logs").display());
     let admin = std::fs::read_to_string(data.join("slicer").join("admin.token"))
         .context("reading the admin token the slicer made")?
         .trim()
@@ -110,7 +111,7 @@ pub async fn run(args: UpArgs, api: &str) -> anyhow::Result<()> {
         reason = stop.recv() => reason.to_owned(),
     };
     eprintln!("stopping ({reason})");
-    stop_all(&mut daemons).await;
+    stop_all(&mut daemons, &mut stop).await;
     Ok(())
 }
 
@@ -367,20 +368,36 @@ async fn wait_for_stop(daemons: &mut [Daemon], stop: &mut StopSignals) -> String
     }
 }
 
-/// Stops daemons in reverse start order: SIGTERM, bounded wait, then SIGKILL.
-async fn stop_all(daemons: &mut Vec<Daemon>) {
+/// Stops daemons in reverse start order: SIGTERM, bounded wait, then SIGKILL. A second Ctrl-C
+/// (or SIGTERM) while they stop kills the rest at once, as one expects of a second Ctrl-C.
+async fn stop_all(daemons: &mut Vec<Daemon>, stop: &mut StopSignals) {
+    let mut hurry = false;
     while let Some(mut daemon) = daemons.pop() {
         let Some(pid) = daemon.child.id() else {
             continue;
         };
-        // SAFETY: signalling our own child's process group.
-        unsafe {
-            libc::kill(-(pid as i32), libc::SIGTERM);
+        if !hurry {
+            signal_group(pid, libc::SIGTERM);
+            tokio::select! {
+                _ = daemon.child.wait() => continue,
+                reason = stop.recv() => {
+                    eprintln!("{reason} again: killing what is still running");
+                    hurry = true;
+                }
+                () = tokio::time::sleep(Duration::from_millis(STOP_TIMEOUT_MS)) => {
+                    eprintln!("{} did not stop within {STOP_TIMEOUT_MS} ms; killing it", daemon.name);
+                }
+            }
         }
-        let stopped = tokio::time::timeout(Duration::from_millis(STOP_TIMEOUT_MS), daemon.child.wait()).await;
-        if stopped.is_err() {
-            eprintln!("{} did not stop within {STOP_TIMEOUT_MS} ms; killing it", daemon.name);
-            let _ = daemon.child.kill().await;
-        }
+        signal_group(pid, libc::SIGKILL);
+        let _ = daemon.child.wait().await;
+    }
+}
+
+/// Sends `signal` to the process group our child `pid` leads.
+fn signal_group(pid: u32, signal: libc::c_int) {
+    // SAFETY: signalling our own child's process group.
+    unsafe {
+        libc::kill(-(pid as i32), signal);
     }
 }

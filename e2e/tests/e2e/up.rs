@@ -220,3 +220,39 @@ fn ctrl_c_while_starting_stops_everything_even_when_started_as_a_background_job(
     assert!(said.contains("stopping (Ctrl-C"), "{said}");
     eventually("every process steady up started to be gone", || tree.iter().all(|&p| !alive(p)).then_some(()));
 }
+
+#[test]
+fn a_second_ctrl_c_kills_what_is_still_stopping() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Up::start_in(dir.path());
+    // An event stream that never ends: the LB, stopped first, waits for it (up to its drain
+    // bound), so the second Ctrl-C surely comes while the platform is stopping.
+    let source = "export default { fetch: () => new Response(new ReadableStream({ start(c) { \
+                  c.enqueue(new TextEncoder().encode('data: hi\\n\\n')); } }), \
+                  { headers: { 'content-type': 'text/event-stream' } }) };\n";
+    let app = write_app(dir.path(), "endless", source);
+    let deploy = up.command(&["deploy", app.to_str().unwrap(), "--name", "endless"]).output().unwrap();
+    assert!(deploy.status.success(), "{}", describe(&deploy));
+    let mut stream = std::net::TcpStream::connect(&up.http).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: endless.localhost\r\n\r\n").unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("data: hi") {
+        let mut buffer = [0u8; 4096];
+        let n = stream.read(&mut buffer).unwrap();
+        assert!(n > 0 && seen.len() < 65_536, "the stream ended early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    let tree = up.tree();
+    let said = |up: &Up| std::fs::read_to_string(&up.log).unwrap_or_default();
+    // SAFETY: signalling the process this test started (twice).
+    unsafe { libc::kill(up.child.id() as i32, libc::SIGINT) };
+    eventually("steady up to start stopping", || said(&up).contains("stopping (Ctrl-C)").then_some(()));
+    unsafe { libc::kill(up.child.id() as i32, libc::SIGINT) };
+    let status = eventually("steady up to exit", || up.child.try_wait().ok().flatten());
+    assert!(status.success(), "steady up exited with {status}:\n{}", said(&up));
+    assert!(said(&up).contains("Ctrl-C again: killing what is still running"), "{}", said(&up));
+    assert!(!said(&up).contains("did not stop within"), "{}", said(&up));
+    eventually("every process steady up started to be gone", || tree.iter().all(|&p| !alive(p)).then_some(()));
+}
