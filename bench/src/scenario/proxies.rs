@@ -45,12 +45,48 @@ pub struct Options {
     /// turns: nginx first in odd rounds, the LB first in even ones.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=9))]
     pub rounds: u64,
+    /// Measure only these targets (repeatable; all of them by default), e.g. `--target nginx
+    /// --target lb` to look closer at the two compared most closely.
+    #[arg(long = "target", value_enum)]
+    pub targets: Vec<Target>,
     /// Worker threads of every proxy (nginx workers, HAProxy threads, LB threads).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     /// Report directory (default target/bench-reports/proxies-<time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// What the comparison can measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// The app served by Bun itself.
+    Bun,
+    Haproxy,
+    Nginx,
+    /// `steady-lb` alone, in front of the same Bun.
+    Lb,
+    /// LB → host daemon → sandboxed app, HTTP/1.1 between LB and host.
+    Full,
+    /// The same over h2c between LB and host.
+    FullH2c,
+}
+
+impl Target {
+    /// Every target, in the order a round measures them.
+    const ALL: [Target; 6] = [Target::Bun, Target::Haproxy, Target::Nginx, Target::Lb, Target::Full, Target::FullH2c];
+
+    /// The name the report gives it.
+    fn name(self) -> &'static str {
+        match self {
+            Target::Bun => "bun direct",
+            Target::Haproxy => "haproxy",
+            Target::Nginx => "nginx",
+            Target::Lb => "steady-lb",
+            Target::Full => "steady full path",
+            Target::FullH2c => "full path h2c",
+        }
+    }
 }
 
 /// One target at one connection count: each figure the median over the rounds.
@@ -196,14 +232,20 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     let host_pid = cluster.hosts[0].daemon.pid();
     let lb_pid = lb_daemons[0].pid();
 
-    let targets: [(&str, SocketAddr, Vec<u32>); 6] = [
-        ("bun direct", bun, vec![bun_process.0.id()]),
-        ("haproxy", haproxy, vec![haproxy_process.0.id()]),
-        ("nginx", nginx, vec![nginx_process.0.id()]),
-        ("steady-lb", lb, vec![lb_pid]),
-        ("steady full path", cluster.more_lbs[http1].public, vec![cluster.more_lbs[http1].daemon.pid(), host_pid]),
-        ("full path h2c", cluster.more_lbs[h2c].public, vec![cluster.more_lbs[h2c].daemon.pid(), host_pid]),
+    let every: [(Target, SocketAddr, Vec<u32>); 6] = [
+        (Target::Bun, bun, vec![bun_process.0.id()]),
+        (Target::Haproxy, haproxy, vec![haproxy_process.0.id()]),
+        (Target::Nginx, nginx, vec![nginx_process.0.id()]),
+        (Target::Lb, lb, vec![lb_pid]),
+        (Target::Full, cluster.more_lbs[http1].public, vec![cluster.more_lbs[http1].daemon.pid(), host_pid]),
+        (Target::FullH2c, cluster.more_lbs[h2c].public, vec![cluster.more_lbs[h2c].daemon.pid(), host_pid]),
     ];
+    assert!(every.iter().map(|(target, _, _)| *target).eq(Target::ALL), "a round measures every target in order");
+    let targets: Vec<(&str, SocketAddr, Vec<u32>)> = every
+        .into_iter()
+        .filter(|(target, _, _)| options.targets.is_empty() || options.targets.contains(target))
+        .map(|(target, addr, groups)| (target.name(), addr, groups))
+        .collect();
     let names: Vec<&str> = targets.iter().map(|(name, _, _)| *name).collect();
     let mut results = Vec::new();
     for &connections in &options.connections {
@@ -482,15 +524,13 @@ fn report(dir: &Path, options: &Options, results: &[Measured]) -> anyhow::Result
     );
     for &connections in &options.connections {
         let of = |name: &str| results.iter().find(|m| m.target == name && m.connections == connections);
-        let (Some(bun), Some(nginx), Some(lb), Some(full)) =
-            (of("bun direct"), of("nginx"), of("steady-lb"), of("steady full path"))
-        else {
-            continue;
-        };
+        let (bun, nginx) = (of(Target::Bun.name()), of(Target::Nginx.name()));
         for m in results.iter().filter(|m| m.connections == connections) {
-            let ratio = match m.target.as_str() {
-                "steady-lb" | "haproxy" => format!("{:.2}× nginx", m.requests_per_s / nginx.requests_per_s),
-                "steady full path" | "full path h2c" => {
+            let ratio = match (m.target.as_str(), nginx, bun) {
+                ("steady-lb" | "haproxy", Some(nginx), _) => {
+                    format!("{:.2}× nginx", m.requests_per_s / nginx.requests_per_s)
+                }
+                ("steady full path" | "full path h2c", _, Some(bun)) => {
                     format!("{:.2}× bun direct", m.requests_per_s / bun.requests_per_s)
                 }
                 _ => String::new(),
@@ -510,26 +550,30 @@ fn report(dir: &Path, options: &Options, results: &[Measured]) -> anyhow::Result
                 m.machine_cpu_us_per_request
             );
         }
-        report.fact(format!("c={connections}: steady-lb ÷ nginx req/s, round by round"), paired_ratios(lb, nginx));
-        if let Some(nginx_us) = nginx.proxy_cpu_us_per_request {
+        if let (Some(lb), Some(nginx)) = (of(Target::Lb.name()), nginx) {
+            report.fact(format!("c={connections}: steady-lb ÷ nginx req/s, round by round"), paired_ratios(lb, nginx));
+            report.check(
+                format!(
+                    "c={connections}: steady-lb {:.2}× nginx req/s (≥ 1.0), p99 {:.2} vs {:.2} ms",
+                    lb.requests_per_s / nginx.requests_per_s,
+                    lb.p99_ms,
+                    nginx.p99_ms
+                ),
+                lb.requests_per_s >= nginx.requests_per_s && lb.p99_ms <= nginx.p99_ms,
+            );
+        }
+        if let (Some(bun), Some(nginx_us)) = (bun, nginx.and_then(|n| n.proxy_cpu_us_per_request)) {
             report.fact(format!("c={connections}: full path ceiling"), full_path_ceiling(bun, nginx_us));
         }
-        report.check(
-            format!(
-                "c={connections}: steady-lb {:.2}× nginx req/s (≥ 1.0), p99 {:.2} vs {:.2} ms",
-                lb.requests_per_s / nginx.requests_per_s,
-                lb.p99_ms,
-                nginx.p99_ms
-            ),
-            lb.requests_per_s >= nginx.requests_per_s && lb.p99_ms <= nginx.p99_ms,
-        );
-        report.check(
-            format!(
-                "c={connections}: the full path {:.2}× Bun direct req/s (≥ 0.5)",
-                full.requests_per_s / bun.requests_per_s
-            ),
-            full.requests_per_s >= 0.5 * bun.requests_per_s,
-        );
+        if let (Some(full), Some(bun)) = (of(Target::Full.name()), bun) {
+            report.check(
+                format!(
+                    "c={connections}: the full path {:.2}× Bun direct req/s (≥ 0.5)",
+                    full.requests_per_s / bun.requests_per_s
+                ),
+                full.requests_per_s >= 0.5 * bun.requests_per_s,
+            );
+        }
         let errors: u64 = results.iter().filter(|m| m.connections == connections).map(|m| m.errors).sum();
         report.check(format!("c={connections}: errors over all targets: {errors}"), errors == 0);
     }
