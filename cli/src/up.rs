@@ -54,6 +54,11 @@ struct Daemon {
     name: String,
     child: tokio::process::Child,
     log: PathBuf,
+    /// Whether it may be SIGKILLed at once on a second Ctrl-C. Not a host daemon: its app
+    /// sandboxes are process groups of their own, which it kills as it stops (quickly), and
+    /// which a SIGKILLed hostd leaves to the kernel's parent-death signal, which a sandbox
+    /// that was just starting can miss.
+    hurry_kill: bool,
 }
 
 /// Runs the platform until Ctrl-C or a daemon dies.
@@ -257,7 +262,8 @@ async fn start(
         });
     }
     let child = command.spawn().with_context(|| format!("starting {}", program.display()))?;
-    daemons.push(Daemon { name: name.to_owned(), child, log });
+    let hurry_kill = binary != "steady-hostd";
+    daemons.push(Daemon { name: name.to_owned(), child, log, hurry_kill });
     let Some(ready) = ready else {
         return Ok(serde_json::Value::Null);
     };
@@ -369,28 +375,44 @@ async fn wait_for_stop(daemons: &mut [Daemon], stop: &mut StopSignals) -> String
 }
 
 /// Stops daemons in reverse start order: SIGTERM, bounded wait, then SIGKILL. A second Ctrl-C
-/// (or SIGTERM) while they stop kills the rest at once, as one expects of a second Ctrl-C.
+/// (or SIGTERM) while they stop kills the rest at once, as one expects of a second Ctrl-C,
+/// but for host daemons, which still stop their apps (they take well under a second).
 async fn stop_all(daemons: &mut Vec<Daemon>, stop: &mut StopSignals) {
     let mut hurry = false;
     while let Some(mut daemon) = daemons.pop() {
         let Some(pid) = daemon.child.id() else {
             continue;
         };
-        if !hurry {
-            signal_group(pid, libc::SIGTERM);
-            tokio::select! {
-                _ = daemon.child.wait() => continue,
-                reason = stop.recv() => {
-                    eprintln!("{reason} again: killing what is still running");
-                    hurry = true;
-                }
-                () = tokio::time::sleep(Duration::from_millis(STOP_TIMEOUT_MS)) => {
-                    eprintln!("{} did not stop within {STOP_TIMEOUT_MS} ms; killing it", daemon.name);
-                }
-            }
+        if !(hurry && daemon.hurry_kill) && stop_one(&mut daemon, pid, stop, &mut hurry).await {
+            continue;
         }
         signal_group(pid, libc::SIGKILL);
         let _ = daemon.child.wait().await;
+    }
+}
+
+/// SIGTERM to `daemon` (leading process group `pid`), then waits for it to exit within the
+/// stop bound, or until a second Ctrl-C (which sets `hurry`) for a daemon that may be killed
+/// then. Whether it exited.
+async fn stop_one(daemon: &mut Daemon, pid: u32, stop: &mut StopSignals, hurry: &mut bool) -> bool {
+    signal_group(pid, libc::SIGTERM);
+    let bound = tokio::time::sleep(Duration::from_millis(STOP_TIMEOUT_MS));
+    tokio::pin!(bound);
+    loop {
+        tokio::select! {
+            _ = daemon.child.wait() => return true,
+            reason = stop.recv(), if !*hurry => {
+                eprintln!("{reason} again: killing what is still running (host daemons still stop their apps)");
+                *hurry = true;
+                if daemon.hurry_kill {
+                    return false;
+                }
+            }
+            () = &mut bound => {
+                eprintln!("{} did not stop within {STOP_TIMEOUT_MS} ms; killing it", daemon.name);
+                return false;
+            }
+        }
     }
 }
 

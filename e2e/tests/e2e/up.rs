@@ -245,6 +245,12 @@ fn a_second_ctrl_c_kills_what_is_still_stopping() {
         seen.extend_from_slice(&buffer[..n]);
     }
     let tree = up.tree();
+    let folder = dir.path().to_str().unwrap().to_owned();
+    assert!(
+        processes_naming(&folder).len() >= 4,
+        "the daemons name the test's folder: {:?}",
+        processes_naming(&folder)
+    );
     let said = |up: &Up| std::fs::read_to_string(&up.log).unwrap_or_default();
     // SAFETY: signalling the process this test started (twice).
     unsafe { libc::kill(up.child.id() as i32, libc::SIGINT) };
@@ -255,4 +261,18 @@ fn a_second_ctrl_c_kills_what_is_still_stopping() {
     assert!(said(&up).contains("Ctrl-C again: killing what is still running"), "{}", said(&up));
     assert!(!said(&up).contains("did not stop within"), "{}", said(&up));
     eventually("every process steady up started to be gone", || tree.iter().all(|&p| !alive(p)).then_some(()));
+    // Also the ones started after the tree was taken (a warm sandbox refilling the pool):
+    // nothing running names this test's folder.
+    eventually("no process of this test's platform to be left", || processes_naming(&folder).is_empty().then_some(()));
+}
+
+/// Live processes whose command line holds `text`.
+fn processes_naming(text: &str) -> Vec<String> {
+    let entries = std::fs::read_dir("/proc").expect("/proc");
+    let pids = entries.flatten().filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+    let naming = |pid: &u32| {
+        let line = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        alive(*pid) && String::from_utf8_lossy(&line).contains(text)
+    };
+    pids.filter(naming).map(command_line).collect()
 }
