@@ -73,6 +73,11 @@ impl Builder {
         let mut command = tokio::process::Command::new(&self.bwrap);
         command.args(sandbox_args(&self.bun, src, out, entry));
         command.env_clear().stdin(Stdio::null()).kill_on_drop(true);
+        let hostd = std::process::id() as i32;
+        // SAFETY: die_with_parent makes only async-signal-safe calls. A build outlives no hostd.
+        unsafe {
+            command.pre_exec(move || crate::leftovers::die_with_parent(hostd));
+        }
         let run = command.output();
         let output = match tokio::time::timeout(Duration::from_millis(BUILD_TIMEOUT_MS), run).await {
             Ok(output) => output?,

@@ -6,7 +6,8 @@
 //! ([`apps`]), forwards app traffic from the load balancers to the app's socket ([`ingress`]),
 //! serves its control API ([`api`]) and registers with the slicer ([`membership`]). Apps'
 //! environment variables are sealed in the blob store ([`secrets`]); `steady db` runs bounded
-//! SQL on an app's database ([`db`]).
+//! SQL on an app's database ([`db`]). One hostd holds a data directory, and ends what an
+//! earlier run left running there ([`leftovers`]).
 
 pub mod api;
 pub mod apps;
@@ -16,6 +17,7 @@ pub mod cgroup;
 pub mod config;
 pub mod db;
 pub mod ingress;
+pub mod leftovers;
 pub mod log;
 pub mod membership;
 pub mod metrics;

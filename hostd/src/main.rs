@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use steady_hostd::replica::{ReplicaTarget, Replicator};
 use steady_hostd::secrets::Secrets;
-use steady_hostd::{api, apps::Apps, config::Config, ingress, membership::Membership, store::Store};
+use steady_hostd::{api, apps::Apps, config::Config, ingress, leftovers, membership::Membership, store::Store};
 use steady_proto::wire::HostEntry;
 
 const RUNNER_JS: &str = include_str!("runner.js");
@@ -31,9 +31,22 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let data = config.data.clone();
+    let _claim = match leftovers::claim(&data) {
+        Ok(claim) => claim,
+        Err(error) => {
+            eprintln!("steady-hostd: {error}");
+            std::process::exit(2);
+        }
+    };
+    // An earlier run's sandboxes died with it, unless one was caught starting
+    // (steady_hostd::leftovers): end any such before its data moves.
+    let ended = leftovers::kill_processes_naming(&data).context("ending the sandboxes of an earlier run")?;
+    if ended > 0 {
+        tracing::warn!(ended, "ended sandbox processes an earlier run left behind");
+    }
     let runner = data.join("runner.js");
     std::fs::write(&runner, RUNNER_JS).context("writing the app runner")?;
-    // Every sandbox of an earlier run died with it; put back the data they held.
+    // Every sandbox of an earlier run is gone now; put back the data they held.
     steady_hostd::process::recover(&data.join(steady_hostd::apps::SANDBOXES_DIR))
         .context("recovering app data from the sandboxes of an earlier run")?;
     let store = Store::open(&data.join("hostd.db")).context("opening the host database")?;

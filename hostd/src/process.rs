@@ -9,7 +9,9 @@
 //! belongs; the `home` file in the sandbox directory lets a restarted hostd do the same after
 //! a crash ([`recover`]). hostd always holds the pid of the sandbox's outer `bwrap`; killing
 //! that process group ends the app too (`--die-with-parent` inside, `PR_SET_PDEATHSIG`
-//! outside), so no stop, crash or hostd death leaves an orphan.
+//! outside). bwrap sets up the inner half only as it starts, so what a sandbox ended in its
+//! first milliseconds left running is found and ended (`crate::leftovers`), here and by the
+//! next hostd after a crash: no stop, crash or hostd death leaves an orphan.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -80,6 +82,9 @@ struct Occupancy {
 struct Shared {
     dir: PathBuf,
     pid: i32,
+    /// Bun said `warm`: bwrap's own setup is over, so the sandbox's inner processes die with
+    /// the outer one (`steady_hostd::leftovers`).
+    warm: AtomicBool,
     occupancy: Mutex<Occupancy>,
 }
 
@@ -185,7 +190,9 @@ impl Sandbox {
         command.process_group(0).kill_on_drop(true);
         let writer_fd = ready_writer.as_raw_fd();
         let joining = group.clone();
-        // SAFETY: only async-signal-safe calls (dup2, prctl, open/write) between fork and exec.
+        let hostd = std::process::id() as i32;
+        // SAFETY: only async-signal-safe calls (dup2, prctl, getppid, open/write) between fork
+        // and exec.
         unsafe {
             command.pre_exec(move || {
                 if let Some(group) = &joining {
@@ -194,18 +201,19 @@ impl Sandbox {
                 if libc::dup2(writer_fd, READY_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
+                crate::leftovers::die_with_parent(hostd)
             });
         }
         let spawned = Instant::now();
         let mut child = command.spawn().map_err(StartError::Spawn)?;
         drop(ready_writer);
         let pid = child.id().map(|p| p as i32).ok_or_else(|| StartError::Exited("no pid".into()))?;
-        let shared =
-            Arc::new(Shared { dir: spec.sandbox_dir.clone(), pid, occupancy: Mutex::new(Occupancy::default()) });
+        let shared = Arc::new(Shared {
+            dir: spec.sandbox_dir.clone(),
+            pid,
+            warm: AtomicBool::new(false),
+            occupancy: Mutex::new(Occupancy::default()),
+        });
         pump(child.stdout.take(), shared.clone(), "out");
         pump(child.stderr.take(), shared.clone(), "err");
         let stdin = child.stdin.take().ok_or_else(|| StartError::Exited("no stdin".into()))?;
@@ -215,6 +223,9 @@ impl Sandbox {
         tokio::spawn(async move {
             let status = child.wait().await;
             let mut description = describe(status);
+            if !exit_shared.warm.load(Ordering::Acquire) {
+                end_leftovers(&exit_shared).await;
+            }
             if let Some(group) = exit_group {
                 description += &limit_events(group.events());
                 group.remove().await;
@@ -235,6 +246,7 @@ impl Sandbox {
             sandbox.kill_and_wait().await;
             return Err(StartError::Exited(format!("unexpected first line from the runner: {line:?}")));
         }
+        sandbox.shared.warm.store(true, Ordering::Release);
         sandbox.boot_ms = spawned.elapsed().as_millis() as u64;
         Ok(sandbox)
     }
@@ -422,6 +434,23 @@ impl AppProcess {
         if waited.is_err() {
             tracing::error!(pid = self.shared.pid, "app process did not exit after SIGKILL");
         }
+    }
+}
+
+/// After a sandbox ended before Bun was up: ends what bwrap may have left running of it
+/// (`steady_hostd::leftovers`), so nothing outlives the sandbox's directory.
+async fn end_leftovers(shared: &Shared) {
+    let dir = shared.dir.clone();
+    let ended = tokio::task::spawn_blocking(move || crate::leftovers::kill_processes_naming(&dir)).await;
+    match ended {
+        Ok(Ok(0)) => {}
+        // Often what it ends was about to die anyway (bwrap's own parent-death signal, a moment
+        // behind): no news for an operator.
+        Ok(Ok(ended)) => {
+            tracing::debug!(pid = shared.pid, ended, "a sandbox ended while starting; ended what it left running")
+        }
+        Ok(Err(error)) => tracing::error!(pid = shared.pid, %error, "ending what a sandbox left running"),
+        Err(error) => tracing::error!(pid = shared.pid, %error, "ending what a sandbox left running"),
     }
 }
 

@@ -254,14 +254,10 @@ impl Replicator {
         command.args(["replicate", "-no-expand-env", "-config"]).arg(&config_path);
         command.env_clear().envs(self.target.environment()).stdin(Stdio::null()).stdout(Stdio::piped());
         command.stderr(Stdio::piped()).kill_on_drop(true).process_group(0);
-        // SAFETY: prctl between fork and exec is async-signal-safe.
+        let hostd = std::process::id() as i32;
+        // SAFETY: die_with_parent makes only async-signal-safe calls.
         unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            command.pre_exec(move || crate::leftovers::die_with_parent(hostd));
         }
         let mut child = command.spawn().map_err(ReplicaError::Spawn)?;
         self.daemon_pid.store(child.id().unwrap_or(0) as i32, Ordering::Release);

@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 
+use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 
 use steady_e2e::{alive, descendants, describe, eventually, steady_command, write_app, Cluster};
@@ -121,6 +122,86 @@ fn after_kill_9_of_hostd_no_app_process_is_left_and_apps_serve_again() {
         let answer = cluster.get(name, "/");
         assert_eq!((answer.status, answer.body.as_str()), (200, name));
     }
+}
+
+/// A sandbox process nobody ends: what bwrap leaves when its outer process dies in its first
+/// milliseconds (docs/notes.md "Sandboxes that outlive hostd"). The race is a few milliseconds
+/// wide, so this test starts such a process itself: a real `bwrap` naming a sandbox directory
+/// under the data of a host it then kills, running a command named for this test.
+#[test]
+fn a_sandbox_process_an_earlier_hostd_left_running_is_ended_when_hostd_starts_again() {
+    let mut cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "after", &slow_app(0, "after"));
+    cluster.deploy(&app, "after");
+    let sandbox_dir = cluster.hosts[0].data.join("sandboxes").join("left-behind");
+    std::fs::create_dir_all(sandbox_dir.join("app")).expect("sandbox dir");
+    cluster.hosts[0].daemon.stop_with(libc::SIGKILL);
+    let marker = format!("{}.{}", 3600, std::process::id());
+    let mut leftover = KillOnDrop(
+        std::process::Command::new("bwrap")
+            .args(["--unshare-all", "--unshare-user", "--die-with-parent", "--new-session"])
+            .args(["--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64"])
+            .args(["--symlink", "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev"])
+            .arg("--ro-bind")
+            .arg(sandbox_dir.join("app"))
+            .args(["/app", "/usr/bin/sleep", &marker])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("bwrap"),
+    );
+    let outer = leftover.0.id();
+    // The outer bwrap, the sandbox's pid 1 and the command under it.
+    let tree = eventually("the leftover sandbox to run its command", || {
+        let tree = descendants(outer);
+        (tree.len() >= 3).then_some(tree)
+    });
+
+    cluster.start_host_again(0);
+    eventually("the leftover sandbox's outer bwrap to be ended", || leftover.0.try_wait().ok().flatten());
+    eventually("everything in the leftover sandbox to be gone", || tree.iter().all(|&p| !alive(p)).then_some(()));
+    let log = cluster.hosts[0].daemon.log_tail(200);
+    assert!(log.contains("ended sandbox processes an earlier run left behind"), "{log}");
+    assert!(!sandbox_dir.exists(), "the sandbox directory is recovered and removed");
+    let answer = cluster.get("after", "/");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "after"));
+}
+
+/// A process this test started, killed when the test ends (if nothing else ended it).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_second_hostd_on_the_same_data_directory_is_refused_and_the_first_serves_on() {
+    let cluster = Cluster::start(1);
+    let app = write_app(cluster.dir.path(), "first", &slow_app(0, "first"));
+    cluster.deploy(&app, "first");
+    let host = &cluster.hosts[0];
+    let data = host.data.display().to_string();
+    let mut second = KillOnDrop(
+        std::process::Command::new(steady_e2e::bin_dir().join("steady-hostd"))
+            .args(["--id", "intruder", "--data", &data, "--ingress", "127.0.0.1:0", "--api", "127.0.0.1:0"])
+            .args(["--slicer", &cluster.slicer_addr, "--storage-dir"])
+            .arg(cluster.dir.path().join("storage"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("steady-hostd"),
+    );
+    let status = eventually("the second hostd to exit", || second.0.try_wait().ok().flatten());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.0.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    let expected = format!("another steady-hostd uses the data directory {data} (pid {})", host.daemon.pid());
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert_eq!(cluster.get("first", "/").body, "first");
 }
 
 #[test]
