@@ -37,7 +37,8 @@ pub struct Config {
     /// Stable identity of this host, kept across restarts.
     #[arg(long, env = "STEADY_HOST_ID")]
     pub id: String,
-    /// Data directory: database, bundles, app data and logs.
+    /// Data directory: database, bundles, app data and logs. One hostd at a time: it holds
+    /// `hostd.lock` there, and at start ends sandboxes an earlier run left running in it.
     #[arg(long, default_value = ".steady/host")]
     pub data: PathBuf,
     /// Address for app traffic from the load balancers (`:0` picks a free port).
