@@ -256,6 +256,11 @@ impl Sandbox {
         self.exited.borrow().is_none()
     }
 
+    /// A watch that turns `Some` when the sandbox has exited and hostd has dealt with it.
+    pub fn exit_watch(&self) -> watch::Receiver<Option<String>> {
+        self.exited.clone()
+    }
+
     /// The sandbox's process id (and process group id).
     pub fn pid(&self) -> u32 {
         self.shared.pid as u32

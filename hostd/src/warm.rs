@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -39,6 +39,8 @@ pub struct WarmPool {
     ready: Mutex<VecDeque<Sandbox>>,
     refill: tokio::sync::Notify,
     next_id: AtomicU64,
+    /// Set by [`WarmPool::drain`]: hostd is stopping, and nothing is spawned any more.
+    stopping: AtomicBool,
 }
 
 impl WarmPool {
@@ -50,6 +52,7 @@ impl WarmPool {
             ready: Mutex::new(VecDeque::new()),
             refill: tokio::sync::Notify::new(),
             next_id: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -92,19 +95,32 @@ impl WarmPool {
         Sandbox::spawn(&spec, group, factory.boot_timeout_ms).await
     }
 
-    /// Sandboxes waiting for an app right now.
+    /// Sandboxes waiting for an app right now (alive ones: a dead one waits for nothing).
     pub fn warm_count(&self) -> usize {
-        self.ready.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.ready.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|s| s.is_alive()).count()
     }
 
-    /// Runs forever: keeps `target` sandboxes warm, one spawn at a time.
+    /// Runs until hostd stops: keeps `target` sandboxes warm, one spawn at a time, and replaces
+    /// one that dies while it waits (killed, or out of memory) at once rather than at the next
+    /// wake.
     pub async fn keep_warm(&self) {
         loop {
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            self.drop_dead();
             while self.warm_count() < self.target {
                 match self.spawn().await {
                     Ok(sandbox) => {
                         tracing::debug!(pid = sandbox.pid(), boot_ms = sandbox.boot_ms, "sandbox warm");
-                        self.ready.lock().unwrap_or_else(|p| p.into_inner()).push_back(sandbox);
+                        // Checked under the lock `drain` sets it under: nothing joins a drained pool.
+                        let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+                        if self.stopping.load(Ordering::Acquire) {
+                            drop(ready);
+                            sandbox.kill_and_wait().await;
+                            return;
+                        }
+                        ready.push_back(sandbox);
                     }
                     Err(error) => {
                         tracing::error!(%error, "starting a warm sandbox failed");
@@ -112,15 +128,52 @@ impl WarmPool {
                     }
                 }
             }
-            self.refill.notified().await;
+            let exits: Vec<_> =
+                self.ready.lock().unwrap_or_else(|p| p.into_inner()).iter().map(Sandbox::exit_watch).collect();
+            tokio::select! {
+                () = self.refill.notified() => {}
+                () = any_exit(exits) => {}
+            }
         }
     }
 
-    /// Stops every warm sandbox (hostd is stopping).
+    /// Takes the sandboxes that died while waiting out of the pool.
+    fn drop_dead(&self) {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner()).retain(|sandbox| {
+            if !sandbox.is_alive() {
+                tracing::warn!(pid = sandbox.pid(), "a warm sandbox died while waiting");
+            }
+            sandbox.is_alive()
+        });
+    }
+
+    /// Stops every warm sandbox, and spawns no more (hostd is stopping).
     pub async fn drain(&self) {
-        let sandboxes: Vec<Sandbox> = self.ready.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        let sandboxes: Vec<Sandbox> = {
+            let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+            self.stopping.store(true, Ordering::Release);
+            ready.drain(..).collect()
+        };
+        self.refill.notify_one();
         for sandbox in sandboxes {
             sandbox.kill_and_wait().await;
         }
     }
+}
+
+/// Resolves once any of `exits` says its sandbox exited; never, for none.
+async fn any_exit(exits: Vec<tokio::sync::watch::Receiver<Option<String>>>) {
+    if exits.is_empty() {
+        return std::future::pending().await;
+    }
+    let waits = exits.into_iter().map(|mut exited| {
+        Box::pin(async move {
+            // A watch closed without an exit (its watcher ended with the runtime) wakes no one:
+            // waking on it would spin, the sandbox still counted alive.
+            if exited.wait_for(Option::is_some).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+    });
+    futures::future::select_all(waits).await;
 }

@@ -205,6 +205,46 @@ fn a_second_hostd_on_the_same_data_directory_is_refused_and_the_first_serves_on(
 }
 
 #[test]
+fn a_warm_sandbox_that_dies_while_waiting_is_replaced_at_once() {
+    let cluster = Cluster::start_with(1, &["--warm-sandboxes", "2"]);
+    let api = cluster.hosts[0].api.to_string();
+    let hostd = cluster.hosts[0].daemon.pid();
+    let warm = || crate::metrics::scrape(&api, "steady_hostd_warm_sandboxes");
+    // No app runs, so hostd's bwrap children are its warm sandboxes.
+    let sandboxes = || children_named(hostd, "bwrap");
+    let before = eventually("two warm sandboxes", || {
+        let pids = sandboxes();
+        (warm() == 2.0 && pids.len() == 2).then_some(pids)
+    });
+    // SAFETY: signalling a sandbox's process group, as an out-of-memory kill would end it.
+    unsafe { libc::kill(-(before[0] as i32), libc::SIGKILL) };
+
+    // On the binary before, the pool counted the dead one as warm until a wake took it.
+    let after = eventually("a new warm sandbox in the dead one's place", || {
+        let pids = sandboxes();
+        (warm() == 2.0 && pids.len() == 2 && !pids.contains(&before[0])).then_some(pids)
+    });
+    assert!(after.contains(&before[1]), "the other one still waits: {before:?} → {after:?}");
+    let log = cluster.hosts[0].daemon.log_tail(100);
+    assert!(log.contains("a warm sandbox died while waiting"), "{log}");
+}
+
+/// The children of `parent` whose command is `name`, from `/proc`.
+fn children_named(parent: u32, name: &str) -> Vec<u32> {
+    let entries = std::fs::read_dir("/proc").expect("/proc");
+    let pids = entries.flatten().filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+    let child = |pid: &u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some((head, tail)) = stat.rsplit_once(") ") else { return false };
+        let ppid = tail.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok());
+        head.ends_with(&format!("({name}")) && ppid == Some(parent) && alive(*pid)
+    };
+    let mut found: Vec<u32> = pids.filter(child).collect();
+    found.sort_unstable();
+    found
+}
+
+#[test]
 fn rollback_serves_an_earlier_version_and_versions_lists_them() {
     let cluster = Cluster::start(1);
     let app = write_app(cluster.dir.path(), "rolling", &slow_app(0, "one"));
