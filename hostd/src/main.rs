@@ -99,6 +99,14 @@ async fn main() -> anyhow::Result<()> {
     apps.stop_all().await;
     replicator.stop();
     let _ = tokio::join!(ingress_server, api_server);
+    // A sandbox still starting when the pool stopped is killed with the runtime, inside bwrap's
+    // window (steady_hostd::leftovers): end what would outlive this process.
+    match tokio::task::spawn_blocking(move || leftovers::kill_processes_naming(&data)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(ended)) => tracing::info!(ended, "ended sandbox processes still starting at the stop"),
+        Ok(Err(error)) => tracing::error!(%error, "ending sandbox processes at the stop"),
+        Err(error) => tracing::error!(%error, "ending sandbox processes at the stop"),
+    }
     tracing::info!("host stopped");
     Ok(())
 }

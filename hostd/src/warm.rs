@@ -109,7 +109,7 @@ impl WarmPool {
                 return;
             }
             self.drop_dead();
-            while self.warm_count() < self.target {
+            while self.warm_count() < self.target && !self.stopping.load(Ordering::Acquire) {
                 match self.spawn().await {
                     Ok(sandbox) => {
                         tracing::debug!(pid = sandbox.pid(), boot_ms = sandbox.boot_ms, "sandbox warm");
@@ -122,6 +122,8 @@ impl WarmPool {
                         }
                         ready.push_back(sandbox);
                     }
+                    // hostd's stop ends a sandbox still starting (steady_hostd::leftovers): no news.
+                    Err(_) if self.stopping.load(Ordering::Acquire) => return,
                     Err(error) => {
                         tracing::error!(%error, "starting a warm sandbox failed");
                         tokio::time::sleep(Duration::from_millis(REFILL_RETRY_MS)).await;
