@@ -126,7 +126,7 @@ pub fn die_with_parent(parent: i32) -> std::io::Result<()> {
 }
 
 /// This user's `bwrap` processes with an argument that is `dir` or a path under it.
-pub fn processes_naming(dir: &Path) -> Result<Vec<i32>, LeftoverError> {
+fn processes_naming(dir: &Path) -> Result<Vec<i32>, LeftoverError> {
     let entries =
         std::fs::read_dir("/proc").map_err(|source| LeftoverError::Io { what: "listing /proc".into(), source })?;
     // SAFETY: geteuid(2) cannot fail.

@@ -142,10 +142,11 @@ impl WarmPool {
     /// Takes the sandboxes that died while waiting out of the pool.
     fn drop_dead(&self) {
         self.ready.lock().unwrap_or_else(|p| p.into_inner()).retain(|sandbox| {
-            if !sandbox.is_alive() {
+            let alive = sandbox.is_alive();
+            if !alive {
                 tracing::warn!(pid = sandbox.pid(), "a warm sandbox died while waiting");
             }
-            sandbox.is_alive()
+            alive
         });
     }
 

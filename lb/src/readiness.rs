@@ -98,10 +98,10 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let readiness = Readiness::new(vec![plain_addr, closed]);
         assert_eq!(readiness.check(0).await, Err("no routing table yet".into()));
+        // Bound but not accepting: the kernel completes the handshake, nobody takes it.
         let refused = readiness.check(3).await.unwrap_err();
         assert!(refused.contains(&format!("{plain_addr} does not take connections yet")), "{refused}");
 
-        // Bound but not accepting: the kernel completes the handshake, nobody takes it.
         serving(plain);
         let tls = std::net::TcpListener::bind(closed).unwrap();
         let refused = readiness.check(3).await.unwrap_err();
