@@ -28,13 +28,32 @@ use steady_lb::{
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Keeps transparent huge pages out of the process. mimalloc asks for them on its arenas, so the
+/// first touch of fresh heap zeroes 2 MiB at a time: a burst of new connections (each takes
+/// buffers) stalled both workers for 40–60 ms, every client connection's request with them
+/// (docs/notes.md, "The LB's tail in a burst of new connections"). With 4 KiB pages the same
+/// burst costs a few milliseconds spread over its requests. The flag covers memory advised for
+/// huge pages and a machine whose setting is `always`. Called before anything allocates much;
+/// a failure (a kernel without the flag) only leaves the tail, so it is logged, not fatal.
+fn disable_transparent_huge_pages() -> std::io::Result<()> {
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and touches no memory of ours.
+    match unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
 /// Seconds in-flight work gets after pingora's grace period, before its runtimes are dropped.
 const GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
 /// Idle keep-alive connections each worker's proxy keeps to hosts, across all hosts.
 const UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 1024;
 
 fn main() {
+    let huge_pages = disable_transparent_huge_pages();
     steady_daemon::init_tracing();
+    if let Err(error) = huge_pages {
+        tracing::warn!(%error, "transparent huge pages stay allowed: a burst of new connections may stall the workers");
+    }
     let config = match Config::parse().validate() {
         Ok(config) => config,
         Err(message) => exit_on_bad_config(&message),

@@ -1,6 +1,7 @@
 //! The LB's own lifecycle: a stop (SIGTERM) lets requests in flight finish, and an upgrade to
-//! a new process (`--upgrade`, then SIGQUIT to the old one) refuses no request, and a second
-//! LB on an address the first listens on refuses to start.
+//! a new process (`--upgrade`, then SIGQUIT to the old one) refuses no request, a second LB on
+//! an address the first listens on refuses to start, and the LB runs without transparent huge
+//! pages.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -151,4 +152,22 @@ fn a_second_lb_on_a_public_address_in_use_refuses_to_start() {
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(&format!("cannot listen on {}", cluster.public)), "{stderr}");
     assert_eq!(cluster.get("nobody-here", "/").status, 404, "the first LB serves on");
+}
+
+/// A burst of new connections makes the LB take fresh heap; with transparent huge pages each
+/// first touch zeroed 2 MiB and stalled the workers for tens of milliseconds (docs/notes.md,
+/// "The LB's tail in a burst of new connections"). The process turns them off for itself.
+#[test]
+fn the_lb_runs_without_transparent_huge_pages() {
+    let cluster = cluster_with_app();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", cluster.lb.pid())).expect("the LB's status");
+    let flag = status.lines().find_map(|line| line.strip_prefix("THP_enabled:")).map(str::trim);
+    assert_eq!(flag, Some("0"), "{status}");
+    // Requests on many connections took heap, none of it in huge pages.
+    for _ in 0..200 {
+        assert_eq!(plain_get(cluster.public, &format!("a.{}", cluster.domain)), Ok(200));
+    }
+    let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", cluster.lb.pid())).expect("smaps_rollup");
+    let huge = rollup.lines().find_map(|line| line.strip_prefix("AnonHugePages:")).map(str::trim);
+    assert_eq!(huge, Some("0 kB"), "{rollup}");
 }
