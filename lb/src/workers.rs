@@ -18,7 +18,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 
-use pingora::listeners::TcpSocketOptions;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 
 /// The address text worker `worker` listens on: `addr` with the port written with `worker`
 /// leading zeros, which names the same address and port but is a key of its own in pingora's
@@ -62,8 +62,26 @@ pub fn check_upgrade_bounds(
     Ok(())
 }
 
+/// Bytes pingora reads ahead on a plain connection: none. The fast lane reads each request
+/// header straight into a buffer of its own (`steady_relay::exchange::READ_BYTES`), and so
+/// does pingora's HTTP session; a read-ahead buffer in between copied every request once more
+/// and took 64 KiB (pingora's default) per connection, touched as connections arrive.
+pub const PLAIN_READ_BUFFER_BYTES: usize = 0;
+
+/// Bytes pingora reads ahead on a TLS connection: its default, since rustls reads a record
+/// (up to 16 KiB) in small pieces.
+pub const TLS_READ_BUFFER_BYTES: usize = pingora::listeners::DEFAULT_L4_READ_BUFFER_SIZE;
+
+/// A worker's listening endpoint on `key` (from [`listen_key`]), with `read_buffer_bytes` of
+/// read-ahead per connection.
+pub fn listener(key: String, read_buffer_bytes: usize) -> ListenerConfig {
+    ListenerConfig::tcp(key)
+        .tcp_socket_options(socket_options())
+        .l4_buffer(L4BufferSettings::default().read(read_buffer_bytes))
+}
+
 /// Socket options for a worker's listening socket.
-pub fn socket_options() -> TcpSocketOptions {
+fn socket_options() -> TcpSocketOptions {
     let mut options = TcpSocketOptions::default();
     options.so_reuseport = Some(true);
     options
