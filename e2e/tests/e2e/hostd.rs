@@ -189,6 +189,8 @@ fn a_second_hostd_on_the_same_data_directory_is_refused_and_the_first_serves_on(
             .args(["--id", "intruder", "--data", &data, "--ingress", "127.0.0.1:0", "--api", "127.0.0.1:0"])
             .args(["--slicer", &cluster.slicer_addr, "--storage-dir"])
             .arg(cluster.dir.path().join("storage"))
+            .env_clear()
+            .env("PATH", steady_e2e::tools_path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
