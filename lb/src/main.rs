@@ -189,7 +189,8 @@ fn public_worker<A: ServerApp + Send + Sync + 'static>(worker: usize, app: A, co
     let mut public = Service::new(format!("public {worker}"), app);
     // The TLS address is a plain endpoint too: the app runs the handshake itself
     // (steady_lb::handshake), so a connection there counts and is timed from its first byte.
-    public.add_listener(workers::listener(workers::listen_key(config.public, worker), workers::PLAIN_READ_BUFFER_BYTES));
+    public
+        .add_listener(workers::listener(workers::listen_key(config.public, worker), workers::PLAIN_READ_BUFFER_BYTES));
     if let Some(addr) = config.tls_listen {
         public.add_listener(workers::listener(workers::listen_key(addr, worker), workers::TLS_READ_BUFFER_BYTES));
     }
