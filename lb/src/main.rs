@@ -31,8 +31,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Keeps transparent huge pages out of the process. mimalloc asks for them on its arenas, so the
 /// first touch of fresh heap zeroes 2 MiB at a time: a burst of new connections (each takes
 /// buffers) stalled both workers for 40–60 ms, every client connection's request with them
-/// (docs/notes.md, "The LB's tail in a burst of new connections"). With 4 KiB pages the same
-/// burst costs a few milliseconds spread over its requests. The flag covers memory advised for
+/// (docs/notes.md, "The LB's tail in a burst of new connections"). With 4 KiB pages that gap
+/// was gone (the first round's p99 level with nginx's). The flag covers memory advised for
 /// huge pages and a machine whose setting is `always`. Called before anything allocates much;
 /// a failure (a kernel without the flag) only leaves the tail, so it is logged, not fatal.
 fn disable_transparent_huge_pages() -> std::io::Result<()> {
