@@ -71,7 +71,7 @@ const PROXY_KEEPALIVE_S: u64 = 60;
 
 /// How often each worker's timer tick fires ([`FastLane::keep_timer_near`]): under every
 /// deadline the lane sets per request with the default flags (the shortest, the header
-/// deadline, is 15 s), and rare enough to cost nothing on an idle worker.
+/// deadline, is 15 s), at the price of one wake-up a second on an idle worker.
 const TIMER_TICK_MS: u64 = 1_000;
 
 /// The fast lane's timing settings.
