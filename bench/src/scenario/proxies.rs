@@ -2,11 +2,13 @@
 //! (`hello`, constant cost per request) served by Bun directly, behind nginx (upstream keep-alive), behind HAProxy (connection
 //! reuse), behind `steady-lb` alone (routing straight to the same Bun), and through the whole
 //! steady path (LB → host daemon → sandboxed app), once over HTTP/1.1 and once over h2c between
-//! LB and host. Every target gets the same load generator (wrk, with a Lua hook for p99.9) at
+//! LB and host, and through the same path built of nginx (nginx → nginx → Bun on a Unix
+//! socket: two hops, the second to the app's socket, as the full path's are). Every target gets the same load generator (wrk, with a Lua hook for p99.9) at
 //! each connection count, in rounds (every target once a round, in turn; each figure the median
 //! over the rounds, and the LB's ratio to nginx round by round beside it, since a shared
 //! 2-core machine swings by a fifth between minutes); ratios are against nginx (for the LB)
-//! and against Bun direct (for the full path). Beside req/s it prints the proxies' CPU time
+//! and against Bun direct (for the full path, with its ratio to the nginx path round by round
+//! beside it). Beside req/s it prints the proxies' CPU time
 //! per request, which the load generator and the app sharing the cores do not blur as much. nginx and HAProxy set the same
 //! forwarding headers `steady-lb` sets (`X-Forwarded-For/-Host/-Proto`, `Forwarded`), so each
 //! proxy does the same edge job and the app parses the same headers behind each.
@@ -70,6 +72,8 @@ pub enum Target {
     Full,
     /// The same over h2c between LB and host.
     FullH2c,
+    /// The full path's shape built of nginx: nginx → nginx → Bun on a Unix socket.
+    NginxPath,
 }
 
 impl Target {
@@ -82,6 +86,7 @@ impl Target {
             Target::Lb => "steady-lb",
             Target::Full => "steady full path",
             Target::FullH2c => "full path h2c",
+            Target::NginxPath => "nginx → nginx",
         }
     }
 }
@@ -160,6 +165,15 @@ fn spawn(program: &str, args: &[&str], dir: &Path, env: &[(&str, &str)]) -> anyh
     Ok(Proc(child.map_err(|e| anyhow::anyhow!("starting {program}: {e} (run scripts/setup.sh --bench)"))?))
 }
 
+fn wait_socket(path: &Path, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "{what} did not listen on {}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 fn wait_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).is_err() {
@@ -194,12 +208,17 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     let example = dir.join("app/index.ts");
     std::fs::create_dir_all(dir.join("app"))?;
     std::fs::write(&example, crate::scenario::throughput::HELLO_APP)?;
+    // The same process also answers on a Unix socket, as a sandboxed app does, for the nginx
+    // path (only one target is measured at a time, so the two listeners never compete).
+    let bun_socket = dir.join("bun.sock");
     std::fs::write(
         &server,
         format!(
-            "import app from {:?};\nBun.serve({{ hostname: \"127.0.0.1\", port: {}, fetch: (r) => app.fetch(r) }});\n",
+            "import app from {:?};\nBun.serve({{ hostname: \"127.0.0.1\", port: {}, fetch: (r) => app.fetch(r) }});\n\
+             Bun.serve({{ unix: {:?}, fetch: (r) => app.fetch(r) }});\n",
             example.display().to_string(),
-            bun.port()
+            bun.port(),
+            bun_socket.display().to_string()
         ),
     )?;
     let bun_path = workspace().join(".tools/bin/bun");
@@ -212,8 +231,20 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     )?;
     wait_listening(bun, "bun")?;
 
+    wait_socket(&bun_socket, "bun")?;
+    // nginx's workers drop to an unprivileged user when started as root; a socket needs write
+    // permission to be connected to.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bun_socket, std::fs::Permissions::from_mode(0o666))?;
     let nginx = addr();
-    let nginx_process = start_nginx(&dir, nginx, bun, &threads)?;
+    let nginx_process = start_nginx(&dir, "nginx", nginx, &bun.to_string(), FORWARDING_NGINX, &threads)?;
+    // The nginx path: a first nginx doing the edge's job, a second forwarding to the app's
+    // socket as a host daemon does.
+    let (nginx_first, nginx_second) = (addr(), addr());
+    let nginx_second_process =
+        start_nginx(&dir, "nginx-second", nginx_second, &format!("unix:{}", bun_socket.display()), "", &threads)?;
+    let nginx_first_process =
+        start_nginx(&dir, "nginx-first", nginx_first, &nginx_second.to_string(), FORWARDING_NGINX, &threads)?;
     let haproxy = addr();
     let haproxy_process = start_haproxy(&dir, haproxy, bun, &threads)?;
     let (lb, lb_daemons) = start_lb_alone(&dir, bun, &threads)?;
@@ -230,11 +261,12 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     let lb_pid = lb_daemons[0].pid();
 
     // In the order a round measures them (nginx and the LB next to each other: `round_order`).
-    let every: [(Target, SocketAddr, Vec<u32>); 6] = [
+    let every: [(Target, SocketAddr, Vec<u32>); 7] = [
         (Target::Bun, bun, vec![bun_process.0.id()]),
         (Target::Haproxy, haproxy, vec![haproxy_process.0.id()]),
         (Target::Nginx, nginx, vec![nginx_process.0.id()]),
         (Target::Lb, lb, vec![lb_pid]),
+        (Target::NginxPath, nginx_first, vec![nginx_first_process.0.id(), nginx_second_process.0.id()]),
         (Target::Full, cluster.more_lbs[http1].public, vec![cluster.more_lbs[http1].daemon.pid(), host_pid]),
         (Target::FullH2c, cluster.more_lbs[h2c].public, vec![cluster.more_lbs[h2c].daemon.pid(), host_pid]),
     ];
@@ -397,16 +429,25 @@ const FORWARDING_HAPROXY: &str = concat!(
     "  http-request set-header Forwarded \"for=%[src];host=\\\"%[req.hdr(host)]\\\";proto=http\"\n",
 );
 
-fn start_nginx(dir: &Path, listen: SocketAddr, bun: SocketAddr, threads: &str) -> anyhow::Result<Proc> {
-    let prefix = dir.join("nginx");
+/// An nginx (prefix `dir/name`) listening on `listen` and proxying to `upstream` (`host:port`
+/// or `unix:path`) with keep-alive, setting `forwarding` (header directives).
+fn start_nginx(
+    dir: &Path,
+    name: &str,
+    listen: SocketAddr,
+    upstream: &str,
+    forwarding: &str,
+    threads: &str,
+) -> anyhow::Result<Proc> {
+    let prefix = dir.join(name);
     std::fs::create_dir_all(prefix.join("logs"))?;
     let conf = format!(
         "worker_processes {threads};\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
-           upstream bun {{ server {bun}; keepalive 256; }}\n\
-           server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://bun;\n\
-               proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n{FORWARDING_NGINX}    }}\n  }}\n}}\n",
+           upstream next {{ server {upstream}; keepalive 256; }}\n\
+           server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://next;\n\
+               proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n{forwarding}    }}\n  }}\n}}\n",
         p = prefix.display()
     );
     let conf_path = prefix.join("nginx.conf");
@@ -414,10 +455,10 @@ fn start_nginx(dir: &Path, listen: SocketAddr, bun: SocketAddr, threads: &str) -
     let child = spawn(
         "/usr/sbin/nginx",
         &["-p", &prefix.display().to_string(), "-c", &conf_path.display().to_string(), "-g", "daemon off;"],
-        dir,
+        &prefix,
         &[],
     )?;
-    wait_listening(listen, "nginx")?;
+    wait_listening(listen, name)?;
     Ok(child)
 }
 
@@ -527,7 +568,7 @@ fn report(dir: &Path, options: &Options, results: &[Measured]) -> anyhow::Result
                 ("steady-lb" | "haproxy", Some(nginx), _) => {
                     format!("{:.2}× nginx", m.requests_per_s / nginx.requests_per_s)
                 }
-                ("steady full path" | "full path h2c", _, Some(bun)) => {
+                ("steady full path" | "full path h2c" | "nginx → nginx", _, Some(bun)) => {
                     format!("{:.2}× bun direct", m.requests_per_s / bun.requests_per_s)
                 }
                 _ => String::new(),
@@ -561,6 +602,12 @@ fn report(dir: &Path, options: &Options, results: &[Measured]) -> anyhow::Result
         }
         if let (Some(bun), Some(nginx_us)) = (bun, nginx.and_then(|n| n.proxy_cpu_us_per_request)) {
             report.fact(format!("c={connections}: full path ceiling"), full_path_ceiling(bun, nginx_us));
+        }
+        if let (Some(full), Some(path)) = (of(Target::Full.name()), of(Target::NginxPath.name())) {
+            report.fact(
+                format!("c={connections}: steady full path ÷ nginx → nginx req/s, round by round"),
+                paired_ratios(full, path),
+            );
         }
         if let (Some(full), Some(bun)) = (of(Target::Full.name()), bun) {
             report.check(
