@@ -168,7 +168,7 @@ fn spawn(program: &str, args: &[&str], dir: &Path, env: &[(&str, &str)]) -> anyh
 fn wait_socket(path: &Path, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::os::unix::net::UnixStream::connect(path).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "{what} did not listen on {}", path.display());
+        anyhow::ensure!(Instant::now() < deadline, "{what} did not listen on {} (see its log)", path.display());
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
@@ -211,6 +211,13 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     // The same process also answers on a Unix socket, as a sandboxed app does, for the nginx
     // path (only one target is measured at a time, so the two listeners never compete).
     let bun_socket = dir.join("bun.sock");
+    // A Unix socket's path must fit `sun_path` (108 bytes with its terminating zero).
+    let socket_path_bytes = bun_socket.as_os_str().len();
+    anyhow::ensure!(
+        socket_path_bytes < 108,
+        "the report directory's path is too long for a Unix socket in it ({socket_path_bytes} bytes of 107): \
+         pick a shorter --out"
+    );
     std::fs::write(
         &server,
         format!(
