@@ -165,22 +165,22 @@ fn spawn(program: &str, args: &[&str], dir: &Path, env: &[(&str, &str)]) -> anyh
     Ok(Proc(child.map_err(|e| anyhow::anyhow!("starting {program}: {e} (run scripts/setup.sh --bench)"))?))
 }
 
-fn wait_socket(path: &Path, what: &str) -> anyhow::Result<()> {
+/// Waits up to 20 s until `connects` succeeds: `what` listening on `place`.
+fn wait_until_listening(what: &str, place: &dyn std::fmt::Display, connects: &dyn Fn() -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(path).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "{what} did not listen on {} (see its log)", path.display());
+    while !connects() {
+        anyhow::ensure!(Instant::now() < deadline, "{what} did not listen on {place} (see its log)");
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
 }
 
+fn wait_socket(path: &Path, what: &str) -> anyhow::Result<()> {
+    wait_until_listening(what, &path.display(), &|| std::os::unix::net::UnixStream::connect(path).is_ok())
+}
+
 fn wait_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "{what} did not listen on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
+    wait_until_listening(what, &addr, &|| TcpStream::connect(addr).is_ok())
 }
 
 fn addr() -> SocketAddr {
