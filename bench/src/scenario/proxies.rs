@@ -1,17 +1,19 @@
 //! The LB against the proxies operators already trust, on this machine in one run: a small app
-//! (`hello`, constant cost per request) served by Bun directly, behind nginx (upstream keep-alive), behind HAProxy (connection
-//! reuse), behind `steady-lb` alone (routing straight to the same Bun), and through the whole
-//! steady path (LB → host daemon → sandboxed app), once over HTTP/1.1 and once over h2c between
-//! LB and host, and through the same path built of nginx (nginx → nginx → Bun on a Unix
-//! socket: two hops, the second to the app's socket, as the full path's are). Every target gets the same load generator (wrk, with a Lua hook for p99.9) at
-//! each connection count, in rounds (every target once a round, in turn; each figure the median
-//! over the rounds, and the LB's ratio to nginx round by round beside it, since a shared
-//! 2-core machine swings by a fifth between minutes); ratios are against nginx (for the LB)
-//! and against Bun direct (for the full path, with its ratio to the nginx path round by round
-//! beside it). Beside req/s it prints the proxies' CPU time
-//! per request, which the load generator and the app sharing the cores do not blur as much. nginx and HAProxy set the same
-//! forwarding headers `steady-lb` sets (`X-Forwarded-For/-Host/-Proto`, `Forwarded`), so each
-//! proxy does the same edge job and the app parses the same headers behind each.
+//! (`hello`, constant cost per request) served by Bun directly, behind nginx (upstream keep-alive),
+//! behind HAProxy (connection reuse), behind `steady-lb` alone (routing straight to the same Bun),
+//! and through the whole steady path (LB → host daemon → sandboxed app), once over HTTP/1.1 and
+//! once over h2c between LB and host, and through the same path built of nginx (nginx → nginx → Bun
+//! on a Unix socket: two hops, the second to the app's socket, as the full path's are). Every
+//! target gets the same load generator (wrk, with a Lua hook for p99.9) at each connection count,
+//! in rounds (every target once a round, in turn; each figure the median over the rounds, and the
+//! LB's ratio to nginx round by round beside it, since a shared 2-core machine swings by a fifth
+//! between minutes); ratios are against nginx (for the LB) and against Bun direct (for the full
+//! path, with its ratio to the nginx path round by round beside it). Beside req/s it prints the CPU
+//! time per request of the proxies, the app, the load generator and the whole machine, which the
+//! cores' sharing does not blur as much, and for the full path the CPU time per request it may
+//! spend to reach half of Bun direct's req/s. nginx and HAProxy set the same forwarding headers
+//! `steady-lb` sets (`X-Forwarded-For/-Host/-Proto`, `Forwarded`), so each proxy does the same edge
+//! job and the app parses the same headers behind each.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -106,6 +108,12 @@ pub struct Measured {
     /// CPU time the proxy processes spent per request (µs): user + system over the run.
     /// Fairer than req/s on a machine whose cores the load generator and app share.
     pub proxy_cpu_us_per_request: Option<f64>,
+    /// CPU time the app spent per request (µs): the Bun process behind the peers and the LB
+    /// alone, the sandboxed app (with whatever else runs under the host daemon) behind the full
+    /// path.
+    pub app_cpu_us_per_request: f64,
+    /// CPU time the load generator (wrk) spent per request (µs).
+    pub load_cpu_us_per_request: f64,
     /// Busy CPU time of the whole machine per request (µs): load generator, proxies and app.
     pub machine_cpu_us_per_request: f64,
 }
@@ -132,6 +140,8 @@ impl Measured {
             p999_ms: median(&|m| m.p999_ms),
             errors: rounds.iter().map(|m| m.errors).sum(),
             proxy_cpu_us_per_request: proxy_cpu,
+            app_cpu_us_per_request: median(&|m| m.app_cpu_us_per_request),
+            load_cpu_us_per_request: median(&|m| m.load_cpu_us_per_request),
             machine_cpu_us_per_request: median(&|m| m.machine_cpu_us_per_request),
         }
     }
@@ -268,31 +278,32 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     let lb_pid = lb_daemons[0].pid();
 
     // In the order a round measures them (nginx and the LB next to each other: `round_order`).
-    let every: [(Target, SocketAddr, Vec<u32>); 7] = [
-        (Target::Bun, bun, vec![bun_process.0.id()]),
-        (Target::Haproxy, haproxy, vec![haproxy_process.0.id()]),
-        (Target::Nginx, nginx, vec![nginx_process.0.id()]),
-        (Target::Lb, lb, vec![lb_pid]),
-        (Target::NginxPath, nginx_first, vec![nginx_first_process.0.id(), nginx_second_process.0.id()]),
-        (Target::Full, cluster.more_lbs[http1].public, vec![cluster.more_lbs[http1].daemon.pid(), host_pid]),
-        (Target::FullH2c, cluster.more_lbs[h2c].public, vec![cluster.more_lbs[h2c].daemon.pid(), host_pid]),
+    let (bun_pid, http1_pid, h2c_pid) =
+        (bun_process.0.id(), cluster.more_lbs[http1].daemon.pid(), cluster.more_lbs[h2c].daemon.pid());
+    let nginx_path = vec![nginx_first_process.0.id(), nginx_second_process.0.id()];
+    let every: [Measuring; 7] = [
+        Measuring::new(Target::Bun, bun, vec![], bun_pid),
+        Measuring::new(Target::Haproxy, haproxy, vec![haproxy_process.0.id()], bun_pid),
+        Measuring::new(Target::Nginx, nginx, vec![nginx_process.0.id()], bun_pid),
+        Measuring::new(Target::Lb, lb, vec![lb_pid], bun_pid),
+        Measuring::new(Target::NginxPath, nginx_first, nginx_path, bun_pid),
+        Measuring::new(Target::Full, cluster.more_lbs[http1].public, vec![http1_pid, host_pid], host_pid),
+        Measuring::new(Target::FullH2c, cluster.more_lbs[h2c].public, vec![h2c_pid, host_pid], host_pid),
     ];
-    let targets: Vec<(&str, SocketAddr, Vec<u32>)> = every
+    let targets: Vec<Measuring> = every
         .into_iter()
-        .filter(|(target, _, _)| options.targets.is_empty() || options.targets.contains(target))
-        .map(|(target, addr, groups)| (target.name(), addr, groups))
+        .filter(|measuring| options.targets.is_empty() || options.targets.contains(&measuring.target))
         .collect();
-    let names: Vec<&str> = targets.iter().map(|(name, _, _)| *name).collect();
+    let names: Vec<&str> = targets.iter().map(|measuring| measuring.target.name()).collect();
     let mut results = Vec::new();
     for &connections in &options.connections {
         let mut rounds: Vec<Measured> = Vec::new();
         for round in 1..=options.rounds {
             for index in round_order(&names, round) {
-                let (name, target, groups) = &targets[index];
-                rounds.push(measure(&dir, name, *target, groups, connections, options.duration_s, round)?);
+                rounds.push(measure(&dir, &targets[index], connections, options.duration_s, round)?);
             }
         }
-        for (name, _, _) in &targets {
+        for name in &names {
             let of_target: Vec<Measured> = rounds.iter().filter(|m| m.target == *name).cloned().collect();
             results.push(Measured::median_of(&of_target));
         }
@@ -313,33 +324,68 @@ fn round_order(names: &[&str], round: u64) -> Vec<usize> {
     order
 }
 
+/// One target as a round measures it: where to send the load, whose CPU is the proxies' and
+/// whose the app's.
+struct Measuring {
+    target: Target,
+    addr: SocketAddr,
+    /// Process groups of the proxies: each proxy this scenario starts leads its own group
+    /// (nginx's workers are in their master's). None for Bun direct.
+    proxy_groups: Vec<u32>,
+    /// The process the app runs under: the Bun process itself, or the host daemon, whose
+    /// sandboxed apps (in sessions of their own) and their helpers are its descendants.
+    app_root: u32,
+}
+
+impl Measuring {
+    fn new(target: Target, addr: SocketAddr, proxy_groups: Vec<u32>, app_root: u32) -> Self {
+        Measuring { target, addr, proxy_groups, app_root }
+    }
+
+    /// CPU seconds so far of the proxies and of the app (the processes under `app_root`
+    /// outside the proxies' groups).
+    fn cpu_seconds(&self) -> (f64, f64) {
+        let processes = processes();
+        let proxies = processes.iter().filter(|p| self.proxy_groups.contains(&p.group)).map(|p| p.cpu_s).sum();
+        let app = under(&processes, self.app_root)
+            .into_iter()
+            .filter(|p| !self.proxy_groups.contains(&p.group))
+            .map(|p| p.cpu_s)
+            .sum();
+        (proxies, app)
+    }
+}
+
 /// One round of one target: a warm-up, then `duration_s` of load, printed as it ends.
 fn measure(
     dir: &Path,
-    name: &str,
-    target: SocketAddr,
-    groups: &[u32],
+    measuring: &Measuring,
     connections: usize,
     duration_s: u64,
     round: u64,
 ) -> anyhow::Result<Measured> {
-    wrk(dir, target, connections, 2)?;
-    let (cpu_before, machine_before) = (cpu_seconds(groups), machine_busy_seconds());
-    let measured = wrk(dir, target, connections, duration_s)?;
-    let cpu = cpu_seconds(groups) - cpu_before;
+    let name = measuring.target.name();
+    wrk(dir, measuring.addr, connections, 2)?;
+    let ((proxies_before, app_before), machine_before) = (measuring.cpu_seconds(), machine_busy_seconds());
+    let load_before = children_cpu_seconds();
+    let measured = wrk(dir, measuring.addr, connections, duration_s)?;
+    let load = children_cpu_seconds() - load_before;
+    let (proxies_after, app_after) = measuring.cpu_seconds();
     let machine = machine_busy_seconds() - machine_before;
     let requests = measured.0 * duration_s as f64;
-    let cpu_us = (requests > 0.0 && name != "bun direct").then(|| cpu * 1e6 / requests);
-    let machine_us = if requests > 0.0 { machine * 1e6 / requests } else { f64::NAN };
+    let per_request_us = |seconds: f64| if requests > 0.0 { seconds * 1e6 / requests } else { f64::NAN };
+    let proxy_us = (!measuring.proxy_groups.is_empty()).then(|| per_request_us(proxies_after - proxies_before));
+    let (app_us, load_us, machine_us) =
+        (per_request_us(app_after - app_before), per_request_us(load), per_request_us(machine));
     println!(
-        "{name:>17} c={connections:<4} round {round}  {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  errors {}  proxy CPU {}  machine CPU {:.0} µs/req",
+        "{name:>17} c={connections:<4} round {round}  {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  errors {}  \
+         CPU µs/req: proxies {}  app {app_us:.0}  wrk {load_us:.0}  machine {machine_us:.0}",
         measured.0,
         measured.1,
         measured.2,
         measured.3,
         measured.4,
-        cpu_us.map_or("-".into(), |us| format!("{us:.0} µs/req")),
-        machine_us
+        proxy_us.map_or("-".into(), |us| format!("{us:.0}")),
     );
     Ok(Measured {
         target: name.to_string(),
@@ -350,31 +396,69 @@ fn measure(
         p99_ms: measured.2,
         p999_ms: measured.3,
         errors: measured.4,
-        proxy_cpu_us_per_request: cpu_us,
+        proxy_cpu_us_per_request: proxy_us,
+        app_cpu_us_per_request: app_us,
+        load_cpu_us_per_request: load_us,
         machine_cpu_us_per_request: machine_us,
     })
 }
 
-/// CPU seconds (user + system) of every process in the process groups `groups`: each proxy
-/// this scenario starts leads its own group (nginx's workers are in their master's; a host
-/// daemon's sandboxed apps are in sessions of their own, so the app is not counted).
-fn cpu_seconds(groups: &[u32]) -> f64 {
+/// A process as `/proc/<pid>/stat` tells it.
+struct ProcessCpu {
+    pid: u32,
+    parent: u32,
+    group: u32,
+    /// CPU seconds so far, user + system, of all its threads.
+    cpu_s: f64,
+}
+
+/// Every process on the machine, read from `/proc` (skipping any that ends while read).
+fn processes() -> Vec<ProcessCpu> {
     // SAFETY: sysconf has no preconditions.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
-    let mut ticks = 0u64;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut processes = Vec::new();
     for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
         // Fields after the command (which may hold spaces): state, ppid, pgrp, … utime (14th
         // field overall, 12th here) and stime.
         let Some((_, rest)) = stat.rsplit_once(") ") else { continue };
         let fields: Vec<&str> = rest.split_whitespace().collect();
         let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        if groups.contains(&(field(2) as u32)) {
-            ticks += field(11) + field(12);
-        }
+        let cpu_s = (field(11) + field(12)) as f64 / ticks_per_second;
+        processes.push(ProcessCpu { pid, parent: field(1) as u32, group: field(2) as u32, cpu_s });
     }
-    ticks as f64 / ticks_per_second
+    processes
+}
+
+/// `root` and its descendants among `processes`.
+fn under(processes: &[ProcessCpu], root: u32) -> Vec<&ProcessCpu> {
+    let mut found: Vec<&ProcessCpu> = processes.iter().filter(|p| p.pid == root).collect();
+    // Each pass adds the children of what was found; a tree is at most as deep as it is large.
+    for _ in 0..processes.len() {
+        let more: Vec<&ProcessCpu> = processes
+            .iter()
+            .filter(|p| found.iter().any(|f| f.pid == p.parent) && !found.iter().any(|f| f.pid == p.pid))
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        found.extend(more);
+    }
+    found
+}
+
+/// CPU seconds (user + system) of this process's children that have ended and been waited
+/// for: a wrk run, read before and after it.
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes only into the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// Busy CPU seconds of the whole machine so far (`/proc/stat`: every state but idle and
@@ -540,16 +624,32 @@ fn paired_ratios(a: &Measured, b: &Measured) -> String {
     }
 }
 
-/// What the full path could reach if each of its two proxy hops (LB, host daemon) cost what
-/// nginx costs per request: the machine spends Bun direct's CPU per request (load generator
-/// and app) plus two such hops, so, with the machine saturated both ways, the full path can do
-/// at most that share of Bun direct's requests.
-fn full_path_ceiling(bun: &Measured, nginx_us: f64) -> String {
-    let direct_us = bun.machine_cpu_us_per_request;
-    let ceiling = direct_us / (direct_us + 2.0 * nginx_us);
+/// The machine's CPU time per request the full path may spend to reach half of Bun direct's
+/// req/s, measured against what it spends. At that rate `cores` give `cores / rate` of CPU per
+/// request; the load generator takes what it took on the full path (its cost follows the
+/// requests, not the target), and the rest is all the proxies and the app may spend, at
+/// most (the kernel's own work outside any process comes out of it too). `others` are paths
+/// of the same shape to set beside it (the nginx path).
+fn full_path_budget(bun: &Measured, full: &Measured, others: &[&Measured], cores: usize) -> String {
+    assert!(cores > 0, "a machine has a core");
+    let half_rate = 0.5 * bun.requests_per_s;
+    let machine_us = cores as f64 * 1e6 / half_rate;
+    let budget_us = machine_us - full.load_cpu_us_per_request;
+    let spent = |m: &Measured| {
+        let proxies_us = m.proxy_cpu_us_per_request.unwrap_or(0.0);
+        format!(
+            "{} {:.0} µs (proxies {proxies_us:.0} + app {:.0})",
+            m.target,
+            proxies_us + m.app_cpu_us_per_request,
+            m.app_cpu_us_per_request
+        )
+    };
+    let spenders: Vec<String> = std::iter::once(full).chain(others.iter().copied()).map(spent).collect();
     format!(
-        "{ceiling:.2}× Bun direct if each of its two hops cost nginx's {nginx_us:.0} µs per request \
-         (Bun direct: {direct_us:.0} µs of the machine per request)"
+        "at 0.5× Bun direct ({half_rate:.0} req/s) {cores} cores give {machine_us:.1} µs per request; wrk takes \
+         {:.1} of them, leaving at most {budget_us:.1} µs for the proxies and the app; spent: {}",
+        full.load_cpu_us_per_request,
+        spenders.join(", ")
     )
 }
 
@@ -565,7 +665,9 @@ fn report(dir: &Path, options: &Options, results: &[Measured]) -> anyhow::Result
         ),
     );
     let mut table = String::from(
-        "| target | connections | req/s | req/s per round | p50 ms | p99 ms | p99.9 ms | errors | ratio | proxy CPU µs/req | machine CPU µs/req |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| target | connections | req/s | req/s per round | p50 ms | p99 ms | p99.9 ms | errors | ratio | \
+         proxy CPU µs/req | app CPU µs/req | wrk CPU µs/req | machine CPU µs/req |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for &connections in &options.connections {
         let of = |name: &str| results.iter().find(|m| m.target == name && m.connections == connections);
@@ -583,7 +685,7 @@ fn report(dir: &Path, options: &Options, results: &[Measured]) -> anyhow::Result
             let cpu = m.proxy_cpu_us_per_request.map_or("-".into(), |us| format!("{us:.0}"));
             let per_round: Vec<String> = m.rounds_requests_per_s.iter().map(|r| format!("{r:.0}")).collect();
             table += &format!(
-                "| {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {} | {ratio} | {cpu} | {:.0} |\n",
+                "| {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {} | {ratio} | {cpu} | {:.0} | {:.0} | {:.0} |\n",
                 m.target,
                 m.connections,
                 m.requests_per_s,
@@ -592,6 +694,8 @@ fn report(dir: &Path, options: &Options, results: &[Measured]) -> anyhow::Result
                 m.p99_ms,
                 m.p999_ms,
                 m.errors,
+                m.app_cpu_us_per_request,
+                m.load_cpu_us_per_request,
                 m.machine_cpu_us_per_request
             );
         }
@@ -607,8 +711,13 @@ fn report(dir: &Path, options: &Options, results: &[Measured]) -> anyhow::Result
                 lb.requests_per_s >= nginx.requests_per_s && lb.p99_ms <= nginx.p99_ms,
             );
         }
-        if let (Some(bun), Some(nginx_us)) = (bun, nginx.and_then(|n| n.proxy_cpu_us_per_request)) {
-            report.fact(format!("c={connections}: full path ceiling"), full_path_ceiling(bun, nginx_us));
+        if let (Some(bun), Some(full)) = (bun, of(Target::Full.name())) {
+            let others: Vec<&Measured> = of(Target::NginxPath.name()).into_iter().collect();
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            report.fact(
+                format!("c={connections}: the full path's CPU budget"),
+                full_path_budget(bun, full, &others, cores),
+            );
         }
         if let (Some(full), Some(path)) = (of(Target::Full.name()), of(Target::NginxPath.name())) {
             report.fact(
@@ -648,6 +757,8 @@ mod tests {
             p999_ms: 5.0,
             errors,
             proxy_cpu_us_per_request: Some(requests_per_s / 1000.0),
+            app_cpu_us_per_request: 10.0,
+            load_cpu_us_per_request: 12.0,
             machine_cpu_us_per_request: 40.0,
         }
     }
@@ -679,5 +790,32 @@ mod tests {
         assert_eq!(round_order(&names, 2), vec![0, 1, 3, 2, 4]);
         assert_eq!(round_order(&names, 3), vec![0, 1, 2, 3, 4]);
         assert_eq!(round_order(&names[..3], 2), vec![0, 1, 2], "nothing to swap without the LB");
+    }
+
+    #[test]
+    fn the_budget_is_what_half_of_bun_directs_rate_leaves_after_the_load_generator() {
+        let bun = Measured { requests_per_s: 72_000.0, ..round(72_000.0, 1.0, 0) };
+        let mut full = round(26_000.0, 2.0, 0);
+        full.target = "steady full path".into();
+        (full.proxy_cpu_us_per_request, full.app_cpu_us_per_request, full.load_cpu_us_per_request) =
+            (Some(46.0), 14.0, 14.0);
+        let budget = full_path_budget(&bun, &full, &[], 2);
+        // 2 cores at 36,000 req/s: 55.6 µs per request, 14 of them wrk's.
+        assert!(budget.contains("(36000 req/s) 2 cores give 55.6 µs"), "{budget}");
+        assert!(budget.contains("leaving at most 41.6 µs"), "{budget}");
+        assert!(budget.ends_with("steady full path 60 µs (proxies 46 + app 14)"), "{budget}");
+    }
+
+    #[test]
+    fn the_app_is_its_root_and_everything_under_it() {
+        // A process table written for the test: 10 → 11, 12 → 13; 20 is someone else's.
+        let table: Vec<ProcessCpu> = [(10, 1), (11, 10), (12, 10), (13, 12), (20, 1)]
+            .into_iter()
+            .map(|(pid, parent)| ProcessCpu { pid, parent, group: pid, cpu_s: 1.0 })
+            .collect();
+        let mut pids: Vec<u32> = under(&table, 10).iter().map(|p| p.pid).collect();
+        pids.sort();
+        assert_eq!(pids, vec![10, 11, 12, 13]);
+        assert!(under(&table, 99).is_empty(), "a process that is gone has nothing under it");
     }
 }
